@@ -1,0 +1,1 @@
+"""Advanced and sequential VAEs in JAX/Flax: VQ-VAE, VRAE and Ladder VAE."""

@@ -1,0 +1,43 @@
+"""Datasets by name: `get_datasets(config)` -> Splits(train, eval, info).
+
+Builders register themselves with `@register('name')`; each module that
+defines builders is imported below. A builder has the signature
+`builder(config, process_index, process_count) -> Splits` and reads
+`config.data.*`, `config.batch_size`, `config.eval.batch_size` and `config.seed`.
+"""
+
+from typing import Callable, Dict
+
+import jax
+
+from vaes.data.core import DataError, Splits  # noqa: F401
+
+_BUILDERS: Dict[str, Callable] = {}
+
+
+def register(*names):
+  def wrap(fn):
+    for name in names:
+      _BUILDERS[name] = fn
+    return fn
+  return wrap
+
+
+def dataset_names():
+  return sorted(_BUILDERS)
+
+
+def get_datasets(config, process_index=None, process_count=None) -> Splits:
+  name = config.data.name
+  if name not in _BUILDERS:
+    raise DataError(f"config.data.name='{name}' is not a known dataset; choose one of "
+                    f'{dataset_names()}.')
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  return _BUILDERS[name](config, process_index, process_count)
+
+
+# Builders (imported for their registration side effect).
+from vaes.data import images  # noqa: E402,F401

@@ -1,0 +1,140 @@
+"""One iterator interface for every data source.
+
+A dataset builder returns `Splits(train, eval, info)`:
+
+* `train.iterate(start_step)` yields this host's share of the global batch for
+  global steps start_step, start_step + 1, ... forever. Batches are a pure
+  function of (seed, step), so a resumed run sees exactly the data it would have
+  seen (the checkpointed step *is* the data position).
+* `iter(eval)` yields this host's share of fixed-size global batches covering the
+  whole evaluation split once, the last one padded; `batch['valid']` (bool, per
+  example) marks the real examples.
+* `info` holds facts the models and metrics need (kind, shapes, training-pixel
+  variance, ...).
+
+Batches are dicts of numpy arrays whose leading axis is the (host-local) batch.
+"""
+
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """Data that is missing or does not match what the config asks for."""
+
+
+@dataclasses.dataclass
+class Splits:
+  train: Any
+  eval: Any
+  info: dict
+
+
+def check_batch_split(global_batch_size: int, process_count: int, name='batch_size'):
+  if global_batch_size <= 0:
+    raise DataError(f'config.{name}={global_batch_size}: must be a positive integer.')
+  if global_batch_size % process_count:
+    raise DataError(
+        f'config.{name}={global_batch_size} is not divisible by the number of processes '
+        f'({process_count}); choose a multiple of {process_count}.')
+  return global_batch_size // process_count
+
+
+class ArrayTrainSource:
+  """Shuffled, drop-remainder batches over in-memory arrays; random access by step.
+
+  Each epoch uses the permutation `default_rng([seed, epoch])`. The global batch
+  for a step is cut into `process_count` equal contiguous parts, and this host
+  takes part `process_index`, so N processes together see exactly the batch one
+  process would.
+
+  `transform(batch, np_rng)` (optional) is applied per batch with a generator
+  seeded by (seed, step), e.g. dynamic binarisation.
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], global_batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1,
+               transform: Optional[Callable] = None):
+    sizes = {k: len(v) for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1:
+      raise DataError(f'Arrays of a split must share their first dimension, got {sizes}.')
+    self.num_examples = next(iter(sizes.values()))
+    if self.num_examples == 0:
+      raise DataError('The training split is empty.')
+    self.local_batch_size = check_batch_split(global_batch_size, process_count)
+    if global_batch_size > self.num_examples:
+      raise DataError(
+          f'config.batch_size={global_batch_size} exceeds the {self.num_examples} training '
+          f'examples; choose at most {self.num_examples}.')
+    self.arrays = dict(arrays)
+    self.global_batch_size = global_batch_size
+    self.seed = seed
+    self.process_index = process_index
+    self.transform = transform
+    self.steps_per_epoch = self.num_examples // global_batch_size
+
+  @property
+  def element_spec(self):
+    return {k: (v.shape[1:], v.dtype) for k, v in self.arrays.items()}
+
+  def global_indices(self, step: int) -> np.ndarray:
+    epoch, pos = divmod(step, self.steps_per_epoch)
+    perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    return perm[pos * self.global_batch_size:(pos + 1) * self.global_batch_size]
+
+  def batch(self, step: int) -> dict:
+    idx = self.global_indices(step)
+    lo = self.process_index * self.local_batch_size
+    idx = idx[lo:lo + self.local_batch_size]
+    out = {k: v[idx] for k, v in self.arrays.items()}
+    if self.transform is not None:
+      rng = np.random.default_rng([self.seed, 1 << 20, step, self.process_index])
+      out = self.transform(out, rng)
+    return out
+
+  def iterate(self, start_step: int = 0) -> Iterator[dict]:
+    step = start_step
+    while True:
+      yield self.batch(step)
+      step += 1
+
+
+class ArrayEvalSource:
+  """The whole evaluation split once, in order, in padded fixed-size batches."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], global_batch_size: int,
+               process_index: int = 0, process_count: int = 1,
+               transform: Optional[Callable] = None, seed: int = 0):
+    self.arrays = dict(arrays)
+    self.num_examples = len(next(iter(self.arrays.values())))
+    if self.num_examples == 0:
+      raise DataError('The evaluation split is empty.')
+    self.local_batch_size = check_batch_split(global_batch_size, process_count,
+                                              name='eval.batch_size')
+    self.global_batch_size = global_batch_size
+    self.process_index = process_index
+    self.transform = transform
+    self.seed = seed
+
+  @property
+  def element_spec(self):
+    return {k: (v.shape[1:], v.dtype) for k, v in self.arrays.items()}
+
+  def __len__(self):
+    return -(-self.num_examples // self.global_batch_size)
+
+  def __iter__(self):
+    n, b = self.num_examples, self.global_batch_size
+    for i, start in enumerate(range(0, n, b)):
+      idx = np.arange(start, start + b)
+      valid = idx < n
+      idx = np.where(valid, idx, n - 1)  # pad by repeating the last example
+      lo = self.process_index * self.local_batch_size
+      sl = slice(lo, lo + self.local_batch_size)
+      out = {k: v[idx[sl]] for k, v in self.arrays.items()}
+      if self.transform is not None:
+        out = self.transform(out, np.random.default_rng([self.seed, 1 << 21, i]))
+      out['valid'] = valid[sl]
+      yield out

@@ -1,0 +1,83 @@
+"""Pictures people would rather look at than read: image grids, piano rolls, curves."""
+
+import os
+
+import numpy as np
+
+
+def image_grid(images, ncols=None, pad=1):
+  """(N, H, W, C) floats in [0, 1] -> one (rows*(H+pad), cols*(W+pad), C) uint8 image."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  if images.ndim == 3:
+    images = images[..., None]
+  n, h, w, c = images.shape
+  ncols = ncols or int(np.ceil(np.sqrt(n)))
+  nrows = int(np.ceil(n / ncols))
+  grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, ncols)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+         pad + col * (w + pad):pad + col * (w + pad) + w] = images[i]
+  return (grid * 255).round().astype(np.uint8)
+
+
+def save_image_grid(path, images, ncols=None, upscale=None):
+  """Writes a PNG grid; small images are upscaled (nearest) to be visible."""
+  from PIL import Image
+  grid = image_grid(images, ncols)
+  if upscale is None:
+    upscale = max(1, 256 // max(grid.shape[0], grid.shape[1]) + 1) if max(grid.shape[:2]) < 256 else 1
+  if upscale > 1:
+    grid = grid.repeat(upscale, 0).repeat(upscale, 1)
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(grid).save(path)
+  return path
+
+
+def save_piano_rolls(path, rolls, titles=None, masks=None):
+  """rolls: (N, T, P) in [0, 1]; one panel per sequence, time on x, pitch on y."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  rolls = np.asarray(rolls)
+  n = len(rolls)
+  fig, axes = plt.subplots(n, 1, figsize=(10, 1.8 * n), squeeze=False)
+  for i, ax in enumerate(axes[:, 0]):
+    roll = rolls[i]
+    if masks is not None:
+      roll = roll[: int(np.asarray(masks[i]).sum())]
+    ax.imshow(roll.T, origin='lower', aspect='auto', cmap='gray_r', interpolation='nearest',
+              vmin=0, vmax=1)
+    ax.set_ylabel('key')
+    if titles is not None:
+      ax.set_title(titles[i], fontsize=8)
+  axes[-1, 0].set_xlabel('frame')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
+
+
+def save_line_plots(path, series, titles=None, overlays=None):
+  """series: (N, T, D) real values; optional overlays (N, T, D) drawn dashed."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  series = np.asarray(series)
+  n = len(series)
+  fig, axes = plt.subplots(n, 1, figsize=(10, 1.8 * n), squeeze=False)
+  for i, ax in enumerate(axes[:, 0]):
+    ax.plot(series[i])
+    if overlays is not None:
+      ax.set_prop_cycle(None)
+      ax.plot(np.asarray(overlays[i]), linestyle='--')
+    if titles is not None:
+      ax.set_title(titles[i], fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
