@@ -1,0 +1,44 @@
+"""Engine fields shared by every config. Model configs call `get_base_config()`
+and fill in `model.*`, `data.*` and `eval.*`; paper configs import a model config
+and override a few fields."""
+
+import ml_collections
+
+
+def get_base_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 64               # global batch, split over processes and devices
+  c.num_train_steps = 1000
+  c.log_every_steps = 100
+  c.eval_every_steps = 500        # 0 disables evaluation during training
+  c.checkpoint_every_steps = 500
+  c.max_checkpoints_to_keep = 3
+
+  # Optimiser (optax).
+  c.optimizer = 'adam'            # 'adam' | 'adamw'
+  c.learning_rate = 1e-3
+  c.lr_schedule = 'constant'      # 'constant' | 'cosine'
+  c.lr_warmup_steps = 0
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.999
+  c.weight_decay = 0.0
+  c.grad_clip_norm = 0.0          # 0 disables global-norm clipping
+
+  # Numerical faults: non-finite updates are always skipped and counted.
+  c.skip_grad_norm_above = 0.0    # >0 also skips updates with a larger gradient norm
+  c.max_consecutive_skips = 100   # then the run stops with its last good checkpoint intact
+
+  c.compute_dtype = 'float32'     # 'float32' | 'bfloat16'; params and losses stay float32
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = ''
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'digits'
+  c.data.tfds_data_dir = ''       # '' = TFDS default (~/tensorflow_datasets)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256
+  c.eval.num_images = 64          # images in each PNG grid
+  return c
