@@ -1,0 +1,185 @@
+"""VQ-VAE family: model construction, objective and evaluation.
+
+Objective (van den Oord et al. 2017, eq. 3), per example:
+  L = -log p(x | z_q(x)) + ||sg[z_e(x)] - e||^2 + beta ||z_e(x) - sg[e]||^2
+with -log p(x | z_q) either the Gaussian (MSE / training-pixel variance, as in
+Sonnet's example) or a discretised logistic in nats per dimension (usable for
+bits/dim). With EMA codebook updates the codebook term is dropped.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaes import distributions, plotting
+from vaes.models.vqvae import VQVAE
+from vaes.registry import ConfigError, ModelFamily, register_family
+
+LIKELIHOODS = ('gaussian', 'logistic')
+
+
+def compute_dtype(config):
+  name = config.get('compute_dtype', 'float32')
+  if name not in ('float32', 'bfloat16'):
+    raise ConfigError(f"config.compute_dtype='{name}': choose 'float32' or 'bfloat16'.")
+  return jnp.dtype(name)
+
+
+def validate_config(config):
+  m = config.model
+  for field in ('hidden', 'res_hidden', 'num_codes', 'code_dim'):
+    if m[field] <= 0:
+      raise ConfigError(f'config.model.{field}={m[field]}: must be a positive integer.')
+  if m.num_res_blocks < 0 or m.num_downsamples < 0:
+    raise ConfigError('config.model.num_res_blocks and num_downsamples must be >= 0.')
+  if m.likelihood not in LIKELIHOODS:
+    raise ConfigError(f"config.model.likelihood='{m.likelihood}': choose one of {LIKELIHOODS}.")
+  if not 0.0 <= m.get('ema_decay', 0.99) < 1.0:
+    raise ConfigError(f'config.model.ema_decay={m.ema_decay}: must be in [0, 1).')
+
+
+def build_model(config, data_info):
+  m = config.model
+  h, w, c = data_info['shape']
+  factor = 2 ** m.num_downsamples
+  if h % factor or w % factor:
+    raise ConfigError(
+        f'config.model.num_downsamples={m.num_downsamples} needs image sides divisible by '
+        f'{factor}, but the data is {h}x{w}; change config.data.image_size or num_downsamples.')
+  return VQVAE(
+      image_channels=c, hidden=m.hidden, res_hidden=m.res_hidden,
+      num_res_blocks=m.num_res_blocks, num_downsamples=m.num_downsamples,
+      num_codes=m.num_codes, code_dim=m.code_dim, beta=m.beta,
+      use_ema=m.use_ema, ema_decay=m.get('ema_decay', 0.99), ema_eps=m.get('ema_eps', 1e-5),
+      likelihood=m.likelihood, dtype=compute_dtype(config))
+
+
+def init_variables(model, rng, batch):
+  return model.init({'params': rng}, batch['image'], train=False)
+
+
+def _to_bins(x, num_levels):
+  """[0, 1] pixels -> bin centres in [-1, 1] on num_levels levels."""
+  b = jnp.round(x * (num_levels - 1))
+  return 2.0 * b / (num_levels - 1) - 1.0
+
+
+def _recon_terms(out, x, likelihood, train_variance, num_levels):
+  """Per-example (B,) reconstruction NLL used in the loss, and squared error sums."""
+  axes = tuple(range(1, x.ndim))
+  dec = out['decoder_out']
+  if likelihood == 'gaussian':
+    mean = dec
+    nll = jnp.mean(jnp.square(mean - x), axis=axes) / train_variance
+  else:
+    c = x.shape[-1]
+    mean_m11, log_scale = dec[..., :c], dec[..., c:]
+    logp = distributions.discretized_logistic_log_prob(
+        _to_bins(x, num_levels), mean_m11, log_scale, num_bins=num_levels)
+    nll = -jnp.mean(logp, axis=axes)  # nats per dimension
+    mean = (jnp.clip(mean_m11, -1.0, 1.0) + 1.0) / 2.0
+  sq_err = jnp.mean(jnp.square(mean - x), axis=axes)
+  return nll, sq_err, mean
+
+
+def make_loss_fn(config, model, data_info):
+  likelihood = config.model.likelihood
+  variance = float(data_info['train_variance'])
+  levels = int(data_info.get('num_levels', 256))
+  has_state = config.model.use_ema
+
+  def loss_fn(params, model_state, batch, rng, step):
+    del rng, step  # the VQ-VAE is deterministic
+    x = batch['image']
+    variables = {'params': params, **model_state}
+    if has_state:
+      out, new_state = model.apply(variables, x, train=True, mutable=['vq_ema'])
+    else:
+      out, new_state = model.apply(variables, x, train=True), model_state
+    nll, sq_err, _ = _recon_terms(out, x, likelihood, variance, levels)
+    recon = jnp.mean(nll)
+    loss = recon + out['codebook_loss'] + out['commitment_loss']
+    metrics = dict(
+        loss=loss, recon_loss=recon, recon_mse=jnp.mean(sq_err),
+        normalized_mse=jnp.mean(sq_err) / variance,
+        codebook_loss=out['codebook_loss'], commitment_loss=out['commitment_loss'],
+        perplexity=out['perplexity'])
+    return loss, (metrics, new_state)
+
+  return loss_fn
+
+
+def evaluate(ctx):
+  """Whole-split metrics: loss, recon_mse, normalized_mse, perplexity (exp entropy of
+  the average code use over the split), codebook_usage (fraction of codes used at
+  least once over the split), commitment_loss; plus bits_per_dim for 'logistic'
+  (decoder NLL only, i.e. with a uniform prior over codes added separately)."""
+  config, model = ctx.config, ctx.model
+  m = config.model
+  likelihood = m.likelihood
+  variance = float(ctx.data_info['train_variance'])
+  levels = int(ctx.data_info.get('num_levels', 256))
+
+  @jax.jit
+  def eval_batch(variables, batch):
+    x = batch['image']
+    w = batch['valid'].astype(jnp.float32)
+    out = model.apply(variables, x, train=False)
+    nll, sq_err, mean = _recon_terms(out, x, likelihood, variance, levels)
+    codes = out['one_hot'].reshape(x.shape[0], -1, m.num_codes)
+    per_example_loss = nll + out['codebook_loss'] + out['commitment_loss']
+    # Per-example commitment (the batch value above is a mean over the batch).
+    z_e = out['z_e'].astype(jnp.float32)
+    z_q = out['z_q'].astype(jnp.float32)
+    commit = m.beta * jnp.mean(jnp.square(z_e - z_q), axis=(1, 2, 3))
+    sums = dict(
+        loss=jnp.sum(w * (nll + commit * (1.0 if m.use_ema else (1.0 + 1.0 / m.beta)))),
+        recon_nll=jnp.sum(w * nll), sq_err=jnp.sum(w * sq_err),
+        commitment_loss=jnp.sum(w * commit), count=jnp.sum(w),
+        code_counts=jnp.einsum('b,bnk->k', w, codes))
+    del per_example_loss
+    return sums, mean
+
+  totals, first = None, None
+  for batch in ctx.eval_source:
+    sums, mean = eval_batch(ctx.variables, ctx.put(batch))
+    sums = jax.device_get(sums)
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    if first is None:
+      first = (np.asarray(batch['image']), np.asarray(jax.device_get(mean)))
+
+  n = totals['count']
+  probs = totals['code_counts'] / totals['code_counts'].sum()
+  mse = totals['sq_err'] / n
+  metrics = {
+      'loss': totals['loss'] / n,
+      'recon_mse': mse,
+      'normalized_mse': mse / variance,
+      'perplexity': float(np.exp(-np.sum(probs * np.log(probs + 1e-10)))),
+      'codebook_usage': float(np.mean(totals['code_counts'] > 0)),
+      'dead_codes': float(np.sum(totals['code_counts'] == 0)),
+      'commitment_loss': totals['commitment_loss'] / n,
+  }
+  if likelihood == 'logistic':
+    h, w_, c = ctx.data_info['shape']
+    metrics['decoder_nll_bits_per_dim'] = totals['recon_nll'] / n / np.log(2.0)
+    # With a uniform prior over codes: -log p(z) = (#latents) log K.
+    latents = (h // 2 ** m.num_downsamples) * (w_ // 2 ** m.num_downsamples)
+    metrics['bits_per_dim_uniform_prior'] = (
+        metrics['decoder_nll_bits_per_dim'] + latents * np.log2(m.num_codes) / (h * w_ * c))
+
+  if ctx.image_dir and first is not None:
+    k = min(config.eval.get('num_images', 64) // 2, len(first[0]))
+    x, xr = first[0][:k], first[1][:k]
+    pairs = np.stack([x, xr], 1).reshape((-1,) + x.shape[1:])  # original, reconstruction
+    plotting.save_image_grid(
+        os.path.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs,
+        ncols=16)
+  return {k: float(v) for k, v in metrics.items()}
+
+
+register_family(ModelFamily(
+    name='vqvae', build_model=build_model, init_variables=init_variables,
+    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config))

@@ -1,0 +1,83 @@
+"""Metrics to stdout, WORKDIR/metrics.jsonl and TensorBoard; a progress line on a TTY."""
+
+import json
+import math
+import os
+import sys
+import time
+
+
+def _fmt(v):
+  if isinstance(v, float):
+    return f'{v:.5g}'
+  return str(v)
+
+
+class MetricWriter:
+  """Writes only on process 0; every other process is silent."""
+
+  def __init__(self, workdir, enabled=True, tensorboard=True):
+    self.enabled = enabled
+    self.tb = None
+    self.jsonl = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      except ImportError:
+        print('tensorboardX is not installed: no TensorBoard event files.', flush=True)
+
+  def write(self, step, metrics, prefix=''):
+    if not self.enabled:
+      return
+    metrics = {f'{prefix}{k}': float(v) for k, v in metrics.items()}
+    self.jsonl.write(json.dumps({'step': int(step), **metrics}) + '\n')
+    self.jsonl.flush()
+    if self.tb is not None:
+      for k, v in metrics.items():
+        if math.isfinite(v):
+          self.tb.add_scalar(k, v, int(step))
+      self.tb.flush()
+    print(f'[step {step}] ' + ' '.join(f'{k}={_fmt(v)}' for k, v in sorted(metrics.items())),
+          flush=True)
+
+  def close(self):
+    if self.jsonl is not None:
+      self.jsonl.close()
+    if self.tb is not None:
+      self.tb.close()
+
+
+class Progress:
+  """Steps/s and ETA: a redrawn line on an interactive terminal, else silent
+  (log lines carry steps/s)."""
+
+  def __init__(self, start_step, total_steps, enabled=True):
+    self.start_step, self.total = start_step, total_steps
+    self.t0 = time.time()
+    self.last_draw = 0.0
+    self.tty = enabled and sys.stdout.isatty()
+
+  def rate(self, step):
+    dt = time.time() - self.t0
+    return (step - self.start_step) / dt if dt > 0 else 0.0
+
+  def update(self, step):
+    if not self.tty or time.time() - self.last_draw < 0.5:
+      return
+    self.last_draw = time.time()
+    rate = self.rate(step)
+    eta = (self.total - step) / rate if rate > 0 else float('inf')
+    frac = step / max(self.total, 1)
+    bar = '#' * int(30 * frac) + '.' * (30 - int(30 * frac))
+    eta_s = f'{int(eta // 60)}m{int(eta % 60):02d}s' if math.isfinite(eta) else '?'
+    sys.stdout.write(f'\r[{bar}] {step}/{self.total} {rate:.1f} steps/s ETA {eta_s}   ')
+    sys.stdout.flush()
+
+  def newline(self):
+    if self.tty:
+      sys.stdout.write('\n')

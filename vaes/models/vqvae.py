@@ -1,0 +1,122 @@
+"""VQ-VAE (van den Oord et al. 2017): encoder -> z_e(x), quantise to z_q, decode.
+
+Architecture of the paper and of Sonnet's example: `num_downsamples` 4x4
+stride-2 convolutions, a 3x3 convolution, a stack of residual blocks
+(ReLU, 3x3 conv, ReLU, 1x1 conv), a 1x1 projection to D; the decoder mirrors it
+with 4x4 stride-2 transposed convolutions. NHWC throughout; compute in `dtype`
+(bf16 or f32), parameters in float32, quantisation in float32.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vaes.quantizers import VectorQuantizer
+
+
+class ResidualStack(nn.Module):
+  hidden: int
+  res_hidden: int
+  num_blocks: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    for _ in range(self.num_blocks):
+      r = nn.relu(h)
+      r = nn.Conv(self.res_hidden, (3, 3), dtype=self.dtype)(r)
+      r = nn.relu(r)
+      r = nn.Conv(self.hidden, (1, 1), dtype=self.dtype)(r)
+      h = h + r
+    return nn.relu(h)
+
+
+class Encoder(nn.Module):
+  hidden: int
+  res_hidden: int
+  num_res_blocks: int
+  num_downsamples: int
+  code_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h = x.astype(self.dtype)
+    for i in range(self.num_downsamples):
+      width = self.hidden // 2 if i < self.num_downsamples - 1 else self.hidden
+      h = nn.relu(nn.Conv(width, (4, 4), strides=(2, 2), dtype=self.dtype)(h))
+    h = nn.Conv(self.hidden, (3, 3), dtype=self.dtype)(h)
+    h = ResidualStack(self.hidden, self.res_hidden, self.num_res_blocks, self.dtype)(h)
+    return nn.Conv(self.code_dim, (1, 1), dtype=self.dtype)(h)  # z_e(x)
+
+
+class Decoder(nn.Module):
+  hidden: int
+  res_hidden: int
+  num_res_blocks: int
+  num_upsamples: int
+  out_channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z_q):
+    h = nn.Conv(self.hidden, (3, 3), dtype=self.dtype)(z_q.astype(self.dtype))
+    h = ResidualStack(self.hidden, self.res_hidden, self.num_res_blocks, self.dtype)(h)
+    for i in range(self.num_upsamples):
+      last = i == self.num_upsamples - 1
+      width = self.out_channels if last else self.hidden // 2
+      h = nn.ConvTranspose(width, (4, 4), strides=(2, 2), dtype=self.dtype)(h)
+      if not last:
+        h = nn.relu(h)
+    if self.num_upsamples == 0:
+      h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
+    return h.astype(jnp.float32)
+
+
+class VQVAE(nn.Module):
+  """x -> z_e(x) -> z_q = e_{k*} -> decoder output (likelihood parameters).
+
+  `likelihood` 'gaussian' outputs the mean of x (MSE loss); 'logistic' outputs
+  (mean, log_scale) per channel of a discretised logistic, for bits/dim.
+  """
+  image_channels: int
+  hidden: int = 128
+  res_hidden: int = 32
+  num_res_blocks: int = 2
+  num_downsamples: int = 2
+  num_codes: int = 512
+  code_dim: int = 64
+  beta: float = 0.25
+  use_ema: bool = False
+  ema_decay: float = 0.99
+  ema_eps: float = 1e-5
+  likelihood: str = 'gaussian'
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = Encoder(self.hidden, self.res_hidden, self.num_res_blocks,
+                           self.num_downsamples, self.code_dim, self.dtype)
+    self.quantizer = VectorQuantizer(self.num_codes, self.code_dim, self.beta, self.use_ema,
+                                     self.ema_decay, self.ema_eps)
+    out = self.image_channels * (2 if self.likelihood == 'logistic' else 1)
+    self.decoder = Decoder(self.hidden, self.res_hidden, self.num_res_blocks,
+                           self.num_downsamples, out, self.dtype)
+
+  def __call__(self, x, train: bool = False):
+    z_e = self.encoder(x)
+    vq = self.quantizer(z_e, update_ema=train)
+    out = self.decoder(vq['z_q'])
+    vq['z_e'] = z_e
+    vq['decoder_out'] = out
+    return vq
+
+  def encode(self, x):
+    """Code indices k* of x, shape (B, h, w)."""
+    return self.quantizer(self.encoder(x))['indices']
+
+  def decode_indices(self, indices):
+    """Decoder output for a grid of code indices (B, h, w)."""
+    codebook = (self.quantizer.variables['vq_ema']['codebook'] if self.use_ema
+                else self.quantizer.variables['params']['codebook'])
+    return self.decoder(codebook[indices].astype(self.dtype))

@@ -1,0 +1,335 @@
+"""The training engine: one jitted train step over a ('data',) mesh, the loop,
+checkpoints, logging and periodic evaluation. It knows nothing about any model
+family beyond `vaes.registry.ModelFamily`.
+
+Data flows one way: config -> data iterator -> loss_fn (model.apply) inside the
+jitted step -> metrics / checkpoints.
+"""
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vaes import data as data_lib
+from vaes.checkpoint import Checkpointer
+from vaes.metric_writers import MetricWriter, Progress
+from vaes.registry import ConfigError, EvalContext, get_family
+
+
+class TrainingError(RuntimeError):
+  pass
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint of the current step was saved."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array               # int32 scalar: number of updates attempted so far
+  params: Any
+  model_state: Any              # every non-'params' collection (batch_stats, vq_ema, ...)
+  opt_state: Any
+  rng: jax.Array                # base key; step keys are fold_in(rng, step)
+  skipped_updates: jax.Array    # total updates skipped for non-finite / huge gradients
+  consecutive_skips: jax.Array
+
+
+# ----------------------------------------------------------------------------
+# Config checks, mesh, optimiser.
+# ----------------------------------------------------------------------------
+
+
+def validate_config(config, family=None):
+  """Engine-level checks that must fail before any compilation."""
+  for field in ('batch_size', 'log_every_steps', 'checkpoint_every_steps'):
+    v = config[field]
+    if not isinstance(v, int) or v <= 0:
+      raise ConfigError(f'config.{field}={v!r}: must be a positive integer.')
+  for field in ('num_train_steps', 'eval_every_steps'):
+    v = config[field]
+    if not isinstance(v, int) or v < 0:
+      raise ConfigError(f'config.{field}={v!r}: must be a non-negative integer.')
+  if not config.learning_rate > 0:
+    raise ConfigError(f'config.learning_rate={config.learning_rate!r}: must be positive.')
+  if config.optimizer not in ('adam', 'adamw'):
+    raise ConfigError(f"config.optimizer='{config.optimizer}': choose 'adam' or 'adamw'.")
+  if config.lr_schedule not in ('constant', 'cosine'):
+    raise ConfigError(f"config.lr_schedule='{config.lr_schedule}': choose 'constant' or "
+                      "'cosine'.")
+  if config.compute_dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(f"config.compute_dtype='{config.compute_dtype}': choose 'float32' or "
+                      "'bfloat16'.")
+  if config.max_consecutive_skips <= 0:
+    raise ConfigError(f'config.max_consecutive_skips={config.max_consecutive_skips}: must be '
+                      'a positive integer.')
+  n = jax.device_count()
+  for field in ('batch_size',):
+    if config[field] % n:
+      raise ConfigError(
+          f'config.{field}={config[field]} is not divisible by the {n} devices; '
+          f'use a multiple of {n} (e.g. --config.{field}={max(n, config[field] // n * n)}).')
+  if config.eval.batch_size <= 0 or config.eval.batch_size % n:
+    raise ConfigError(f'config.eval.batch_size={config.eval.batch_size} must be a positive '
+                      f'multiple of the {n} devices.')
+  if family is not None and family.validate_config is not None:
+    family.validate_config(config)
+
+
+def make_mesh():
+  """A 1-D ('data',) mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def make_optimizer(config):
+  lr = config.learning_rate
+  if config.lr_schedule == 'cosine':
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, max(config.lr_warmup_steps, 1),
+        max(config.num_train_steps, config.lr_warmup_steps + 1))
+  elif config.lr_warmup_steps > 0:
+    lr = optax.linear_schedule(0.0, config.learning_rate, config.lr_warmup_steps)
+  if config.optimizer == 'adamw':
+    opt = optax.adamw(lr, b1=config.adam_b1, b2=config.adam_b2,
+                      weight_decay=config.weight_decay)
+  else:
+    opt = optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
+  if config.grad_clip_norm > 0:
+    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  return opt
+
+
+# ----------------------------------------------------------------------------
+# The pieces a test, a benchmark or the loop assemble.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything built from a config: model, optimiser, shardings and the jitted step."""
+  config: Any
+  family: Any
+  model: Any
+  data_info: dict
+  mesh: Any
+  tx: Any
+  state_sharding: Any
+  batch_sharding: Any
+  init_fn: Callable             # () -> TrainState, born sharded
+  train_step: Callable          # (state, batch) -> (state, metrics), jitted, state donated
+  abstract_state: Any
+
+  def put(self, batch):
+    """Host-local numpy batch -> global arrays sharded along 'data'."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)),
+        batch)
+
+
+def example_batch_from_spec(spec, batch_size):
+  return {k: np.zeros((batch_size,) + tuple(shape), dtype) for k, (shape, dtype) in spec.items()}
+
+
+def build_trainer(config, data_info, element_spec) -> Trainer:
+  """Builds the model, the sharded initial state (shapes first) and the train step."""
+  family = get_family(config.model.name)
+  validate_config(config, family)
+  model = family.build_model(config, data_info)
+  mesh = make_mesh()
+  tx = make_optimizer(config)
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P('data'))
+  loss_fn = family.make_loss_fn(config, model, data_info)
+  example = example_batch_from_spec(element_spec, config.batch_size)
+  seed = config.seed
+  max_skip_norm = float(config.skip_grad_norm_above)
+
+  def init():
+    rng = jax.random.PRNGKey(seed)
+    variables = family.init_variables(model, jax.random.fold_in(rng, -1 & 0x7FFFFFFF),
+                                      jax.tree.map(jnp.asarray, example))
+    variables = flax.core.unfreeze(variables)
+    params = variables.pop('params')
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+        opt_state=tx.init(params), rng=rng,
+        skipped_updates=jnp.zeros((), jnp.int32), consecutive_skips=jnp.zeros((), jnp.int32))
+
+  abstract = jax.eval_shape(init)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract)
+  init_fn = jax.jit(init, out_shardings=state_sharding)
+  abstract_state = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, state_sharding)
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (metrics, new_model_state)), grads = grad_fn(
+        state.params, state.model_state, batch, rng, state.step)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if max_skip_norm > 0:
+      ok &= grad_norm <= max_skip_norm
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    skipped = 1 - ok.astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        model_state=keep(new_model_state, state.model_state),
+        opt_state=keep(new_opt_state, state.opt_state),
+        skipped_updates=state.skipped_updates + skipped,
+        consecutive_skips=jnp.where(ok, 0, state.consecutive_skips + 1))
+    metrics = dict(metrics)
+    metrics['grad_norm'] = grad_norm
+    metrics['skipped_update'] = skipped.astype(jnp.float32)
+    return new_state, metrics
+
+  step_fn = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  return Trainer(config, family, model, data_info, mesh, tx, state_sharding, batch_sharding,
+                 init_fn, step_fn, abstract_state)
+
+
+def prefetch_to_device(iterator, put, size=2):
+  """Keeps `size` batches in flight on the devices (transfers are asynchronous)."""
+  import collections
+  queue = collections.deque()
+  for batch in iterator:
+    queue.append(put(batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def run_evaluation(trainer, state, splits, workdir, rng, image_dir=None, image_prefix=''):
+  variables = {'params': state.params, **state.model_state}
+  ctx = EvalContext(
+      config=trainer.config, model=trainer.model, variables=variables,
+      eval_source=splits.eval, data_info=splits.info, rng=rng, put=trainer.put,
+      mesh=trainer.mesh, step=int(state.step), image_dir=image_dir, image_prefix=image_prefix,
+      train_source=splits.train)
+  return trainer.family.evaluate(ctx)
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves a checkpoint at the current step and exits."""
+
+  def __init__(self):
+    self.requested = False
+    self.previous = None
+
+  def __enter__(self):
+    try:
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self.previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+
+def train_and_evaluate(config, workdir):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the
+  last logged training metrics (and the last evaluation's, prefixed 'eval/')."""
+  is_main = jax.process_index() == 0
+  family = get_family(config.model.name)
+  validate_config(config, family)
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+
+  checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep)
+  state, restored_step = checkpointer.restore_latest(trainer.abstract_state, config)
+  if state is None:
+    state = trainer.init_fn()
+    start_step = 0
+  else:
+    start_step = int(restored_step)
+    if is_main:
+      print(f'Resuming from the checkpoint of step {start_step} in {checkpointer.directory}.',
+            flush=True)
+  if int(jax.device_get(state.step)) != start_step:
+    raise TrainingError(f'Checkpoint step {start_step} holds state.step={int(state.step)}.')
+
+  if is_main:
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    print(f'{config.model.name} on {config.data.name}: {n_params:,} parameters, '
+          f'{jax.device_count()} device(s) ({jax.devices()[0].platform}), '
+          f'{jax.process_count()} process(es), global batch {config.batch_size}.', flush=True)
+
+  writer = MetricWriter(workdir, enabled=is_main)
+  progress = Progress(start_step, config.num_train_steps, enabled=is_main)
+  batches = prefetch_to_device(splits.train.iterate(start_step), trainer.put)
+  eval_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
+  image_dir = os.path.join(workdir, 'images') if is_main else None
+  pending, last = [], {}
+  t_log, step_log = time.time(), start_step
+
+  def check_skips(st):
+    consecutive = int(jax.device_get(st.consecutive_skips))
+    if consecutive >= config.max_consecutive_skips:
+      raise TrainingError(
+          f'{consecutive} consecutive updates had a non-finite (or too large) loss or gradient '
+          f'at step {int(st.step)}; stopping. The last good checkpoint in '
+          f'{checkpointer.directory} is intact. Lower config.learning_rate, set '
+          'config.grad_clip_norm, or check the data.')
+
+  with _Preemption() as preempt:
+    step = start_step
+    while step < config.num_train_steps:
+      state, metrics = trainer.train_step(state, next(batches))
+      step += 1
+      pending.append(metrics)
+      progress.update(step)
+      last_step = step == config.num_train_steps
+
+      if step % config.log_every_steps == 0 or last_step:
+        fetched = jax.device_get(pending)
+        pending = []
+        last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        now = time.time()
+        last['steps_per_sec'] = (step - step_log) / max(now - t_log, 1e-9)
+        last['skipped_updates_total'] = float(jax.device_get(state.skipped_updates))
+        t_log, step_log = now, step
+        progress.newline()
+        writer.write(step, last)
+        check_skips(state)
+
+      if config.eval_every_steps and (step % config.eval_every_steps == 0 or last_step):
+        eval_metrics = run_evaluation(trainer, state, splits, workdir, eval_rng, image_dir,
+                                      f'step_{step:07d}_')
+        writer.write(step, eval_metrics, prefix='eval/')
+        last.update({f'eval/{k}': v for k, v in eval_metrics.items()})
+
+      if step % config.checkpoint_every_steps == 0 or last_step or preempt.requested:
+        check_skips(state)
+        checkpointer.save(step, state, config, force=True)
+
+      if preempt.requested and not last_step:
+        checkpointer.wait()
+        msg = (f'SIGTERM received: saved a checkpoint at step {step} in '
+               f'{checkpointer.directory}; rerun the same command to resume.')
+        writer.close()
+        raise Preempted(msg)
+
+  checkpointer.wait()
+  writer.close()
+  return last
