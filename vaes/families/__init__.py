@@ -1,3 +1,4 @@
 """Model families: each module registers one `ModelFamily` at import time."""
 
 from vaes.families import vqvae  # noqa: F401
+from vaes.families import ladder  # noqa: F401

@@ -1,0 +1,375 @@
+"""The Hierarchical / Ladder VAE family: model, loss, evaluation.
+
+`config.model.name` 'hvae' (inference 'hierarchical') or 'lvae' (inference
+'ladder'); 'ladder_vae' accepts either `config.model.inference`.
+
+Objective (per example; layers l = 1..L, z_>l = z_l+1..z_L):
+
+    ELBO = E_q[log p(x | z_1)] - sum_l E_q[KL(q(z_l | .) || p(z_l | z_l+1))].
+
+* 'ladder': q(z_l | z_l+1, x) and p(z_l | z_l+1) are Gaussians given the same
+  sample z_l+1, so each KL is in closed form (`gaussian_kl`).
+* 'hierarchical': q(z_l | z_l-1) and p(z_l | z_l+1) condition on different
+  samples (z_l+1 is drawn from q given z_l), so only the top layer (p(z_L) =
+  N(0, I)) has a closed form; below it the KL term is the one-sample Monte Carlo
+  estimate log q(z_l | z_l-1) - log p(z_l | z_l+1) at the drawn z_l.
+
+Training loss = -E[log p(x | z_1)] + beta(step) sum_l max(lambda, E_batch[KL_l]),
+with KL warm-up beta = min(1, step / N) (Sonderby et al. 2016) and free bits
+lambda nats per layer (Kingma et al. 2016); the reported `neg_elbo` is always the
+true bound (beta = 1, lambda = 0).
+
+Evaluation: the importance-weighted bound with k samples
+    log p(x) >= logsumexp_k(log w_k) - log k,
+    log w = log p(x | z_1) + sum_l [log p(z_l | z_l+1) - log q(z_l | .)],
+computed in chunks of `config.eval.iw_chunk_size` samples with `lax.map`, so
+k = 5000 costs the memory of one chunk. Active units (Burda et al. 2016): unit u
+of z_l is active when Cov_x(E_q[u | x]) > 0.01, with E_q[u | x] estimated by the
+average, over the same k posterior samples, of the conditional posterior mean
+mu_q of u (exact for z_1 in 'hierarchical' mode, Rao-Blackwellised otherwise).
+"""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaes import distributions as dist
+from vaes.models import ladder as ladder_model
+from vaes.plotting import save_image_grid
+from vaes.registry import ConfigError, ModelFamily, register_family
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+_NAME_TO_INFERENCE = {'hvae': 'hierarchical', 'lvae': 'ladder'}
+
+
+# -----------------------------------------------------------------------------
+# Config and model.
+# -----------------------------------------------------------------------------
+
+
+def validate_config(config):
+  m = config.model
+  inference = m.get('inference', '')
+  if inference not in ladder_model.INFERENCE_MODES:
+    raise ConfigError(f"config.model.inference='{inference}' is not one of "
+                      f'{ladder_model.INFERENCE_MODES}.')
+  expected = _NAME_TO_INFERENCE.get(m.name)
+  if expected is not None and inference != expected:
+    raise ConfigError(f"config.model.name='{m.name}' means inference '{expected}', but "
+                      f"config.model.inference='{inference}'; use config.model.name='ladder_vae' "
+                      'to choose the inference freely.')
+  latent, hidden = tuple(m.latent_sizes), tuple(m.hidden_sizes)
+  if not latent or len(latent) != len(hidden) or min(latent + hidden) <= 0:
+    raise ConfigError(f'config.model.latent_sizes={latent} and config.model.hidden_sizes={hidden} '
+                      'must be non-empty lists of positive sizes, one per stochastic layer.')
+  if m.block not in ladder_model.BLOCKS:
+    raise ConfigError(f"config.model.block='{m.block}' is not one of {ladder_model.BLOCKS}.")
+  if m.block == 'conv':
+    if len(tuple(m.strides)) != len(latent) or any(s not in (1, 2) for s in m.strides):
+      raise ConfigError(f'config.model.strides={tuple(m.strides)}: give one stride (1 or 2) per '
+                        f'layer ({len(latent)} layers) for conv blocks.')
+    if m.block_depth < 1:
+      raise ConfigError(f'config.model.block_depth={m.block_depth}: conv blocks need >= 1.')
+  if m.block_depth < 0:
+    raise ConfigError(f'config.model.block_depth={m.block_depth} must be >= 0.')
+  if m.activation not in ladder_model.ACTIVATIONS:
+    raise ConfigError(f"config.model.activation='{m.activation}' is not one of "
+                      f'{sorted(ladder_model.ACTIVATIONS)}.')
+  if m.likelihood not in ladder_model.LIKELIHOODS:
+    raise ConfigError(f"config.model.likelihood='{m.likelihood}' is not one of "
+                      f'{ladder_model.LIKELIHOODS}.')
+  if m.free_bits < 0 or m.kl_warmup_steps < 0 or m.get('kl_warmup_epochs', 0) < 0:
+    raise ConfigError('config.model.free_bits, kl_warmup_steps and kl_warmup_epochs must be >= 0.')
+  if config.eval.num_importance_samples < 1 or config.eval.iw_chunk_size < 1:
+    raise ConfigError('config.eval.num_importance_samples and config.eval.iw_chunk_size must be '
+                      '>= 1.')
+
+
+def build_model(config, data_info):
+  validate_config(config)
+  m = config.model
+  x_shape = tuple(data_info['shape'])
+  if m.likelihood == 'bernoulli' and data_info.get('num_levels') != 2:
+    raise ConfigError(
+        f"config.model.likelihood='bernoulli' needs binary data, but config.data.name="
+        f"'{config.data.name}' has {data_info.get('num_levels')} levels; set "
+        "config.data.binarize='dynamic' (or 'threshold') or config.model.likelihood='logistic'.")
+  if m.block == 'conv':
+    factor = int(np.prod(m.strides))
+    if x_shape[0] % factor or x_shape[1] % factor:
+      raise ConfigError(f'config.model.strides={tuple(m.strides)} downsample by {factor}, which '
+                        f'does not divide the image size {x_shape[:2]}; change the strides or '
+                        'config.data.image_size.')
+  return ladder_model.LadderVAE(
+      latent_sizes=tuple(m.latent_sizes), hidden_sizes=tuple(m.hidden_sizes), x_shape=x_shape,
+      inference=m.inference, block=m.block, block_depth=m.block_depth,
+      strides=tuple(m.strides) if m.block == 'conv' else (), batch_norm=bool(m.batch_norm),
+      activation=m.activation, likelihood=m.likelihood, dtype=jnp.dtype(config.compute_dtype))
+
+
+def init_variables(model, rng, batch):
+  x = batch['image']
+  noise = [jnp.zeros((x.shape[0],) + s, jnp.float32)
+           for s in ladder_model.latent_shapes(model, x.shape[1:])]
+  return model.init({'params': rng}, x, noise, train=False)
+
+
+# -----------------------------------------------------------------------------
+# Per-example terms, float32.
+# -----------------------------------------------------------------------------
+
+
+def _sum_except_first(v):
+  return v.reshape(v.shape[0], -1).sum(axis=1)
+
+
+def log_likelihood(likelihood, x, x_params, num_levels):
+  """log p(x | z_1) summed over dimensions, (B,). x in [0, 1]."""
+  if likelihood == 'bernoulli':
+    lp = dist.bernoulli_log_prob(x, x_params['logits'])
+  elif likelihood == 'logistic':
+    lp = dist.discretized_logistic_log_prob(2.0 * x - 1.0, x_params['mean'],
+                                            x_params['log_scale'], num_bins=num_levels)
+  else:
+    lp = dist.gaussian_log_prob(x, x_params['mean'], x_params['logvar'])
+  return _sum_except_first(lp)
+
+
+def x_mean(likelihood, x_params):
+  """E[x | z_1] in [0, 1] for pictures."""
+  if likelihood == 'bernoulli':
+    return jax.nn.sigmoid(x_params['logits'])
+  if likelihood == 'logistic':
+    return jnp.clip((x_params['mean'] + 1.0) / 2.0, 0.0, 1.0)
+  return x_params['mean']
+
+
+def layer_kls(inference, layers):
+  """Per-layer KL terms, (L, B): closed form where available, else one-sample Monte Carlo."""
+  kls = []
+  top = len(layers) - 1
+  for l, layer in enumerate(layers):
+    if inference == 'ladder' or l == top:
+      kl = dist.gaussian_kl(layer['q_mean'], layer['q_logvar'], layer['p_mean'], layer['p_logvar'])
+    else:
+      kl = (dist.gaussian_log_prob(layer['z'], layer['q_mean'], layer['q_logvar'])
+            - dist.gaussian_log_prob(layer['z'], layer['p_mean'], layer['p_logvar']))
+    kls.append(_sum_except_first(kl))
+  return jnp.stack(kls)
+
+
+def log_weight(layers, log_px):
+  """log w = log p(x | z_1) + sum_l [log p(z_l | z_l+1) - log q(z_l | .)], (B,)."""
+  lw = log_px
+  for layer in layers:
+    lw = lw + _sum_except_first(
+        dist.gaussian_log_prob(layer['z'], layer['p_mean'], layer['p_logvar'])
+        - dist.gaussian_log_prob(layer['z'], layer['q_mean'], layer['q_logvar']))
+  return lw
+
+
+def kl_weight(step, warmup_steps):
+  """KL warm-up beta = min(1, step / N), linear from 0; 1 when N = 0."""
+  if warmup_steps <= 0:
+    return jnp.float32(1.0)
+  return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / float(warmup_steps))
+
+
+def _warmup_steps(config, data_info):
+  epochs = config.model.get('kl_warmup_epochs', 0)
+  if not epochs:
+    return int(config.model.kl_warmup_steps)
+  if 'num_train' not in data_info:
+    raise ConfigError(f'config.model.kl_warmup_epochs={epochs} needs the training-set size, which '
+                      f"dataset '{config.data.name}' does not report; use kl_warmup_steps.")
+  return int(round(epochs * (data_info['num_train'] // config.batch_size)))
+
+
+# -----------------------------------------------------------------------------
+# Training loss.
+# -----------------------------------------------------------------------------
+
+
+def make_loss_fn(config, model, data_info):
+  """loss_fn(params, model_state, batch, rng, step) -> (loss, (metrics, new_model_state)).
+
+  loss = -mean_B log p(x | z_1) + beta(step) sum_l max(free_bits, mean_B KL_l).
+  """
+  validate_config(config)
+  inference = config.model.inference
+  likelihood = config.model.likelihood
+  num_levels = int(data_info.get('num_levels', 256))
+  free_bits = float(config.model.free_bits)
+  warmup = _warmup_steps(config, data_info)
+  x_shape = tuple(data_info['shape'])
+  num_layers = len(config.model.latent_sizes)
+  num_dims = int(np.prod(x_shape))
+
+  def loss_fn(params, model_state, batch, rng, step):
+    x = batch['image']
+    noise = ladder_model.draw_noise(model, rng, x.shape[:1], x_shape)
+    variables = {'params': params, **model_state}
+    if model_state:
+      out, new_state = model.apply(variables, x, noise, train=True,
+                                   mutable=list(model_state.keys()))
+      new_state = dict(new_state)
+    else:
+      out, new_state = model.apply(variables, x, noise, train=True), model_state
+    log_px = log_likelihood(likelihood, x, out['x'], num_levels)
+    kls = layer_kls(inference, out['layers'])              # (L, B)
+    kl_means = kls.mean(axis=1)                            # (L,)
+    beta = kl_weight(step, warmup)
+    rec = -log_px.mean()
+    loss = rec + beta * jnp.maximum(kl_means, free_bits).sum()
+    neg_elbo = rec + kl_means.sum()
+    metrics = {'loss': loss, 'neg_elbo': neg_elbo, 'recon_nll': rec, 'kl': kl_means.sum(),
+               'kl_weight': beta, 'bits_per_dim': dist.bits_per_dim(neg_elbo, num_dims)}
+    for l in range(num_layers):
+      metrics[f'kl_layer_{l + 1}'] = kl_means[l]
+    return loss, (metrics, new_state)
+
+  return loss_fn
+
+
+# -----------------------------------------------------------------------------
+# Evaluation.
+# -----------------------------------------------------------------------------
+
+
+def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, chunk_size):
+  """Per-batch statistics with k = num_samples posterior samples in chunks (lax.map).
+
+  fn(variables, batch, rng) -> dict of sums over the valid examples:
+    'count', 'neg_elbo', 'nll' (= -IW bound), 'recon_nll', 'kl_layers' (L,),
+    and per layer 'mean_sum_<l>', 'mean_sq_sum_<l>' (units,) of E_q[z_l | x],
+    for the covariance over x of the active-unit criterion.
+  The ELBO terms are averaged over the same k samples (closed-form KLs where
+  available), so neg_elbo and nll are computed from one set of samples.
+  """
+  chunk = min(chunk_size, num_samples)
+  num_chunks = -(-num_samples // chunk)
+
+  def fn(variables, batch, rng):
+    x = batch['image']
+    valid = batch['valid'].astype(jnp.float32)
+    x_shape = x.shape[1:]
+
+    def one_chunk(c):
+      noise = ladder_model.draw_noise(model, jax.random.fold_in(rng, c), (chunk, x.shape[0]),
+                                      x_shape)
+      out = jax.vmap(lambda eps: model.apply(variables, x, eps, train=False))(noise)
+      log_px = jax.vmap(lambda p: log_likelihood(likelihood, x, p, num_levels))(out['x'])
+      kls = jax.vmap(lambda ls: layer_kls(inference, ls))(out['layers'])   # (chunk, L, B)
+      lw = jax.vmap(log_weight)(out['layers'], log_px)                      # (chunk, B)
+      in_k = (c * chunk + jnp.arange(chunk)) < num_samples                  # mask beyond k
+      w = in_k.astype(jnp.float32)
+      lse = jax.nn.logsumexp(jnp.where(in_k[:, None], lw, -jnp.inf), axis=0)
+      means = [jnp.einsum('s,sb...->b...', w, layer['q_mean']) for layer in out['layers']]
+      return (lse, jnp.einsum('s,sb->b', w, log_px), jnp.einsum('s,slb->lb', w, kls), means)
+
+    lses, log_px_sum, kl_sum, mean_sums = jax.lax.map(one_chunk, jnp.arange(num_chunks))
+    iw = jax.nn.logsumexp(lses, axis=0) - math.log(num_samples)           # (B,)
+    rec = -log_px_sum.sum(0) / num_samples                                 # (B,)
+    kls = kl_sum.sum(0) / num_samples                                      # (L, B)
+    out = {
+        'count': valid.sum(),
+        'nll': jnp.sum(-iw * valid),
+        'neg_elbo': jnp.sum((rec + kls.sum(0)) * valid),
+        'recon_nll': jnp.sum(rec * valid),
+        'kl_layers': jnp.sum(kls * valid, axis=1),
+    }
+    for l, m in enumerate(mean_sums):
+      m = m.sum(0).reshape(x.shape[0], -1) / num_samples                  # E_q[z_l | x]
+      out[f'mean_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid, m)
+      out[f'mean_sq_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid, m * m)
+    return out
+
+  return fn
+
+
+def active_units_from_moments(mean_sum, mean_sq_sum, count, threshold=ACTIVE_UNIT_THRESHOLD):
+  """Units whose Cov_x(E_q[u | x]) = E[m^2] - E[m]^2 exceeds `threshold` (Burda 2016)."""
+  mean = np.asarray(mean_sum, np.float64) / count
+  var = np.asarray(mean_sq_sum, np.float64) / count - mean * mean
+  return int(np.sum(var > threshold))
+
+
+def evaluate(ctx):
+  """Metrics over the whole eval split and, with ctx.image_dir, PNG grids.
+
+  Keys: neg_elbo, nll (importance-weighted, k = config.eval.num_importance_samples),
+  bits_per_dim (of nll), recon_nll, kl, active_units, and kl_layer_<l>,
+  active_units_layer_<l> for l = 1..L. All per example, in nats.
+  """
+  config, model = ctx.config, ctx.model
+  likelihood, inference = config.model.likelihood, config.model.inference
+  num_levels = int(ctx.data_info.get('num_levels', 256))
+  x_shape = tuple(ctx.data_info['shape'])
+  num_layers = len(config.model.latent_sizes)
+  batch_fn = jax.jit(make_eval_batch_fn(
+      model, likelihood, inference, num_levels, int(config.eval.num_importance_samples),
+      int(config.eval.iw_chunk_size)))
+
+  totals = None
+  first_batch = None
+  for i, host_batch in enumerate(ctx.eval_source):
+    if first_batch is None:
+      first_batch = host_batch
+    stats = batch_fn(ctx.variables, ctx.put(host_batch), jax.random.fold_in(ctx.rng, i))
+    stats = jax.tree.map(lambda v: np.asarray(v, np.float64), stats)
+    totals = stats if totals is None else jax.tree.map(np.add, totals, stats)
+  count = totals['count']
+  metrics = {
+      'neg_elbo': totals['neg_elbo'] / count,
+      'nll': totals['nll'] / count,
+      'recon_nll': totals['recon_nll'] / count,
+      'kl': totals['kl_layers'].sum() / count,
+      'num_importance_samples': int(config.eval.num_importance_samples),
+  }
+  metrics['bits_per_dim'] = float(dist.bits_per_dim(metrics['nll'], int(np.prod(x_shape))))
+  total_active = 0
+  for l in range(1, num_layers + 1):
+    metrics[f'kl_layer_{l}'] = totals['kl_layers'][l - 1] / count
+    active = active_units_from_moments(totals[f'mean_sum_{l}'], totals[f'mean_sq_sum_{l}'], count)
+    metrics[f'active_units_layer_{l}'] = active
+    total_active += active
+  metrics['active_units'] = total_active
+  metrics = {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}
+
+  if ctx.image_dir and jax.process_index() == 0:
+    _save_images(ctx, model, likelihood, x_shape, first_batch)
+  return metrics
+
+
+def _save_images(ctx, model, likelihood, x_shape, host_batch):
+  """Prior samples (top-down ancestral) and (data, reconstruction) pairs as PNG grids."""
+  n = int(ctx.config.eval.num_images)
+  variables = ctx.variables
+  rng_s, rng_r = jax.random.split(jax.random.fold_in(ctx.rng, 1 << 30))
+
+  @jax.jit
+  def samples(variables, rng):
+    noise = ladder_model.draw_noise(model, rng, (n,), x_shape)
+    return x_mean(likelihood, model.apply(variables, noise, train=False, method=model.sample))
+
+  @jax.jit
+  def reconstructions(variables, x, rng):
+    noise = ladder_model.draw_noise(model, rng, x.shape[:1], x_shape)
+    return x_mean(likelihood, model.apply(variables, x, noise, train=False)['x'])
+
+  prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
+  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(variables, rng_s)))
+  x = np.asarray(host_batch['image'])[:max(1, n // 2)]
+  recon = np.asarray(reconstructions(variables, jnp.asarray(x), rng_r))
+  pairs = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])   # data, recon, data, ...
+  ncols = 2 * max(1, int(math.sqrt(len(x))))
+  save_image_grid(prefix + 'reconstructions.png', pairs, ncols=ncols)
+
+
+register_family(
+    ModelFamily(name='ladder_vae', build_model=build_model, init_variables=init_variables,
+                make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config),
+    'hvae', 'lvae')

@@ -1,0 +1,257 @@
+"""Hierarchical and Ladder VAEs (Sonderby et al. 2016), Flax Linen.
+
+L stochastic layers z_1..z_L of diagonal Gaussians. The generative model is
+top-down and the same in both inference modes:
+
+    p(z_L) = N(0, I),   p(z_l | z_l+1) = N(mu_p,l(z_l+1), s_p,l^2(z_l+1)),   p(x | z_1).
+
+Inference (`inference`):
+
+* 'hierarchical' -- bottom-up, q(z | x) = q(z_1 | x) prod_{l>1} q(z_l | z_l-1):
+      d_l = up_l(z_l-1)  (z_0 = x),   q(z_l | z_l-1) = N(mu_q,l(d_l), s_q,l^2(d_l)),
+  each z_l sampled before d_l+1 is computed.
+* 'ladder' -- a deterministic bottom-up pass
+      d_l = up_l(d_l-1)  (d_0 = x),   (mu_hat_l, s_hat_l) = head_l(d_l),
+  then a top-down pass that shares p(z_l | z_l+1) with the generative model:
+      q(z_L | x) = N(mu_hat_L, s_hat_L^2),
+      q(z_l | z_l+1, x) = N(mu_q, s_q^2) with the precision-weighted merge
+      s_q^2 = 1 / (s_hat_l^-2 + s_p,l^-2),  mu_q = (mu_hat_l s_hat_l^-2 + mu_p,l s_p,l^-2) s_q^2.
+
+Both modes use the same modules (`up_l`, `head_l`, `down_l`, `prior_head_l`,
+the decoder); only the input of `up_l` and the use of `head_l` differ.
+
+Blocks are MLPs (the paper's) or convolutions: with 'conv' every z_l is a
+feature map at the resolution of d_l (the bottom-up block l downsamples by
+`strides[l-1]`, the top-down block upsamples back).
+
+The module returns distribution parameters and samples only; log-probabilities,
+KLs and the ELBO live in `vaes.families.ladder`. Noise is an argument (a list of
+N(0, I) arrays, one per layer, from `draw_noise`) so that callers draw it outside
+compiled loops and tests can fix it. Parameters are float32; activations use
+`dtype`; every Gaussian parameter is returned in float32.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vaes.distributions import gaussian_reparam, precision_weighted_merge
+
+ACTIVATIONS = {
+    'relu': nn.relu,
+    'leaky_relu': nn.leaky_relu,
+    'elu': nn.elu,
+    'swish': nn.swish,
+    'tanh': jnp.tanh,
+    'linear': lambda h: h,
+}
+INFERENCE_MODES = ('hierarchical', 'ladder')
+BLOCKS = ('mlp', 'conv')
+LIKELIHOODS = ('bernoulli', 'logistic', 'gaussian')
+# Variances are softplus(.) + MIN_VAR: positive, and the precisions in the merge stay finite.
+MIN_VAR = 1e-4
+
+
+class Block(nn.Module):
+  """`depth` x [Dense | Conv 3x3 -> optional BatchNorm -> activation].
+
+  With 'conv', the first layer has stride `stride` (a ConvTranspose when
+  `upsample`). BatchNorm uses batch statistics when `train` and the running
+  averages in the 'batch_stats' collection otherwise.
+  """
+  features: int
+  depth: int
+  block: str = 'mlp'
+  stride: int = 1
+  upsample: bool = False
+  batch_norm: bool = False
+  activation: str = 'relu'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h, train: bool):
+    act = ACTIVATIONS[self.activation]
+    for i in range(self.depth):
+      if self.block == 'mlp':
+        h = nn.Dense(self.features, dtype=self.dtype)(h)
+      elif i == 0 and self.upsample:
+        h = nn.ConvTranspose(self.features, (3, 3), strides=(self.stride,) * 2,
+                             padding='SAME', dtype=self.dtype)(h)
+      else:
+        s = self.stride if i == 0 else 1
+        h = nn.Conv(self.features, (3, 3), strides=(s, s), padding='SAME', dtype=self.dtype)(h)
+      if self.batch_norm:
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         dtype=self.dtype)(h)
+      h = act(h)
+    return h
+
+
+class GaussianHead(nn.Module):
+  """h -> (mean, logvar) of a diagonal Gaussian, float32; var = softplus(.) + MIN_VAR.
+
+  Two separate linear maps named 'mean' and 'var' (a 3x3 conv each for 'conv').
+  """
+  features: int
+  block: str = 'mlp'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h):
+    if self.block == 'mlp':
+      mean = nn.Dense(self.features, dtype=self.dtype, name='mean')(h)
+      pre = nn.Dense(self.features, dtype=self.dtype, name='var')(h)
+    else:
+      mean = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype, name='mean')(h)
+      pre = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype, name='var')(h)
+    var = jax.nn.softplus(pre.astype(jnp.float32)) + MIN_VAR
+    return mean.astype(jnp.float32), jnp.log(var)
+
+
+def latent_shapes(model, x_shape):
+  """Per-example shapes of z_1..z_L: (n_l,) for 'mlp', (H_l, W_l, n_l) for 'conv'."""
+  if model.block == 'mlp':
+    return [(n,) for n in model.latent_sizes]
+  h, w = x_shape[0], x_shape[1]
+  shapes = []
+  for n, s in zip(model.latent_sizes, model.strides):
+    h, w = h // s, w // s
+    shapes.append((h, w, n))
+  return shapes
+
+
+def draw_noise(model, rng, batch_shape, x_shape):
+  """One N(0, I) float32 array per layer, shaped batch_shape + latent shape of z_l."""
+  keys = jax.random.split(rng, len(model.latent_sizes))
+  return [jax.random.normal(k, tuple(batch_shape) + s, jnp.float32)
+          for k, s in zip(keys, latent_shapes(model, x_shape))]
+
+
+class LadderVAE(nn.Module):
+  """Generative p(x | z_1) prod_l p(z_l | z_l+1) p(z_L); inference by `inference`.
+
+  Fields: `latent_sizes` n_1..n_L (units, or channels for 'conv'),
+  `hidden_sizes` h_1..h_L (width of d_l and of the top-down block into z_l),
+  `block_depth` layers per block, `strides` (conv only, per layer),
+  `x_shape` (H, W, C) and `likelihood` of x: 'bernoulli' (logits),
+  'logistic' (discretised logistic: mean and log-scale), 'gaussian'
+  (mean and logvar; continuous data and tests).
+  """
+  latent_sizes: Sequence[int]
+  hidden_sizes: Sequence[int]
+  x_shape: Sequence[int]
+  inference: str = 'ladder'
+  block: str = 'mlp'
+  block_depth: int = 2
+  strides: Sequence[int] = ()
+  batch_norm: bool = False
+  activation: str = 'leaky_relu'
+  likelihood: str = 'bernoulli'
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    num = len(self.latent_sizes)
+    strides = tuple(self.strides) or (1,) * num
+
+    def block(features, stride=1, upsample=False):
+      return Block(features, self.block_depth, self.block, stride, upsample, self.batch_norm,
+                   self.activation, self.dtype)
+
+    # Bottom-up: d_l = up_l(input), (mu, s) = head_l(d_l); in 'ladder' these are (mu_hat, s_hat).
+    self.up = [block(self.hidden_sizes[l], strides[l]) for l in range(num)]
+    self.head = [GaussianHead(self.latent_sizes[l], self.block, self.dtype) for l in range(num)]
+    # Top-down: p(z_l | z_l+1) = prior_head_l(down_l(z_l+1)), l = 1..L-1 (list index l-1).
+    self.down = [block(self.hidden_sizes[l], strides[l + 1], upsample=True)
+                 for l in range(num - 1)]
+    self.prior_head = [GaussianHead(self.latent_sizes[l], self.block, self.dtype)
+                       for l in range(num - 1)]
+    # p(x | z_1).
+    self.decoder_block = block(self.hidden_sizes[0], strides[0], upsample=True)
+    num_x_params = {'bernoulli': 1, 'logistic': 2, 'gaussian': 2}[self.likelihood]
+    channels = self.x_shape[-1]
+    if self.block == 'mlp':
+      size = 1
+      for d in self.x_shape:
+        size *= d
+      self.decoder_out = nn.Dense(num_x_params * size, dtype=self.dtype)
+    else:
+      self.decoder_out = nn.Conv(num_x_params * channels, (3, 3), padding='SAME',
+                                 dtype=self.dtype)
+
+  # -- generative pieces -------------------------------------------------------
+
+  def prior(self, l, z_above, train: bool = False):
+    """(mu_p, logvar_p) of p(z_l | z_l+1); l is 1-based, 1 <= l < L."""
+    return self.prior_head[l - 1](self.down[l - 1](z_above.astype(self.dtype), train))
+
+  def decode(self, z1, train: bool = False):
+    """Parameters of p(x | z_1), float32, each shaped (B,) + x_shape.
+
+    'bernoulli': {'logits'}; 'logistic': {'mean', 'log_scale'} on [-1, 1];
+    'gaussian': {'mean', 'logvar'}.
+    """
+    h = self.decoder_block(z1.astype(self.dtype), train)
+    out = self.decoder_out(h).astype(jnp.float32)
+    batch = z1.shape[0]
+    if self.block == 'mlp':
+      out = out.reshape((batch, -1) + tuple(self.x_shape))
+    else:
+      out = out.reshape(out.shape[:-1] + (-1, self.x_shape[-1]))
+      out = jnp.moveaxis(out, -2, 1)
+    if self.likelihood == 'bernoulli':
+      return {'logits': out[:, 0]}
+    if self.likelihood == 'logistic':
+      return {'mean': out[:, 0], 'log_scale': out[:, 1]}
+    return {'mean': out[:, 0], 'logvar': jnp.log(jax.nn.softplus(out[:, 1]) + MIN_VAR)}
+
+  def _bottom_up_input(self, x):
+    x = x.astype(self.dtype)
+    return x.reshape((x.shape[0], -1)) if self.block == 'mlp' else x
+
+  # -- inference + generation ----------------------------------------------------
+
+  def __call__(self, x, noise, train: bool = False):
+    """Samples z ~ q(z | x) with the given noise and evaluates every conditional.
+
+    Returns {'layers': [per layer l = 1..L: {'z', 'q_mean', 'q_logvar',
+    'p_mean', 'p_logvar'}], 'x': decode(z_1)}. For l = L the prior entries are
+    those of N(0, I). All values float32.
+    """
+    num = len(self.latent_sizes)
+    h = self._bottom_up_input(x)
+    q = [None] * num
+    z = [None] * num
+    if self.inference == 'hierarchical':
+      for l in range(num):
+        q[l] = self.head[l](self.up[l](h, train))
+        z[l] = gaussian_reparam(*q[l], noise[l])
+        h = z[l].astype(self.dtype)
+    else:
+      bottom_up = []
+      for l in range(num):
+        h = self.up[l](h, train)
+        bottom_up.append(self.head[l](h))
+      q[-1] = bottom_up[-1]
+      z[-1] = gaussian_reparam(*q[-1], noise[-1])
+    p = [None] * num
+    p[-1] = (jnp.zeros_like(z[-1]), jnp.zeros_like(z[-1]))
+    for l in range(num - 2, -1, -1):          # top-down: p(z_l | z_l+1)
+      p[l] = self.prior(l + 1, z[l + 1], train)
+      if self.inference == 'ladder':
+        q[l] = precision_weighted_merge(*bottom_up[l], *p[l])
+        z[l] = gaussian_reparam(*q[l], noise[l])
+    layers = [{'z': z[l], 'q_mean': q[l][0], 'q_logvar': q[l][1],
+               'p_mean': p[l][0], 'p_logvar': p[l][1]} for l in range(num)]
+    return {'layers': layers, 'x': self.decode(z[0], train)}
+
+  def sample(self, noise, train: bool = False):
+    """Ancestral sample from the top-down prior: z_L = eps_L, z_l ~ p(z_l | z_l+1).
+
+    Returns decode(z_1).
+    """
+    z = noise[-1]
+    for l in range(len(self.latent_sizes) - 2, -1, -1):
+      z = gaussian_reparam(*self.prior(l + 1, z, train), noise[l])
+    return self.decode(z, train)
