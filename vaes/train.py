@@ -49,7 +49,7 @@ class TrainState:
 # ----------------------------------------------------------------------------
 
 
-def validate_config(config, family=None):
+def validate_config(config, family=None, num_devices=None):
   """Engine-level checks that must fail before any compilation."""
   for field in ('batch_size', 'log_every_steps', 'checkpoint_every_steps'):
     v = config[field]
@@ -72,7 +72,7 @@ def validate_config(config, family=None):
   if config.max_consecutive_skips <= 0:
     raise ConfigError(f'config.max_consecutive_skips={config.max_consecutive_skips}: must be '
                       'a positive integer.')
-  n = jax.device_count()
+  n = num_devices or jax.device_count()
   for field in ('batch_size',):
     if config[field] % n:
       raise ConfigError(
@@ -85,9 +85,10 @@ def validate_config(config, family=None):
     family.validate_config(config)
 
 
-def make_mesh():
-  """A 1-D ('data',) mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
+def make_mesh(devices=None):
+  """A 1-D ('data',) mesh over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
@@ -140,12 +141,14 @@ def example_batch_from_spec(spec, batch_size):
   return {k: np.zeros((batch_size,) + tuple(shape), dtype) for k, (shape, dtype) in spec.items()}
 
 
-def build_trainer(config, data_info, element_spec) -> Trainer:
-  """Builds the model, the sharded initial state (shapes first) and the train step."""
+def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
+  """Builds the model, the sharded initial state (shapes first) and the train step.
+
+  `devices` defaults to all devices; tests pass a subset to compare meshes."""
   family = get_family(config.model.name)
-  validate_config(config, family)
+  validate_config(config, family, len(devices) if devices is not None else None)
   model = family.build_model(config, data_info)
-  mesh = make_mesh()
+  mesh = make_mesh(devices)
   tx = make_optimizer(config)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))

@@ -1,0 +1,99 @@
+"""Shared test utilities: configs with overrides, runs on N simulated CPU devices
+(in a subprocess, since XLA_FLAGS must be set before JAX starts), CLI runs."""
+
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+def load_config(path, overrides=None):
+  """get_config() of a config file, with {'a.b': value} overrides applied."""
+  full = path if os.path.isabs(path) else os.path.join(REPO, path)
+  spec = importlib.util.spec_from_file_location('_cfg', full)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, REPO)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in (overrides or {}).items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f'unknown config field {key}')
+    node[leaf] = value
+  return config
+
+
+def subprocess_env(num_devices=1, extra=None):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+  env.pop('CUDA_VISIBLE_DEVICES', None)
+  env.update(extra or {})
+  return env
+
+
+def train_steps_on_devices(config_path, overrides, device_counts, num_steps, out_dir):
+  """Runs `num_steps` steps of the real jitted train step on meshes of each of
+  `device_counts` simulated CPU devices, in one fresh process. Returns
+  {n: {'num_devices', 'metrics': [per step dict], 'leaves': {path: array}}} with the
+  params and model state after the last step."""
+  out = os.path.join(out_dir, 'steps_' + '_'.join(map(str, device_counts)) + '.pkl')
+  cmd = [PYTHON, '-m', 'tests.run_steps', '--config', config_path,
+         '--overrides', json.dumps(overrides or {}), '--steps', str(num_steps),
+         '--devices', ','.join(map(str, device_counts)), '--out', out]
+  proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(max(device_counts)),
+                        capture_output=True, text=True, timeout=600)
+  if proc.returncode != 0:
+    raise AssertionError(f'run_steps on {device_counts} devices failed:\n{proc.stderr[-4000:]}')
+  with open(out, 'rb') as f:
+    return pickle.load(f)
+
+
+def assert_same_on_1_and_8_devices(config_path, overrides, tmp_path, num_steps=3,
+                                   rtol=2e-4, atol=2e-5):
+  """The train step on a mesh of 8 simulated devices gives the same metrics,
+  parameters and model state (BN statistics, EMA codebooks, ...) as on 1 device.
+  Returns the two results (see train_steps_on_devices)."""
+  results = train_steps_on_devices(config_path, overrides, (1, 8), num_steps, str(tmp_path))
+  one, eight = results[1], results[8]
+  assert one['num_devices'] == 1 and eight['num_devices'] == 8
+  for step, (m1, m8) in enumerate(zip(one['metrics'], eight['metrics'])):
+    for k in m1:
+      np.testing.assert_allclose(m8[k], m1[k], rtol=rtol, atol=atol,
+                                 err_msg=f'metric {k} at step {step}')
+  assert one['leaves'].keys() == eight['leaves'].keys()
+  for k in one['leaves']:
+    np.testing.assert_allclose(eight['leaves'][k], one['leaves'][k], rtol=rtol, atol=atol,
+                               err_msg=f'state leaf {k}')
+  return one, eight
+
+
+def run_cli(script, config_path, workdir, overrides=None, num_devices=1, timeout=600,
+            check=True, extra_args=(), env=None):
+  """python {script} --config=... --workdir=... --config.k=v ...; returns CompletedProcess."""
+  cmd = [PYTHON, os.path.join(REPO, script), f'--config={os.path.join(REPO, config_path)}',
+         f'--workdir={workdir}']
+  cmd += [f'--config.{k}={v}' for k, v in (overrides or {}).items()]
+  cmd += list(extra_args)
+  proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(num_devices, env),
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n'
+                         f'{proc.stderr[-5000:]}')
+  return proc
+
+
+def read_eval_metrics(workdir):
+  with open(os.path.join(workdir, 'eval_metrics.json'), encoding='utf-8') as f:
+    return json.load(f)

@@ -1,0 +1,18 @@
+"""The train step on 8 simulated CPU devices equals the 1-device step."""
+
+from tests.helpers import assert_same_on_1_and_8_devices
+
+
+def test_vqvae_ema_step_same_on_1_and_8_devices(tmp_path):
+  one, eight = assert_same_on_1_and_8_devices(
+      'configs/vqvae.py', {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8},
+      tmp_path, num_steps=3)
+  # The EMA codebook is in the compared state and moved during the steps.
+  keys = [k for k in one['leaves'] if 'vq_ema' in k and 'codebook' in k]
+  assert keys, one['leaves'].keys()
+
+
+def test_vqvae_gradient_codebook_same_on_1_and_8_devices(tmp_path):
+  assert_same_on_1_and_8_devices(
+      'configs/vqvae.py', {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8,
+                           'model.use_ema': False}, tmp_path, num_steps=3)
