@@ -2,3 +2,4 @@
 
 from vaes.families import vqvae  # noqa: F401
 from vaes.families import ladder  # noqa: F401
+from vaes.families import vrae  # noqa: F401

@@ -1,0 +1,52 @@
+"""VRAE on the Bach chorales shipped with music21 (88-key binary piano rolls, quarter-note
+frames, fixed 60/20/20 split by chorale, pieces of at most 64 frames): the default that
+runs anywhere, no download.
+
+  python train.py --config=configs/vrae.py --workdir=/tmp/vrae
+  python eval.py  --config=configs/vrae.py --workdir=/tmp/vrae
+
+Prior p(z_t | z_<t), posterior q(z_t | z_<t, x_<=t), Bernoulli decoder p(x_t | z_<=t, x_<t).
+The first run parses the corpus (about 1-3 minutes) into ~/.cache/vaes/chorales_v1.npz.
+Target on a 2-core CPU: train + eval in under 10 minutes, test nll_per_frame <= 0.8 x
+baseline_nll_per_frame (independent per-key Bernoullis fitted to the training frames).
+Numbers on these chorales are not comparable with the standard JSB split
+(configs/vrnn_jsb.py).
+"""
+
+from configs import base
+
+
+def get_config():
+  c = base.get_base_config()
+  c.batch_size = 32
+  c.num_train_steps = 1500
+  c.log_every_steps = 100
+  c.eval_every_steps = 0
+  c.checkpoint_every_steps = 500
+  c.learning_rate = 3e-3
+  c.lr_schedule = 'cosine'
+  c.lr_warmup_steps = 50
+  c.grad_clip_norm = 5.0
+
+  c.model.name = 'vrae'
+  c.model.prior = 'latent'          # 'latent' p(z_t|z_<t) | 'vrnn' p(z_t|z_<t,x_<t) | 'global'
+  c.model.likelihood = 'bernoulli'  # 'bernoulli' | 'gaussian' | 'categorical' | '' (dataset's)
+  c.model.hidden = 64
+  c.model.latent = 8
+  c.model.mlp_hidden = 64
+  c.model.unroll = 1
+  c.model.remat = False
+  c.model.kl_warmup_start = 0.1
+  c.model.kl_warmup_steps = 500
+  c.model.free_bits = 0.0
+
+  c.data.name = 'chorales'
+  c.data.eval_split = 'test'        # 'valid' | 'test'
+  c.data.max_len = 64               # longer chorales are cut into pieces of <= 64 frames
+  c.data.cache_dir = ''             # '' = ~/.cache/vaes
+
+  c.eval.batch_size = 64
+  c.eval.num_importance_samples = 100
+  c.eval.iw_chunk_size = 10
+  c.eval.num_plot_sequences = 6
+  return c

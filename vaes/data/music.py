@@ -1,0 +1,287 @@
+"""Sequence datasets: Bach chorales from music21, polyphonic-music pickles, a synthetic series.
+
+Every builder here returns batches
+
+    {'x': float32 (B, T, P), 'mask': float32 (B, T)}
+
+where T is a fixed padded length, P = 88 piano keys (MIDI 21..108, binary) for
+music and the series dimension for the synthetic series, and mask[b, t] = 1 on
+real frames, 0 on padding (padding is always at the end). Eval batches also
+carry the per-example boolean 'valid' of `ArrayEvalSource`.
+
+`config.data.eval_split` ('valid' | 'test') chooses the evaluation split.
+`config.data.max_len` > 0 cuts longer sequences into consecutive pieces of at
+most max_len frames (each piece an example); 0 pads every sequence to the
+longest one. `info` carries 'likelihood' ('bernoulli' | 'gaussian'), 'shape'
+(T, P), 'max_len', and frame counts.
+"""
+
+import os
+import pickle
+import tempfile
+
+import numpy as np
+
+from vaes.data import register
+from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits
+
+NUM_KEYS = 88
+LOWEST_MIDI = 21          # A0; the 88 keys are MIDI 21..108
+CHORALES_CACHE_VERSION = 1
+CHORALE_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)   # by chorale, permutation with seed 0
+EVAL_SPLITS = ('valid', 'test')
+
+
+# ----------------------------------------------------------------------------
+# Shared: piano rolls, padding, sources.
+# ----------------------------------------------------------------------------
+
+
+def pitches_to_roll(frames, where=''):
+  """A sequence of frames, each an iterable of active MIDI pitches -> (T, 88) float32 {0,1}."""
+  roll = np.zeros((len(frames), NUM_KEYS), np.float32)
+  for t, frame in enumerate(frames):
+    for pitch in frame:
+      key = int(round(float(pitch))) - LOWEST_MIDI
+      if not 0 <= key < NUM_KEYS:
+        raise DataError(f'{where}: MIDI pitch {pitch} at frame {t} is outside the 88 piano '
+                        f'keys {LOWEST_MIDI}..{LOWEST_MIDI + NUM_KEYS - 1}.')
+      roll[t, key] = 1.0
+  return roll
+
+
+def cut_sequences(seqs, max_len):
+  """Cuts each (T_i, P) sequence into consecutive pieces of at most max_len frames (0: keep)."""
+  if not max_len:
+    return list(seqs)
+  out = []
+  for s in seqs:
+    for start in range(0, len(s), max_len):
+      out.append(s[start:start + max_len])
+  return out
+
+
+def pad_sequences(seqs, length):
+  """List of (T_i, P) -> x (N, length, P) zero-padded at the end, mask (N, length) float32."""
+  dim = seqs[0].shape[-1]
+  x = np.zeros((len(seqs), length, dim), np.float32)
+  mask = np.zeros((len(seqs), length), np.float32)
+  for i, s in enumerate(seqs):
+    if len(s) > length:
+      raise DataError(f'A sequence of {len(s)} frames does not fit the padded length {length}.')
+    x[i, :len(s)] = s
+    mask[i, :len(s)] = 1.0
+  return x, mask
+
+
+def _eval_split_name(config):
+  split = config.data.get('eval_split', 'test')
+  if split not in EVAL_SPLITS:
+    raise DataError(f"config.data.eval_split='{split}' is not one of {EVAL_SPLITS}.")
+  return split
+
+
+def make_sequence_splits(config, splits, process_index, process_count, likelihood, extra_info=None):
+  """splits: {'train'|'valid'|'test': list of (T_i, P) float32} -> Splits with padded arrays.
+
+  All splits are padded to the same T: the longest piece over all splits after
+  cutting to config.data.max_len (so train and eval shapes agree).
+  """
+  max_len = int(config.data.get('max_len', 0))
+  if max_len < 0:
+    raise DataError(f'config.data.max_len={max_len}: must be 0 (pad to the longest) or positive.')
+  eval_split = _eval_split_name(config)
+  pieces = {k: [s for s in cut_sequences(v, max_len) if len(s)] for k, v in splits.items()}
+  for k in ('train', eval_split):
+    if not pieces.get(k):
+      raise DataError(f"The '{k}' split of config.data.name='{config.data.name}' is empty.")
+  length = max(len(s) for v in pieces.values() for s in v)
+  x_train, m_train = pad_sequences(pieces['train'], length)
+  x_eval, m_eval = pad_sequences(pieces[eval_split], length)
+  info = {
+      'kind': 'sequence',
+      'likelihood': likelihood,
+      'shape': x_train.shape[1:],
+      'max_len': length,
+      'num_train': len(x_train),
+      'num_eval': len(x_eval),
+      'train_frames': int(m_train.sum()),
+      'eval_frames': int(m_eval.sum()),
+      'eval_split': eval_split,
+      'train_variance': float(x_train[m_train > 0].var()),
+  }
+  info.update(extra_info or {})
+  train = ArrayTrainSource({'x': x_train, 'mask': m_train}, config.batch_size, config.seed,
+                           process_index, process_count)
+  evals = ArrayEvalSource({'x': x_eval, 'mask': m_eval}, config.eval.batch_size,
+                          process_index, process_count)
+  return Splits(train, evals, info)
+
+
+# ----------------------------------------------------------------------------
+# Bach chorales shipped with music21.
+# ----------------------------------------------------------------------------
+
+
+def _cache_dir(config):
+  d = config.data.get('cache_dir', '') or os.path.join(os.path.expanduser('~'), '.cache', 'vaes')
+  os.makedirs(d, exist_ok=True)
+  return d
+
+
+def chorale_to_roll(score):
+  """A music21 score -> (T, 88) binary roll on a quarter-note grid.
+
+  Frame t holds every pitch sounding at quarter offset t (onset <= t < onset +
+  duration), as in the standard JSB rolls; notes between beats are not sampled.
+  """
+  length = int(np.ceil(float(score.highestTime) - 1e-6))
+  frames = [set() for _ in range(max(length, 0))]
+  for n in score.flatten().notes:
+    start, end = float(n.offset), float(n.offset) + float(n.quarterLength)
+    first = int(np.ceil(start - 1e-6))
+    for t in range(first, min(int(np.ceil(end - 1e-6)), length)):
+      frames[t].update(p.midi for p in n.pitches)
+  return pitches_to_roll(frames, where=str(getattr(score, 'filePath', 'chorale')))
+
+
+def build_chorale_rolls():
+  """All Riemenschneider chorales in music21's corpus -> (names, list of (T_i, 88) rolls)."""
+  try:
+    from music21 import corpus
+  except ImportError as e:
+    raise DataError('config.data.name=chorales needs the music21 package (pip install music21).') from e
+  names, rolls = [], []
+  for name in corpus.chorales.Iterator(numberingSystem='riemenschneider', returnType='filename'):
+    roll = chorale_to_roll(corpus.parse(name))
+    if len(roll) and roll.sum() > 0:
+      names.append(str(name))
+      rolls.append(roll)
+  if not rolls:
+    raise DataError('music21 returned no Bach chorales; is its corpus installed?')
+  return names, rolls
+
+
+def load_chorale_rolls(cache_dir):
+  """Cached (names, rolls); the first call parses the corpus (about a minute) and writes
+  `chorales_v{CHORALES_CACHE_VERSION}.npz` atomically, later calls read it."""
+  path = os.path.join(cache_dir, f'chorales_v{CHORALES_CACHE_VERSION}.npz')
+  if os.path.exists(path):
+    with np.load(path) as f:
+      names, flat, lengths = list(f['names']), f['rolls'], f['lengths']
+    bounds = np.cumsum(np.concatenate([[0], lengths]))
+    return names, [flat[a:b].astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+  names, rolls = build_chorale_rolls()
+  fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix='.npz')
+  os.close(fd)
+  np.savez_compressed(tmp, names=np.array(names), lengths=np.array([len(r) for r in rolls]),
+                      rolls=np.concatenate(rolls).astype(np.uint8))
+  os.replace(tmp, path)
+  return names, rolls
+
+
+def split_by_chorale(rolls, fractions=CHORALE_SPLIT_FRACTIONS, seed=0):
+  """Fixed train/valid/test split of whole chorales by a permutation with a fixed seed."""
+  perm = np.random.default_rng(seed).permutation(len(rolls))
+  n_train = int(round(fractions[0] * len(rolls)))
+  n_valid = int(round(fractions[1] * len(rolls)))
+  idx = {'train': perm[:n_train], 'valid': perm[n_train:n_train + n_valid],
+         'test': perm[n_train + n_valid:]}
+  return {k: [rolls[i] for i in sorted(v)] for k, v in idx.items()}
+
+
+@register('chorales')
+def chorales(config, process_index, process_count):
+  names, rolls = load_chorale_rolls(_cache_dir(config))
+  splits = split_by_chorale(rolls)
+  return make_sequence_splits(config, splits, process_index, process_count, 'bernoulli',
+                              {'num_chorales': len(names), 'source': 'music21 corpus'})
+
+
+# ----------------------------------------------------------------------------
+# The standard polyphonic-music pickles (Boulanger-Lewandowski et al. 2012).
+# ----------------------------------------------------------------------------
+
+PICKLE_HELP = (
+    'It is the pickle of Boulanger-Lewandowski et al. (ICML 2012): a dict with keys '
+    "'train', 'valid', 'test', each a list of sequences, each a list of frames of active MIDI "
+    'pitches 21..108. Download e.g. "JSB Chorales.pickle" (or Nottingham, MuseData, '
+    'Piano-midi.de) from http://www-etud.iro.umontreal.ca/~boulanni/icml2012 and set '
+    '--config.data.path=/path/to/JSB_Chorales.pickle.')
+
+
+def load_polyphonic_pickle(path):
+  """The pickle at `path` -> {'train'|'valid'|'test': list of (T_i, 88) rolls}."""
+  if not path:
+    raise DataError('config.data.path is empty: polyphonic_pickle needs the path of a '
+                    'polyphonic-music pickle. ' + PICKLE_HELP)
+  if not os.path.exists(path):
+    raise DataError(f"config.data.path='{path}' does not exist. " + PICKLE_HELP)
+  with open(path, 'rb') as f:
+    try:
+      data = pickle.load(f)
+    except UnicodeDecodeError:
+      f.seek(0)
+      data = pickle.load(f, encoding='latin1')   # the files were written by Python 2
+    except Exception as e:
+      raise DataError(f"config.data.path='{path}' is not a readable pickle ({e}). "
+                      + PICKLE_HELP) from e
+  if not isinstance(data, dict) or not all(k in data for k in ('train', 'valid', 'test')):
+    keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+    raise DataError(f"config.data.path='{path}' holds {keys}, not a dict with 'train', "
+                    "'valid', 'test'. " + PICKLE_HELP)
+  return {k: [pitches_to_roll(seq, where=f'{path} [{k}][{i}]') for i, seq in enumerate(data[k])]
+          for k in ('train', 'valid', 'test')}
+
+
+@register('polyphonic_pickle')
+def polyphonic_pickle(config, process_index, process_count):
+  path = config.data.get('path', '')
+  splits = load_polyphonic_pickle(path)
+  return make_sequence_splits(config, splits, process_index, process_count, 'bernoulli',
+                              {'source': path})
+
+
+# ----------------------------------------------------------------------------
+# A synthetic real-valued series (for the Gaussian likelihood).
+# ----------------------------------------------------------------------------
+
+
+def synthetic_series(seed, num, length, dim, min_len=None, noise=0.1):
+  """`num` sequences of (T_i, dim) float32, T_i uniform in [min_len, length].
+
+  Each sequence is a noisy sum of two sinusoids per channel whose frequencies,
+  phases and amplitudes are drawn per sequence, with a slow random-walk drift:
+  x_t = sum_j a_j sin(w_j t + phi_j) + d_t + noise * e_t. The per-sequence
+  parameters are the structure a latent variable model can pick up from x_<t.
+  """
+  rng = np.random.default_rng(seed)
+  min_len = min_len or length
+  out = []
+  t = np.arange(length, dtype=np.float64)[:, None, None]
+  for _ in range(num):
+    n = int(rng.integers(min_len, length + 1))
+    freq = rng.uniform(0.05, 0.4, (1, 2, dim))
+    phase = rng.uniform(0, 2 * np.pi, (1, 2, dim))
+    amp = rng.uniform(0.3, 1.0, (1, 2, dim))
+    x = (amp * np.sin(freq * t + phase)).sum(1)
+    x += np.cumsum(rng.normal(0, 0.05, (length, dim)), axis=0)
+    x += noise * rng.normal(size=(length, dim))
+    out.append(x[:n].astype(np.float32))
+  return out
+
+
+@register('synthetic_series')
+def synthetic_series_builder(config, process_index, process_count):
+  d = config.data
+  seed = int(d.get('series_seed', 0))
+  length, dim = int(d.get('series_length', 64)), int(d.get('series_dim', 3))
+  min_len = int(d.get('series_min_length', length // 2))
+  counts = {'train': int(d.get('num_train', 1000)), 'valid': int(d.get('num_valid', 200)),
+            'test': int(d.get('num_test', 200))}
+  if min_len < 1 or min_len > length:
+    raise DataError(f'config.data.series_min_length={min_len}: must lie in 1..{length}.')
+  splits = {k: synthetic_series([seed, i], n, length, dim, min_len, float(d.get('series_noise', 0.1)))
+            for i, (k, n) in enumerate(counts.items())}
+  return make_sequence_splits(config, splits, process_index, process_count, 'gaussian',
+                              {'source': f'synthetic_series seed={seed}'})

@@ -1,0 +1,360 @@
+"""VRAE family: sequential VAE with per-step latents z_t (vaes/models/vrae.py).
+
+Training objective per batch, in nats per real frame (F = number of frames with mask 1):
+
+    recon = -(1/F) sum_{b,t} mask_bt log p(x_t | z_<=t, x_<t),   z ~ q(z_t | z_<t, x_<=t)
+    KL_d  = (1/F) sum_{b,t} mask_bt KL(q(z_t,d | .) || p(z_t,d | z_<t))     (closed form)
+    loss  = recon + beta(step) * sum_d max(free_bits, KL_d)
+
+with the KL warm-up beta(step) = min(1, beta_0 + (1 - beta_0) step / N) (beta_0 =
+config.model.kl_warmup_start, N = config.model.kl_warmup_steps; N = 0 gives 1) and free
+bits in nats per latent dimension per frame (0 disables them). neg_elbo_per_frame =
+recon + sum_d KL_d is the exact negative ELBO whatever beta and free bits.
+
+Evaluation over the whole eval split (all metrics in nats per real frame):
+  neg_elbo_per_frame, recon_per_frame, kl_per_frame  one z ~ q per sequence, closed-form KL;
+  nll_per_frame   -log p(x) from the importance-weighted bound with k sequence-level samples
+                  log p(x) >= logsumexp_k(log p(x, z^k) - log q(z^k | x)) - log k,
+                  k = config.eval.num_importance_samples, in chunks of
+                  config.eval.iw_chunk_size samples (lax.map over chunks, vmap inside);
+  baseline_nll_per_frame  independent per-dimension model fitted to the training frames:
+                  per-key Bernoulli p_k = (n_k + 1) / (F_train + 2) for binary rolls, a
+                  diagonal Gaussian for real series, a unigram for tokens.
+and, when ctx.image_dir is set, PNGs: samples from the prior, imputation of a hidden block
+of frames (observed frames kept), reconstructions (piano rolls, or line plots for Gaussian).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaes import distributions as dist
+from vaes.models import vrae as vrae_model
+from vaes.registry import ConfigError, ModelFamily, register_family
+
+F32 = jnp.float32
+
+
+# ----------------------------------------------------------------------------
+# Config -> model.
+# ----------------------------------------------------------------------------
+
+
+def _likelihood(config, data_info=None):
+  lik = config.model.get('likelihood', '') or (data_info or {}).get('likelihood', 'bernoulli')
+  return lik
+
+
+def validate_config(config):
+  m = config.model
+  prior = m.get('prior', 'latent')
+  if prior not in vrae_model.PRIORS:
+    raise ConfigError(f"config.model.prior='{prior}' is not one of {vrae_model.PRIORS}.")
+  lik = m.get('likelihood', '')
+  if lik and lik not in vrae_model.LIKELIHOODS:
+    raise ConfigError(f"config.model.likelihood='{lik}' is not one of {vrae_model.LIKELIHOODS} "
+                      "(or '' to take the dataset's).")
+  for field in ('hidden', 'latent', 'mlp_hidden', 'unroll'):
+    v = m.get(field, 1)
+    if not isinstance(v, int) or v <= 0:
+      raise ConfigError(f'config.model.{field}={v!r}: must be a positive integer.')
+  if m.get('free_bits', 0.0) < 0 or m.get('kl_warmup_steps', 0) < 0:
+    raise ConfigError('config.model.free_bits and config.model.kl_warmup_steps must be >= 0, got '
+                      f"{m.get('free_bits', 0.0)} and {m.get('kl_warmup_steps', 0)}.")
+  if not 0.0 <= m.get('kl_warmup_start', 0.0) <= 1.0:
+    raise ConfigError(f"config.model.kl_warmup_start={m.get('kl_warmup_start')}: must lie in "
+                      '[0, 1].')
+  k, chunk = config.eval.get('num_importance_samples', 1), config.eval.get('iw_chunk_size', 1)
+  if k < 1 or chunk < 1 or k % min(chunk, k):
+    raise ConfigError(f'config.eval.num_importance_samples={k} must be a positive multiple of '
+                      f'config.eval.iw_chunk_size={chunk} (or smaller than it).')
+
+
+def build_model(config, data_info):
+  lik = _likelihood(config, data_info)
+  data_lik = data_info.get('likelihood')
+  if data_lik and lik != data_lik and not (lik == 'gaussian' and data_lik == 'bernoulli'):
+    raise ConfigError(f"config.model.likelihood='{lik}' does not fit config.data.name="
+                      f"'{config.data.name}', whose frames call for '{data_lik}'; set "
+                      f"config.model.likelihood='{data_lik}' (or '').")
+  if lik == 'categorical':
+    features = int(data_info.get('num_classes', config.model.get('num_classes', 0)))
+    if features <= 0:
+      raise ConfigError('A categorical likelihood needs data_info["num_classes"] or '
+                        'config.model.num_classes > 0.')
+  else:
+    features = int(data_info['shape'][-1])
+  m = config.model
+  return vrae_model.VRAE(
+      features=features, likelihood=lik, prior=m.get('prior', 'latent'), hidden=m.hidden,
+      latent=m.latent, mlp_hidden=m.get('mlp_hidden', m.hidden), unroll=m.get('unroll', 1),
+      remat=bool(m.get('remat', False)), dtype=jnp.dtype(config.compute_dtype))
+
+
+def init_variables(model, rng, batch):
+  x, mask = batch['x'], batch['mask']
+  batch_size, length = mask.shape
+  eps = jnp.zeros((length, batch_size, model.latent), F32)
+  return model.init({'params': rng}, x, mask, eps)
+
+
+# ----------------------------------------------------------------------------
+# Loss.
+# ----------------------------------------------------------------------------
+
+
+def kl_weight(step, warmup_steps, start=0.0):
+  """beta(step) = min(1, start + (1 - start) * step / N), linear from `start` to 1; 1 if N = 0."""
+  if warmup_steps <= 0:
+    return jnp.ones((), F32)
+  frac = jnp.asarray(step, F32) / float(warmup_steps)
+  return jnp.minimum(1.0, start + (1.0 - start) * frac)
+
+
+def latent_noise(model, rng, mask):
+  """eps (T, B, latent): slice t from fold_in(rng, t) (vaes.models.vrae.step_noise)."""
+  batch_size, length = mask.shape
+  return vrae_model.step_noise(rng, length, (batch_size, model.latent))
+
+
+def elbo_terms(model, variables, x, mask, rng):
+  """Sums over the batch: recon = -sum mask log p(x_t|.), kl_dims (latent,) closed-form KL,
+  frames = sum mask, and the per-sequence log weights log p(x, z) - log q(z | x) (B,)."""
+  mask = mask.astype(F32)
+  out = model.apply(variables, x, mask, latent_noise(model, rng, mask))
+  log_w = out['log_px'].sum(1) + out['logw_z']
+  return -out['log_px'].sum(), out['kl_dims'].sum(0), mask.sum(), log_w
+
+
+def make_loss_fn(config, model, data_info):
+  """loss = recon + beta(step) * sum_d max(free_bits, KL_d), per real frame (module doc)."""
+  del data_info
+  free_bits = float(config.model.get('free_bits', 0.0))
+  warmup = int(config.model.get('kl_warmup_steps', 0))
+  start = float(config.model.get('kl_warmup_start', 0.0))
+
+  def loss_fn(params, model_state, batch, rng, step):
+    variables = {'params': params, **model_state}
+    recon, kl_dims, frames, _ = elbo_terms(model, variables, batch['x'], batch['mask'], rng)
+    frames = jnp.maximum(frames, 1.0)
+    recon, kl_dims = recon / frames, kl_dims / frames
+    kl = kl_dims.sum()
+    kl_pen = jnp.maximum(kl_dims, free_bits).sum() if free_bits > 0 else kl
+    beta = kl_weight(step, warmup, start)
+    loss = recon + beta * kl_pen
+    metrics = {'loss': loss, 'neg_elbo_per_frame': recon + kl, 'recon_per_frame': recon,
+               'kl_per_frame': kl, 'kl_weight': beta}
+    return loss, (metrics, model_state)
+
+  return loss_fn
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+# ----------------------------------------------------------------------------
+
+
+def iw_log_likelihood(model, variables, x, mask, rng, num_samples, chunk_size):
+  """log p(x) >= logsumexp_k(log p(x, z^k) - log q(z^k | x)) - log k per sequence (B,).
+
+  The k sequence-level samples z^k ~ q(z_1:T | x) use keys split from rng; they are
+  evaluated `chunk_size` at a time (vmap) with lax.map over the chunks, so memory is
+  that of chunk_size posterior passes."""
+  chunk = min(chunk_size, num_samples)
+  keys = jax.random.split(rng, num_samples)
+  keys = keys.reshape((num_samples // chunk, chunk) + keys.shape[1:])
+
+  def one(key):
+    return elbo_terms(model, variables, x, mask, key)[3]
+
+  log_w = jax.lax.map(jax.vmap(one), keys).reshape(num_samples, -1)
+  return dist.iw_log_likelihood(log_w, axis=0)
+
+
+def fit_baseline(likelihood, train_arrays, num_classes=None):
+  """Per-dimension independent model of the training frames -> parameter array (float32)."""
+  x = np.asarray(train_arrays['x'])
+  real = np.asarray(train_arrays['mask']) > 0
+  frames = x[real]
+  if likelihood == 'bernoulli':
+    p = (frames.sum(0) + 1.0) / (len(frames) + 2.0)
+    return np.log(p / (1 - p)).astype(np.float32)              # logits
+  if likelihood == 'gaussian':
+    return np.stack([frames.mean(0), np.log(frames.var(0) + 1e-6)]).astype(np.float32)
+  counts = np.bincount(frames.astype(np.int64).ravel(), minlength=num_classes) + 1.0
+  return np.log(counts / counts.sum()).astype(np.float32)      # log-probabilities
+
+
+def baseline_log_prob(likelihood, base, x):
+  """log p(x_t) under the independent baseline, per frame: (B, T)."""
+  if likelihood == 'bernoulli':
+    return dist.bernoulli_log_prob(x, base).sum(-1)
+  if likelihood == 'gaussian':
+    return dist.gaussian_log_prob(x, base[0], base[1]).sum(-1)
+  return dist.categorical_log_prob(x, jnp.broadcast_to(base, x.shape + base.shape))
+
+
+def make_eval_batch_fn(model, likelihood, num_samples, chunk_size):
+  """Jitted (variables, batch, rng, base) -> dict of sums over the batch's real frames."""
+
+  def fn(variables, batch, rng, base):
+    valid = batch['valid'].astype(F32)
+    mask = batch['mask'].astype(F32) * valid[:, None]
+    x = batch['x']
+    recon, kl_dims, frames, _ = elbo_terms(model, variables, x, mask, jax.random.fold_in(rng, 0))
+    iw = iw_log_likelihood(model, variables, x, mask, jax.random.fold_in(rng, 1),
+                           num_samples, chunk_size)
+    out = {'recon': recon, 'kl': kl_dims.sum(), 'frames': frames,
+           'nll': -(iw * valid).sum(), 'sequences': valid.sum()}
+    if base is not None:
+      out['baseline'] = -(baseline_log_prob(likelihood, base, x) * mask).sum()
+    return out
+
+  return jax.jit(fn)
+
+
+def evaluate(ctx):
+  """Metrics over the whole eval split (module docstring) and, if ctx.image_dir, PNGs."""
+  config, model = ctx.config, ctx.model
+  likelihood = model.likelihood
+  k = int(config.eval.get('num_importance_samples', 1))
+  chunk = int(config.eval.get('iw_chunk_size', k))
+  batch_fn = make_eval_batch_fn(model, likelihood, k, chunk)
+  base = None
+  if ctx.train_source is not None and getattr(ctx.train_source, 'arrays', None) is not None:
+    base = jnp.asarray(fit_baseline(likelihood, ctx.train_source.arrays, model.features))
+  totals, first = {}, None
+  for i, host_batch in enumerate(ctx.eval_source):
+    if first is None:
+      first = host_batch
+    sums = jax.device_get(batch_fn(ctx.variables, ctx.put(host_batch),
+                                   jax.random.fold_in(ctx.rng, i), base))
+    for key, v in sums.items():
+      totals[key] = totals.get(key, 0.0) + float(v)
+  frames = max(totals['frames'], 1.0)
+  metrics = {
+      'neg_elbo_per_frame': (totals['recon'] + totals['kl']) / frames,
+      'recon_per_frame': totals['recon'] / frames,
+      'kl_per_frame': totals['kl'] / frames,
+      'nll_per_frame': totals['nll'] / frames,
+      'num_importance_samples': float(k),
+      'eval_frames': totals['frames'],
+      'eval_sequences': totals['sequences'],
+  }
+  if base is not None:
+    metrics['baseline_nll_per_frame'] = totals['baseline'] / frames
+  if ctx.image_dir and first is not None:
+    save_images(ctx, first)
+  return metrics
+
+
+# ----------------------------------------------------------------------------
+# Generation, imputation, reconstruction.
+# ----------------------------------------------------------------------------
+
+
+def x_sample_shape(model, batch_size):
+  """Noise per step for sampling x_t: (B, P) values, or (B, K) uniforms for the Gumbel trick."""
+  return (batch_size, model.features)
+
+
+def sample_prior(model, variables, rng, batch_size, length):
+  """Ancestral samples x_1:T ~ p: {'x': (B, T, ...), 'mean': (B, T, ...)}."""
+  eps = vrae_model.step_noise(jax.random.fold_in(rng, 0), length, (batch_size, model.latent))
+  u = vrae_model.step_noise(jax.random.fold_in(rng, 1), length,
+                            x_sample_shape(model, batch_size),
+                            vrae_model.x_noise_kind(model.likelihood))
+  return model.apply(variables, eps, u, method=vrae_model.VRAE.generate)
+
+
+def impute(model, variables, x, observed, mask, rng):
+  """Frames with observed = 0 are filled in; observed frames are returned unchanged."""
+  batch_size, length = mask.shape
+  eps = vrae_model.step_noise(jax.random.fold_in(rng, 0), length, (batch_size, model.latent))
+  u = vrae_model.step_noise(jax.random.fold_in(rng, 1), length,
+                            x_sample_shape(model, batch_size),
+                            vrae_model.x_noise_kind(model.likelihood))
+  return model.apply(variables, x, observed, mask, eps, u, method=vrae_model.VRAE.impute)
+
+
+def reconstruct(model, variables, x, mask, rng):
+  """E[x_t | z_<=t, x_<t] with z ~ q(z | x) (teacher forcing): (B, T, ...)."""
+  mask = mask.astype(F32)
+  out = model.apply(variables, x, mask, latent_noise(model, rng, mask))
+  return model.apply(variables, out['out'], method=vrae_model.VRAE.mean_x)
+
+
+def hidden_block(mask, frac=(1 / 3, 2 / 3)):
+  """observed (B, T): 1 except a middle block [frac0 L, frac1 L) of each sequence's L frames."""
+  mask = np.asarray(mask) > 0
+  lengths = mask.sum(1)
+  t = np.arange(mask.shape[1])[None]
+  lo = np.floor(lengths * frac[0])[:, None]
+  hi = np.ceil(lengths * frac[1])[:, None]
+  return (mask & ~((t >= lo) & (t < hi))).astype(np.float32)
+
+
+def _hidden_range(observed, mask):
+  hidden = np.flatnonzero((np.asarray(mask) > 0) & (np.asarray(observed) == 0))
+  return f'{hidden[0]}-{hidden[-1]}' if len(hidden) else 'none'
+
+
+def save_images(ctx, host_batch):
+  """prefix+samples.png, prefix+imputation.png, prefix+reconstructions.png in ctx.image_dir."""
+  from vaes import plotting
+  model, variables = ctx.model, ctx.variables
+  n = max(1, min(int(ctx.config.eval.get('num_plot_sequences', 6)), len(host_batch['mask'])))
+  length = host_batch['mask'].shape[1]
+  rng = jax.random.fold_in(ctx.rng, 0x1A6E)
+  prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
+  os.makedirs(ctx.image_dir, exist_ok=True)
+  host = {k: np.asarray(v) for k, v in host_batch.items()}
+  observed = hidden_block(host['mask'])
+  batch = ctx.put({'x': host['x'], 'mask': host['mask'], 'observed': observed})
+
+  gen = jax.device_get(jax.jit(lambda v, r: sample_prior(model, v, r, n, length))(
+      variables, jax.random.fold_in(rng, 0)))
+  filled = jax.device_get(jax.jit(lambda v, b, r: impute(model, v, b['x'], b['observed'],
+                                                         b['mask'], r))(
+      variables, batch, jax.random.fold_in(rng, 1)))['x'][:n]
+  recon = jax.device_get(jax.jit(lambda v, b, r: reconstruct(model, v, b['x'], b['mask'], r))(
+      variables, batch, jax.random.fold_in(rng, 2)))[:n]
+  x, mask, observed = host['x'][:n], host['mask'][:n], observed[:n]
+  paths = {}
+  if model.likelihood == 'gaussian':
+    m = mask[..., None]
+    paths['samples'] = plotting.save_line_plots(
+        prefix + 'samples.png', gen['x'], titles=[f'prior sample {i}' for i in range(n)])
+    paths['imputation'] = plotting.save_line_plots(
+        prefix + 'imputation.png', filled * m, overlays=x * m,
+        titles=[f'sequence {i}: imputed (solid; frames {_hidden_range(observed[i], mask[i])} '
+                'hidden) vs data (dashed)' for i in range(n)])
+    paths['reconstructions'] = plotting.save_line_plots(
+        prefix + 'reconstructions.png', recon * m, overlays=x * m,
+        titles=[f'sequence {i}: reconstruction mean (solid) vs data (dashed)' for i in range(n)])
+    return paths
+  to_roll = ((lambda a: np.eye(model.features, dtype=np.float32)[a.astype(int)])
+             if model.likelihood == 'categorical' else (lambda a: a))
+  paths['samples'] = plotting.save_piano_rolls(
+      prefix + 'samples.png', to_roll(gen['x']), titles=[f'prior sample {i}' for i in range(n)])
+  rolls, titles, masks = [], [], []
+  for i in range(n):
+    rolls += [to_roll(x[i]) * observed[i][:, None], to_roll(filled[i])]
+    titles += [f'sequence {i}: observed (hidden block blank)', f'sequence {i}: imputed']
+    masks += [mask[i], mask[i]]
+  paths['imputation'] = plotting.save_piano_rolls(prefix + 'imputation.png', rolls, titles, masks)
+  rolls, titles, masks = [], [], []
+  for i in range(n):
+    rolls += [to_roll(x[i]), recon[i]]
+    titles += [f'sequence {i}: data', f'sequence {i}: reconstruction p(x_t | z_<=t, x_<t)']
+    masks += [mask[i], mask[i]]
+  paths['reconstructions'] = plotting.save_piano_rolls(
+      prefix + 'reconstructions.png', rolls, titles, masks)
+  return paths
+
+
+register_family(ModelFamily(name='vrae', build_model=build_model, init_variables=init_variables,
+                            make_loss_fn=make_loss_fn, evaluate=evaluate,
+                            validate_config=validate_config))

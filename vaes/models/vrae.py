@@ -1,0 +1,379 @@
+"""VRAE: a sequential VAE with one latent z_t per frame (Flax Linen).
+
+Generative model and posterior (seed section 1, REFERENCE.md "VRAE"):
+
+    p(x_1:T, z_1:T) = prod_t p(z_t | z_<t) p(x_t | z_<=t, x_<t)
+    q(z_1:T | x_1:T) = prod_t q(z_t | z_<t, x_<=t)
+    ELBO = sum_t E_q[log p(x_t | z_<=t, x_<t)] - sum_t KL(q(z_t | z_<t, x_<=t) || p(z_t | z_<t))
+
+with three GRUs whose states summarise exactly the conditioning sets:
+
+    prior      h^p_t = GRU_p(h^p_{t-1}, z_{t-1})           p(z_t | z_<t)       = N(mlp_p(h^p_t))
+    posterior  h^q_t = GRU_q(h^q_{t-1}, [x_t, z_{t-1}])     q(z_t | z_<t, x_<=t) = N(mlp_q([h^q_t, h^p_t]))
+    decoder    h^d_t = GRU_d(h^d_{t-1}, [z_t, x_{t-1}])     p(x_t | z_<=t, x_<t) = mlp_x([h^d_t, z_t])
+
+`prior` selects the variant, all sharing this code:
+  'latent' (default): p(z_t | z_<t) as above.
+  'vrnn': the VRNN prior p(z_t | z_<t, x_<t): GRU_p also reads x_{t-1} (Chung et al. 2015).
+  'global': the original VRAE (Fabius & van Amersfoort 2014): one z for the whole sequence,
+     q(z | x_1:T) = N(mlp_q(h^q_T)) with h^q_t = GRU_q(h^q_{t-1}, x_t), p(z) = N(0, I),
+     p(x_t | z, x_<t) with h^d_0 = tanh(W z) and h^d_t = GRU_d(h^d_{t-1}, [z, x_{t-1}]).
+
+Likelihoods p(x_t | .): 'bernoulli' (x in {0,1}^P, logits), 'gaussian' (diagonal, mean and
+log-variance), 'categorical' (x an int token in [0, K), logits).
+
+Every time loop is one `nn.scan` (compiled once whatever T), time-major inside. All noise
+is drawn before the scan: `step_noise(rng, T, shape)` gives a (T, ...) array whose slice t
+comes from `fold_in(rng, t)`, so no two steps share noise and a frame's noise does not
+depend on T (padding). Where mask_t = 0 every recurrent state, z_{t-1} and x_{t-1} are
+carried through unchanged and the frame adds nothing to any sum, so padded frames change
+neither the loss, nor its gradients, nor the state of real frames.
+
+Compute in `dtype` (float32 or bfloat16); parameters, recurrent carries, samples z_t and
+every log-probability and KL are float32 (`vaes.distributions`).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vaes import distributions as dist
+
+PRIORS = ('latent', 'vrnn', 'global')
+LIKELIHOODS = ('bernoulli', 'gaussian', 'categorical')
+LOGVAR_MIN, LOGVAR_MAX = -10.0, 6.0
+F32 = jnp.float32
+
+
+def step_noise(rng, length, shape, kind='normal'):
+  """(length, *shape) float32 noise whose slice t is drawn from fold_in(rng, t).
+
+  kind: 'normal' (z_t and Gaussian x_t) or 'uniform' in (0, 1) (Bernoulli and
+  categorical x_t). Slices are independent across t, and slice t is the same for any
+  `length` > t, so padding a sequence does not change the noise of its real frames.
+  """
+  def one(t):
+    key = jax.random.fold_in(rng, t)
+    if kind == 'normal':
+      return jax.random.normal(key, shape, F32)
+    if kind == 'uniform':
+      return jax.random.uniform(key, shape, F32, minval=1e-6, maxval=1.0 - 1e-6)
+    raise ValueError(f"kind='{kind}' is not 'normal' or 'uniform'.")
+  return jax.vmap(one)(jnp.arange(length))
+
+
+def x_noise_kind(likelihood):
+  return 'normal' if likelihood == 'gaussian' else 'uniform'
+
+
+def _sel(m, new, old):
+  """where(mask, new, old) per example, for carries of shape (B, ...)."""
+  m = jnp.reshape(m > 0, m.shape + (1,) * (new.ndim - m.ndim))
+  return jnp.where(m, new, old)
+
+
+class MLP(nn.Module):
+  """One hidden ReLU layer; float32 output (distribution parameters)."""
+  features: int
+  hidden: int
+  dtype: Any = F32
+
+  @nn.compact
+  def __call__(self, h):
+    h = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, param_dtype=F32)(h))
+    return nn.Dense(self.features, dtype=self.dtype, param_dtype=F32)(h).astype(F32)
+
+
+def _gauss(params):
+  mean, logvar = jnp.split(params, 2, axis=-1)
+  return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
+
+
+class VRAE(nn.Module):
+  """Sequential VAE; see the module docstring for the equations.
+
+  Attributes: features (P for Bernoulli/Gaussian x of shape (.., P), K classes for
+  categorical), likelihood, prior, hidden (GRU width), latent (dim of z_t), mlp_hidden,
+  unroll (scan unroll factor), remat (rematerialise each step in the backward pass), dtype.
+
+  Entry points (batch-major arrays in and out, time-major inside):
+    __call__(x, mask, eps)                 posterior pass, ELBO terms and log weights
+    generate(eps, u)                       ancestral samples from the prior
+    impute(x, observed, mask, eps, u)      fill frames where observed = 0, keep the others
+  eps: (T, B, latent) standard normal noise for z (the 'global' prior uses eps[0]);
+  u: (T, B, ...) noise for sampling x_t (`step_noise(.., kind=x_noise_kind(likelihood))`).
+  """
+  features: int
+  likelihood: str = 'bernoulli'
+  prior: str = 'latent'
+  hidden: int = 128
+  latent: int = 16
+  mlp_hidden: int = 128
+  unroll: int = 1
+  remat: bool = False
+  dtype: Any = F32
+
+  def setup(self):
+    if self.prior not in PRIORS:
+      raise ValueError(f"prior='{self.prior}' is not one of {PRIORS}.")
+    if self.likelihood not in LIKELIHOODS:
+      raise ValueError(f"likelihood='{self.likelihood}' is not one of {LIKELIHOODS}.")
+    gru = lambda: nn.GRUCell(self.hidden, dtype=self.dtype, param_dtype=F32)
+    out = {'bernoulli': self.features, 'gaussian': 2 * self.features,
+           'categorical': self.features}[self.likelihood]
+    self.gru_q = gru()
+    self.gru_d = gru()
+    self.post_head = MLP(2 * self.latent, self.mlp_hidden, self.dtype)
+    self.out_head = MLP(out, self.mlp_hidden, self.dtype)
+    if self.prior == 'global':
+      self.dec_init = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=F32)
+    else:
+      self.gru_p = gru()
+      self.prior_head = MLP(2 * self.latent, self.mlp_hidden, self.dtype)
+
+  # --------------------------------------------------------------------------
+  # Likelihood p(x_t | .) helpers (float32).
+  # --------------------------------------------------------------------------
+
+  def features_of(self, x_t):
+    """x_t in data form -> float32 input features: the values, or one-hot tokens."""
+    if self.likelihood == 'categorical':
+      return jax.nn.one_hot(x_t.astype(jnp.int32), self.features, dtype=F32)
+    return x_t.astype(F32)
+
+  def log_px(self, x_t, out):
+    """log p(x_t | z_<=t, x_<t) summed over the frame's dimensions: (B,)."""
+    if self.likelihood == 'bernoulli':
+      return dist.bernoulli_log_prob(x_t, out).sum(-1)
+    if self.likelihood == 'gaussian':
+      mean, logvar = _gauss(out)
+      return dist.gaussian_log_prob(x_t, mean, logvar).sum(-1)
+    return dist.categorical_log_prob(x_t, out)
+
+  def sample_x(self, out, u_t):
+    """A sample of p(x_t | .) in data form from noise u_t (uniform, or normal if Gaussian)."""
+    if self.likelihood == 'bernoulli':
+      return (u_t < jax.nn.sigmoid(out)).astype(F32)
+    if self.likelihood == 'gaussian':
+      mean, logvar = _gauss(out)
+      return dist.gaussian_reparam(mean, logvar, u_t)
+    gumbel = -jnp.log(-jnp.log(u_t))
+    return jnp.argmax(out + gumbel, axis=-1).astype(jnp.int32)
+
+  def mean_x(self, out):
+    """E[x_t] under p(x_t | .): probabilities, the Gaussian mean, or class probabilities."""
+    if self.likelihood == 'bernoulli':
+      return jax.nn.sigmoid(out)
+    if self.likelihood == 'gaussian':
+      return _gauss(out)[0]
+    return jax.nn.softmax(out, axis=-1)
+
+  # --------------------------------------------------------------------------
+  # One step of each conditional.
+  # --------------------------------------------------------------------------
+
+  def _prior(self, h_p, z_prev, xf_prev):
+    """h^p_t = GRU_p(h^p_{t-1}, z_{t-1} [, x_{t-1}]); p(z_t | z_<t [, x_<t]) = N(mean, logvar)."""
+    inp = jnp.concatenate([z_prev, xf_prev], -1) if self.prior == 'vrnn' else z_prev
+    h = self.gru_p(h_p, inp)[0].astype(F32)
+    mean, logvar = _gauss(self.prior_head(h))
+    return h, mean, logvar
+
+  def _posterior(self, h_q, h_p, xf_t, z_prev):
+    """h^q_t = GRU_q(h^q_{t-1}, [x_t, z_{t-1}]); q(z_t | z_<t, x_<=t) = N(mlp_q([h^q_t, h^p_t]))."""
+    h = self.gru_q(h_q, jnp.concatenate([xf_t, z_prev], -1))[0].astype(F32)
+    mean, logvar = _gauss(self.post_head(jnp.concatenate([h, h_p], -1)))
+    return h, mean, logvar
+
+  def _decode(self, h_d, z_t, xf_prev):
+    """h^d_t = GRU_d(h^d_{t-1}, [z_t, x_{t-1}]); parameters of p(x_t | z_<=t, x_<t)."""
+    h = self.gru_d(h_d, jnp.concatenate([z_t, xf_prev], -1))[0].astype(F32)
+    return h, self.out_head(jnp.concatenate([h, z_t], -1))
+
+  # --------------------------------------------------------------------------
+  # Scan bodies: (module, carry, per-step inputs) -> (carry, per-step outputs).
+  # --------------------------------------------------------------------------
+
+  def posterior_step(self, carry, inp):
+    """One frame of the posterior pass. carry = (h^p, h^q, h^d, z_{t-1}, x_{t-1});
+    inp = (x_t, mask_t, eps_t). Outputs log p(x_t|.), KL_t per latent dim (closed form),
+    log p(z_t|.) - log q(z_t|.) at the sample, z_t and the parameters of p(x_t|.)."""
+    h_p, h_q, h_d, z_prev, xf_prev = carry
+    x_t, m_t, eps_t = inp
+    x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))       # padded values never reach the model
+    xf_t = self.features_of(x_t)
+    h_p_new, mean_p, logvar_p = self._prior(h_p, z_prev, xf_prev)
+    h_q_new, mean_q, logvar_q = self._posterior(h_q, h_p_new, xf_t, z_prev)
+    z = dist.gaussian_reparam(mean_q, logvar_q, eps_t)
+    h_d_new, out = self._decode(h_d, z, xf_prev)
+    real = m_t > 0
+    log_px = jnp.where(real, self.log_px(x_t, out), 0.0)
+    kl = jnp.where(real[:, None], dist.gaussian_kl(mean_q, logvar_q, mean_p, logvar_p), 0.0)
+    logw_z = (dist.gaussian_log_prob(z, mean_p, logvar_p)
+              - dist.gaussian_log_prob(z, mean_q, logvar_q)).sum(-1)
+    logw_z = jnp.where(real, logw_z, 0.0)
+    new = tuple(_sel(m_t, a, b) for a, b in
+                zip((h_p_new, h_q_new, h_d_new, z, xf_t), carry))
+    return new, {'log_px': log_px, 'kl': kl, 'logw_z': logw_z, 'z': z, 'out': out}
+
+  def generate_step(self, carry, inp):
+    """z_t ~ p(z_t | z_<t [, x_<t]), x_t ~ p(x_t | z_<=t, x_<t). carry = (h^p, h^d, z_{t-1},
+    x_{t-1}); inp = (eps_t, u_t)."""
+    h_p, h_d, z_prev, xf_prev = carry
+    eps_t, u_t = inp
+    h_p, mean_p, logvar_p = self._prior(h_p, z_prev, xf_prev)
+    z = dist.gaussian_reparam(mean_p, logvar_p, eps_t)
+    h_d, out = self._decode(h_d, z, xf_prev)
+    x_t = self.sample_x(out, u_t)
+    return (h_p, h_d, z, self.features_of(x_t)), {'x': x_t, 'mean': self.mean_x(out), 'z': z}
+
+  def impute_step(self, carry, inp):
+    """Observed frame (o_t = 1): z_t ~ q(z_t | z_<t, x_<=t) and x_t kept. Missing frame:
+    z_t ~ p(z_t | .), x_t ~ p(x_t | z_<=t, x_<t), and GRU_q reads the sampled x_t so later
+    posteriors condition on the filled sequence. carry as in posterior_step;
+    inp = (x_t, o_t, mask_t, eps_t, u_t)."""
+    h_p, h_q, h_d, z_prev, xf_prev = carry
+    x_t, o_t, m_t, eps_t, u_t = inp
+    obs = (o_t > 0) & (m_t > 0)
+    x_t = _sel(obs, x_t, jnp.zeros_like(x_t))
+    h_p_new, mean_p, logvar_p = self._prior(h_p, z_prev, xf_prev)
+    h_q_obs, mean_q, logvar_q = self._posterior(h_q, h_p_new, self.features_of(x_t), z_prev)
+    z = _sel(obs, dist.gaussian_reparam(mean_q, logvar_q, eps_t),
+             dist.gaussian_reparam(mean_p, logvar_p, eps_t))
+    h_d_new, out = self._decode(h_d, z, xf_prev)
+    x_new = _sel(obs, x_t, self.sample_x(out, u_t))
+    xf_new = self.features_of(x_new)
+    h_q_miss = self.gru_q(h_q, jnp.concatenate([xf_new, z_prev], -1))[0].astype(F32)
+    h_q_new = _sel(obs, h_q_obs, h_q_miss)
+    new = tuple(_sel(m_t, a, b) for a, b in
+                zip((h_p_new, h_q_new, h_d_new, z, xf_new), carry))
+    return new, {'x': x_new, 'mean': self.mean_x(out)}
+
+  def global_encode_step(self, h_q, inp):
+    """h^q_t = GRU_q(h^q_{t-1}, x_t), carried unchanged where the frame is not used."""
+    x_t, m_t = inp
+    x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))
+    h = self.gru_q(h_q, self.features_of(x_t))[0].astype(F32)
+    return _sel(m_t, h, h_q), None
+
+  def global_decode_step(self, carry, inp):
+    """p(x_t | z, x_<t) with h^d_t = GRU_d(h^d_{t-1}, [z, x_{t-1}]). carry = (h^d, z, x_{t-1});
+    inp = (x_t, o_t, mask_t, u_t): frames with o_t = 0 are sampled (generation, imputation),
+    the others are teacher-forced and scored."""
+    h_d, z, xf_prev = carry
+    x_t, o_t, m_t, u_t = inp
+    obs = (o_t > 0) & (m_t > 0)
+    x_t = _sel(obs, x_t, jnp.zeros_like(x_t))
+    h_d_new, out = self._decode(h_d, z, xf_prev)
+    x_new = _sel(obs, x_t, self.sample_x(out, u_t))
+    log_px = jnp.where(obs, self.log_px(x_t, out), 0.0)
+    xf_new = self.features_of(x_new)
+    new = (_sel(m_t, h_d_new, h_d), z, _sel(m_t, xf_new, xf_prev))
+    return new, {'log_px': log_px, 'x': x_new, 'mean': self.mean_x(out), 'out': out}
+
+  # --------------------------------------------------------------------------
+  # Time loops.
+  # --------------------------------------------------------------------------
+
+  def _scan(self, body, carry, xs):
+    """One nn.scan over the leading (time) axis of xs; params are broadcast across steps."""
+    if self.remat:
+      body = nn.remat(body, prevent_cse=False)
+    scan = nn.scan(body, variable_broadcast='params', split_rngs={'params': False},
+                   in_axes=0, out_axes=0, unroll=self.unroll)
+    return scan(self, carry, xs)
+
+  def _zeros(self, batch, dim):
+    return jnp.zeros((batch, dim), F32)
+
+  def _global_posterior(self, x_tm, use_tm):
+    """q(z | x) = N(mlp_q(h^q_T)) from the frames where use_t = 1 (time-major inputs)."""
+    h_q, _ = self._scan(VRAE.global_encode_step, self._zeros(use_tm.shape[1], self.hidden),
+                        (x_tm, use_tm))
+    return _gauss(self.post_head(h_q))
+
+  def _global_decoder_init(self, z):
+    return jnp.tanh(self.dec_init(z).astype(F32))
+
+  def __call__(self, x, mask, eps):
+    """Posterior pass. x: (B, T, ...) data, mask: (B, T), eps: (T, B, latent).
+
+    Returns batch-major
+      log_px (B, T): log p(x_t | z_<=t, x_<t) at z ~ q, 0 on padding;
+      kl (B, T): KL(q(z_t | .) || p(z_t | .)) summed over latent dims ('global': the one
+        KL(q(z | x) || N(0, I)) at t = 0, zeros after);
+      kl_dims (B, latent): the KL summed over time, per latent dim (for free bits);
+      logw_z (B,): sum_t log p(z_t | .) - log q(z_t | .) at the sample, so that
+        sum_t log_px + logw_z is the importance log weight log p(x, z) - log q(z | x);
+      z (B, T, latent) ('global': (B, latent)); out (B, T, ...) parameters of p(x_t | .).
+    """
+    batch, length = mask.shape
+    mask = mask.astype(F32)
+    x_tm, m_tm = jnp.swapaxes(x, 0, 1), jnp.swapaxes(mask, 0, 1)
+    if self.prior == 'global':
+      mean_q, logvar_q = self._global_posterior(x_tm, m_tm)
+      z = dist.gaussian_reparam(mean_q, logvar_q, eps[0])
+      has = (mask.sum(1) > 0)[:, None]
+      kl_dims = jnp.where(has, dist.gaussian_kl(mean_q, logvar_q), 0.0)
+      logw_z = jnp.where(has[:, 0], (dist.gaussian_log_prob(z, 0.0, 0.0)
+                                     - dist.gaussian_log_prob(z, mean_q, logvar_q)).sum(-1), 0.0)
+      carry = (self._global_decoder_init(z), z, self._zeros(batch, self.features))
+      # Every real frame is observed, so the x-noise is never used: a constant will do.
+      u = jnp.full(m_tm.shape + (1,), 0.0 if self.likelihood == 'gaussian' else 0.5, F32)
+      _, ys = self._scan(VRAE.global_decode_step, carry, (x_tm, m_tm, m_tm, u))
+      kl = jnp.zeros((batch, length), F32).at[:, 0].set(kl_dims.sum(-1))
+      return {'log_px': ys['log_px'].T, 'kl': kl, 'kl_dims': kl_dims, 'logw_z': logw_z,
+              'z': z, 'out': jnp.swapaxes(ys['out'], 0, 1)}
+    carry = (self._zeros(batch, self.hidden),) * 3 + (
+        self._zeros(batch, self.latent), self._zeros(batch, self.features))
+    _, ys = self._scan(VRAE.posterior_step, carry, (x_tm, m_tm, eps))
+    return {'log_px': ys['log_px'].T, 'kl': ys['kl'].sum(-1).T, 'kl_dims': ys['kl'].sum(0),
+            'logw_z': ys['logw_z'].sum(0), 'z': jnp.swapaxes(ys['z'], 0, 1),
+            'out': jnp.swapaxes(ys['out'], 0, 1)}
+
+  def generate(self, eps, u):
+    """Ancestral samples from the prior. eps: (T, B, latent), u: (T, B, ...) x-noise.
+    Returns {'x': (B, T, ...) samples in data form, 'mean': (B, T, ...) E[x_t | .]}."""
+    length, batch = eps.shape[:2]
+    if self.prior == 'global':
+      z = eps[0]    # z ~ N(0, I)
+      ones = jnp.ones((length, batch), F32)
+      carry = (self._global_decoder_init(z), z, self._zeros(batch, self.features))
+      x_dummy = self._dummy_x(length, batch)
+      _, ys = self._scan(VRAE.global_decode_step, carry, (x_dummy, 0.0 * ones, ones, u))
+    else:
+      carry = (self._zeros(batch, self.hidden), self._zeros(batch, self.hidden),
+               self._zeros(batch, self.latent), self._zeros(batch, self.features))
+      _, ys = self._scan(VRAE.generate_step, carry, (eps, u))
+    return {'x': jnp.swapaxes(ys['x'], 0, 1), 'mean': jnp.swapaxes(ys['mean'], 0, 1)}
+
+  def _dummy_x(self, length, batch):
+    if self.likelihood == 'categorical':
+      return jnp.zeros((length, batch), jnp.int32)
+    return jnp.zeros((length, batch, self.features), F32)
+
+  def impute(self, x, observed, mask, eps, u):
+    """Fills the frames where observed = 0 (within mask) and returns x unchanged elsewhere.
+    x: (B, T, ...), observed/mask: (B, T), eps: (T, B, latent), u: (T, B, ...).
+    'global': z ~ q(z | observed frames), then the missing frames are sampled from
+    p(x_t | z, x_<t) in order."""
+    batch, _ = mask.shape
+    mask = mask.astype(F32)
+    obs = observed.astype(F32) * mask
+    x_tm, m_tm, o_tm = (jnp.swapaxes(a, 0, 1) for a in (x, mask, obs))
+    if self.prior == 'global':
+      mean_q, logvar_q = self._global_posterior(x_tm, o_tm)
+      z = dist.gaussian_reparam(mean_q, logvar_q, eps[0])
+      carry = (self._global_decoder_init(z), z, self._zeros(batch, self.features))
+      _, ys = self._scan(VRAE.global_decode_step, carry, (x_tm, o_tm, m_tm, u))
+    else:
+      carry = (self._zeros(batch, self.hidden),) * 3 + (
+          self._zeros(batch, self.latent), self._zeros(batch, self.features))
+      _, ys = self._scan(VRAE.impute_step, carry, (x_tm, o_tm, m_tm, eps, u))
+    filled = jnp.swapaxes(ys['x'], 0, 1)
+    keep = obs > 0
+    keep = keep.reshape(keep.shape + (1,) * (x.ndim - 2))
+    return {'x': jnp.where(keep, x.astype(filled.dtype), filled),
+            'mean': jnp.swapaxes(ys['mean'], 0, 1)}
