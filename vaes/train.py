@@ -179,7 +179,7 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (metrics, new_model_state)), grads = grad_fn(
         state.params, state.model_state, batch, rng, state.step)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if max_skip_norm > 0:
       ok &= grad_norm <= max_skip_norm

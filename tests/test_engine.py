@@ -1,0 +1,140 @@
+"""The engine: resume, CLI smoke test, two processes on localhost, skipped updates."""
+
+import json
+import os
+import socket
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+
+from tests.helpers import (PYTHON, REPO, load_config, read_eval_metrics, run_cli,
+                           subprocess_env)
+from vaes import data as data_lib
+from vaes.checkpoint import Checkpointer
+from vaes.train import build_trainer, train_and_evaluate
+
+TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16,
+           'eval.batch_size': 128}
+
+
+def _latest_state(config, workdir):
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state, step = Checkpointer(workdir).restore_latest(trainer.abstract_state, config)
+  return state, step
+
+
+def test_resume_after_checkpoint_matches_uninterrupted_run(tmp_path):
+  base = dict(TINY_VQ, num_train_steps=6, checkpoint_every_steps=3, log_every_steps=1,
+              eval_every_steps=0)
+  full = load_config('configs/vqvae.py', base)
+  train_and_evaluate(full, str(tmp_path / 'full'))
+
+  first_half = load_config('configs/vqvae.py', dict(base, num_train_steps=3))
+  train_and_evaluate(first_half, str(tmp_path / 'resumed'))
+  _, step = _latest_state(full, str(tmp_path / 'resumed'))
+  assert step == 3
+  train_and_evaluate(full, str(tmp_path / 'resumed'))  # same command again: resumes at 3
+
+  a, step_a = _latest_state(full, str(tmp_path / 'full'))
+  b, step_b = _latest_state(full, str(tmp_path / 'resumed'))
+  assert step_a == step_b == 6
+  leaves_a = jax.tree.leaves(jax.device_get((a.params, a.model_state, a.opt_state)))
+  leaves_b = jax.tree.leaves(jax.device_get((b.params, b.model_state, b.opt_state)))
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+  # The logged losses of steps 4-6 are the same too.
+  def losses(wd):
+    with open(os.path.join(wd, 'metrics.jsonl')) as f:
+      return {r['step']: r['loss'] for r in map(json.loads, f) if 'loss' in r}
+  la, lb = losses(str(tmp_path / 'full')), losses(str(tmp_path / 'resumed'))
+  assert [la[s] for s in (4, 5, 6)] == [lb[s] for s in (4, 5, 6)]
+
+
+def test_cli_train_then_eval_smoke(tmp_path):
+  wd = str(tmp_path / 'run')
+  overrides = dict(TINY_VQ, num_train_steps=20, log_every_steps=10, eval_every_steps=20,
+                   checkpoint_every_steps=10)
+  proc = run_cli('train.py', 'configs/vqvae.py', wd, overrides)
+  assert '[step 20]' in proc.stdout, proc.stdout
+  assert os.path.exists(os.path.join(wd, 'images', 'step_0000020_reconstructions.png'))
+  records = [json.loads(l) for l in open(os.path.join(wd, 'metrics.jsonl'))]
+  assert {r['step'] for r in records} >= {10, 20}
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(wd, 'tensorboard')))
+  run_cli('eval.py', 'configs/vqvae.py', wd, overrides)
+  metrics = read_eval_metrics(wd)
+  for key in ('loss', 'recon_mse', 'normalized_mse', 'perplexity', 'codebook_usage',
+              'commitment_loss'):
+    assert isinstance(metrics[key], float) and np.isfinite(metrics[key]), key
+  assert 1.0 <= metrics['perplexity'] <= 16.0
+  assert 0.0 < metrics['codebook_usage'] <= 1.0
+  assert os.path.exists(os.path.join(wd, 'eval_reconstructions.png'))
+
+
+def test_cli_rejects_mistyped_override(tmp_path):
+  proc = run_cli('train.py', 'configs/vqvae.py', str(tmp_path / 'x'),
+                 {'model.hiden': 3}, check=False)
+  assert proc.returncode != 0
+  assert 'hiden' in proc.stderr
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_on_localhost_match_one_process(tmp_path):
+  overrides = dict(TINY_VQ, num_train_steps=4, log_every_steps=1, eval_every_steps=0,
+                   checkpoint_every_steps=4)
+  run_cli('train.py', 'configs/vqvae.py', str(tmp_path / 'one'), overrides)
+
+  port = _free_port()
+  wd = str(tmp_path / 'two')
+  procs = []
+  for pid in range(2):
+    cmd = [PYTHON, os.path.join(REPO, 'train.py'),
+           f'--config={os.path.join(REPO, "configs/vqvae.py")}', f'--workdir={wd}',
+           f'--coordinator_address=localhost:{port}', '--num_processes=2',
+           f'--process_id={pid}'] + [f'--config.{k}={v}' for k, v in overrides.items()]
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(1), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-4000:]
+  assert '2 process(es)' in outs[0][0]
+
+  def losses(d):
+    with open(os.path.join(d, 'metrics.jsonl')) as f:
+      return [r['loss'] for r in map(json.loads, f) if 'loss' in r]
+  np.testing.assert_allclose(losses(wd), losses(str(tmp_path / 'one')), rtol=1e-5)
+  assert len(losses(wd)) == 4
+
+
+def test_nonfinite_batch_update_is_skipped_and_counted():
+  config = load_config('configs/vqvae.py', TINY_VQ)
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  batch = splits.train.batch(0)
+  before = jax.device_get((state.params, state.model_state))
+  bad = dict(batch, image=np.where(np.arange(batch['image'].size).reshape(batch['image'].shape)
+                                   == 5, np.nan, batch['image']).astype(np.float32))
+  state, metrics = trainer.train_step(state, trainer.put(bad))
+  assert float(metrics['skipped_update']) == 1.0
+  assert int(state.skipped_updates) == 1 and int(state.consecutive_skips) == 1
+  after = jax.device_get((state.params, state.model_state))
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(x, y)
+  state, metrics = trainer.train_step(state, trainer.put(batch))
+  assert float(metrics['skipped_update']) == 0.0 and np.isfinite(float(metrics['loss']))
+  assert int(state.consecutive_skips) == 0 and int(state.step) == 2
+
+
+def test_batch_not_divisible_by_devices_fails_before_compilation(tmp_path):
+  proc = run_cli('train.py', 'configs/vqvae.py', str(tmp_path / 'x'),
+                 dict(TINY_VQ, batch_size=30), num_devices=8, check=False)
+  assert proc.returncode == 2
+  assert 'config.batch_size=30 is not divisible by the 8 devices' in proc.stderr
