@@ -25,8 +25,8 @@ def save_image_grid(path, images, ncols=None, upscale=None):
   """Writes a PNG grid; small images are upscaled (nearest) to be visible."""
   from PIL import Image
   grid = image_grid(images, ncols)
-  if upscale is None:
-    upscale = max(1, 256 // max(grid.shape[0], grid.shape[1]) + 1) if max(grid.shape[:2]) < 256 else 1
+  if upscale is None:  # small images (8x8 digits) are blown up to >= 512 pixels a side
+    upscale = max(1, -(-512 // max(grid.shape[0], grid.shape[1])))
   if upscale > 1:
     grid = grid.repeat(upscale, 0).repeat(upscale, 1)
   if grid.shape[-1] == 1:
