@@ -42,3 +42,4 @@ def get_datasets(config, process_index=None, process_count=None) -> Splits:
 # Builders (imported for their registration side effect).
 from vaes.data import images  # noqa: E402,F401
 from vaes.data import music  # noqa: E402,F401
+from vaes.data import tfds_data  # noqa: E402,F401
