@@ -1,0 +1,171 @@
+"""Throughput of the real train step of any config, on random data of its shapes.
+
+  python benchmarks/train_step.py --config=configs/vqvae_cifar10.py \
+      --config.batch_size=128 --config.compute_dtype=bfloat16 [--repeats=20]
+
+Prints one JSON line per run: device kind, batch size, examples/s (and frames/s
+for sequences), ms per step (median over timed windows after warm-up, the device
+synchronised at the end of each window), compile time, peak device memory where
+the backend reports it, and XLA's FLOP estimate per example with the fraction of
+the device's peak it reaches. The step is exactly `vaes.train.build_trainer`'s:
+forward, backward, optimiser update, donated state.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+flags.DEFINE_integer('repeats', 10, 'Timed windows; the median is reported.')
+flags.DEFINE_integer('steps_per_repeat', 5, 'Steps per timed window.')
+flags.DEFINE_string('output', '', 'Also append the JSON line to this file.')
+FLAGS = flags.FLAGS
+
+# Dense peak FLOP/s by device kind and compute dtype (float32 matmuls run as TF32 on
+# NVIDIA GPUs under JAX's default precision).
+PEAK_FLOPS = {
+    'NVIDIA H100 80GB HBM3': {'bfloat16': 989e12, 'float32': 494e12},
+    'NVIDIA H100': {'bfloat16': 989e12, 'float32': 494e12},
+    'NVIDIA H200': {'bfloat16': 989e12, 'float32': 494e12},
+    'NVIDIA A100-SXM4-80GB': {'bfloat16': 312e12, 'float32': 156e12},
+    'TPU v4': {'bfloat16': 275e12, 'float32': 275e12},
+    'TPU v5 lite': {'bfloat16': 197e12, 'float32': 197e12},
+}
+
+
+def synthetic_inputs(config):
+  """(data_info, element_spec, make_batch) for random data of the config's shapes.
+
+  Uses the dataset builder when its data is at hand (embedded data); for a TFDS
+  dataset whose files are absent, the shapes come from the TFDS spec table."""
+  import numpy as np
+  from vaes import data as data_lib
+  try:
+    splits = data_lib.get_datasets(config)
+    info, spec = splits.info, splits.train.element_spec
+  except data_lib.DataError:
+    from vaes.data import tfds_data
+    if config.data.name not in tfds_data.SPECS:
+      raise
+    opts = tfds_data.read_options(config)
+    binary = tfds_data.SPECS[opts.name].binary or opts.binarize != 'none'
+    info = {'kind': 'image', 'shape': opts.shape, 'num_levels': 2 if binary else 256,
+            'train_variance': 0.06, 'num_train': 50_000, 'num_eval': 10_000}
+    spec = {'image': (opts.shape, np.float32)}
+  rng = np.random.default_rng(0)
+  levels = info.get('num_levels', 256)
+
+  def make_batch(batch_size):
+    batch = {}
+    for k, (shape, dtype) in spec.items():
+      shape = (batch_size,) + tuple(shape)
+      if np.issubdtype(dtype, np.floating):
+        if k == 'mask':
+          batch[k] = np.ones(shape, dtype)
+        elif info.get('kind') == 'image' or k == 'x':
+          steps = max(levels - 1, 1)
+          batch[k] = (rng.integers(0, steps + 1, shape) / steps).astype(dtype)
+        else:
+          batch[k] = rng.normal(size=shape).astype(dtype)
+      elif dtype == np.bool_:
+        batch[k] = np.ones(shape, dtype)
+      else:
+        batch[k] = np.zeros(shape, dtype)
+    return batch
+  return info, spec, make_batch
+
+
+def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
+  import jax
+  import numpy as np
+  from vaes.train import build_trainer
+
+  info, spec, make_batch = synthetic_inputs(config)
+  trainer = build_trainer(config, info, spec)
+  state = trainer.init_fn()
+  batch = trainer.put(make_batch(config.batch_size // jax.process_count()))
+
+  t0 = time.perf_counter()
+  compiled = trainer.train_step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps_per_repeat):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append((time.perf_counter() - t0) / steps_per_repeat)
+  step_s = statistics.median(times)
+
+  device = jax.devices()[0]
+  flops = None
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get('flops', 0.0)) or None
+  except Exception:  # pylint: disable=broad-except
+    flops = None
+  peak_mem = None
+  try:
+    stats = device.memory_stats() or {}
+    peak_mem = stats.get('peak_bytes_in_use')
+  except Exception:  # pylint: disable=broad-except
+    peak_mem = None
+
+  b = config.batch_size
+  result = {
+      'config': config.model.name,
+      'data': config.data.name,
+      'device_kind': device.device_kind,
+      'num_devices': jax.device_count(),
+      'jax_version': jax.__version__,
+      'compute_dtype': config.compute_dtype,
+      'batch_size': b,
+      'ms_per_step': step_s * 1e3,
+      'examples_per_sec': b / step_s,
+      'compile_s': compile_s,
+      'peak_memory_gib': peak_mem / 2**30 if peak_mem else None,
+      'loss': float(np.asarray(jax.device_get(metrics['loss']))),
+  }
+  if 'mask' in spec or info.get('kind') == 'sequence':
+    seq_len = spec['x'][0][0]
+    result['seq_len'] = int(seq_len)
+    result['frames_per_sec'] = b * seq_len / step_s
+  if flops:
+    # XLA's estimate for the whole step (per device for a sharded program).
+    per_example = flops * jax.device_count() / b
+    result['gflops_per_example'] = per_example / 1e9
+    peak = PEAK_FLOPS.get(device.device_kind, {}).get(config.compute_dtype)
+    if peak:
+      result['fraction_of_peak'] = flops / step_s / peak
+  return result
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  result = benchmark(FLAGS.config, FLAGS.warmup, FLAGS.repeats, FLAGS.steps_per_repeat)
+  line = json.dumps(result)
+  print(line, flush=True)
+  if FLAGS.output:
+    with open(FLAGS.output, 'a', encoding='utf-8') as f:
+      f.write(line + '\n')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
