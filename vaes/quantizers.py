@@ -16,11 +16,13 @@ a gather whose backward is a collision-heavy scatter-add (50x slower on GPU, see
 REFERENCE.md).
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 sg = jax.lax.stop_gradient
 
@@ -80,6 +82,66 @@ def ema_update(cluster_size, embed_sum, one_hot, z, decay, eps):
   return cluster_size, embed_sum, embed_sum / smoothed[:, None]
 
 
+def l2_normalize(x, axis=-1, eps=1e-6):
+  """x / ||x||_2 along `axis` (cosine codes: distances between unit vectors)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
+
+
+def kmeans(rng, z, num_codes, num_iters, max_points=0):
+  """Lloyd's k-means on the rows of z (M, D), in float32.
+
+  Centres start at num_codes rows drawn without replacement (with replacement,
+  plus a little noise, when M < K); each iteration assigns
+  k*_i = argmin_k ||z_i - c_k||^2 and moves c_k = mean{z_i : k*_i = k}; an empty
+  cluster keeps its centre. With max_points > 0 a random subset of that many rows
+  is clustered. Returns (centres (K, D), counts (K,) of the last assignment).
+  """
+  z = sg(z.astype(jnp.float32))
+  m = z.shape[0]
+  k_sub, k_init, k_noise = jax.random.split(rng, 3)
+  if max_points and m > max_points:
+    z = jnp.take(z, jax.random.choice(k_sub, m, (max_points,), replace=False), axis=0)
+    m = max_points
+  replace = m < num_codes
+  centres = jnp.take(z, jax.random.choice(k_init, m, (num_codes,), replace=replace), axis=0)
+  if replace:
+    centres = centres + 1e-3 * jnp.std(z) * jax.random.normal(k_noise, centres.shape)
+
+  def assign(c):
+    idx, _ = nearest_code(z, c)
+    one_hot = jax.nn.one_hot(idx, num_codes, dtype=jnp.float32)
+    counts = jnp.sum(one_hot, 0)
+    sums = jnp.einsum('mk,md->kd', one_hot, z, precision=jax.lax.Precision.HIGHEST)
+    return counts, sums
+
+  def step(_, c):
+    counts, sums = assign(c)
+    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], c)
+
+  centres = jax.lax.fori_loop(0, num_iters, step, centres)
+  counts, _ = assign(centres)
+  return centres, counts
+
+
+def restart_dead_codes(rng, codebook, steps_unused, counts, z, restart_after):
+  """Dead-code restarts: a code unused for `restart_after` consecutive training
+  steps is re-seeded with an encoder output drawn uniformly from the batch.
+
+    u_k <- 0 if n_k > 0 else u_k + 1;   dead_k = u_k >= restart_after
+    e_k <- z_e,j  (j ~ U{1..M}, one draw per code)   where dead_k
+
+  `counts` (K,) and `z` (M, D) are over the global batch and `rng` is the step's
+  key, so the draw, and the new codebook, are the same on every device.
+  Returns (codebook, steps_unused, dead mask).
+  """
+  steps_unused = jnp.where(counts > 0, 0, steps_unused + 1)
+  dead = steps_unused >= restart_after
+  draw = jax.random.randint(rng, (codebook.shape[0],), 0, z.shape[0])
+  fresh = jnp.take(sg(z.astype(jnp.float32)), draw, axis=0)
+  codebook = jnp.where(dead[:, None], fresh, codebook)
+  return codebook, jnp.where(dead, 0, steps_unused), dead
+
+
 class VectorQuantizer(nn.Module):
   """Nearest-neighbour quantiser with a gradient- or EMA-updated codebook.
 
@@ -88,6 +150,19 @@ class VectorQuantizer(nn.Module):
   once for its own initial value (N_k = 1, m_k = e_k), so codes that are unused
   early keep their place instead of collapsing to zero. The statistics are
   updated only when `update_ema` is true (training), from the global batch.
+
+  Codebook health (all off by default; the first two need `use_ema`, since they
+  write the codebook from inside the train step, and draw from the 'vq' rng):
+  * kmeans_init: at the first training call the codebook is replaced by k-means
+    centres of that (global) batch's encoder outputs (`kmeans`), under
+    `jax.lax.cond` on an 'initialized' flag kept in 'vq_ema'.
+  * restart_after > 0: dead-code restarts (`restart_dead_codes`); the EMA
+    statistics of a restarted code are reset to N_k = 1, m_k = e_k.
+  * cosine: z_e and e_k are l2-normalised before distances and lookup, so
+    k* = argmax_k cos(z_e, e_k) and z_q = e_{k*} / ||e_{k*}||.
+  * lookup_dim > 0: factorised codes; z_e is projected to a lookup_dim space
+    (a Dense layer), quantised there, and z_q is projected back to code_dim.
+    Commitment and codebook losses are measured in the lookup space.
   """
   num_codes: int
   code_dim: int
@@ -95,38 +170,92 @@ class VectorQuantizer(nn.Module):
   use_ema: bool = False
   ema_decay: float = 0.99
   ema_eps: float = 1e-5
+  kmeans_init: bool = False
+  kmeans_iters: int = 10
+  kmeans_points: int = 16384
+  restart_after: int = 0
+  cosine: bool = False
+  lookup_dim: int = 0
+
+  @property
+  def space_dim(self):
+    return self.lookup_dim or self.code_dim
 
   @nn.compact
   def __call__(self, z_e, update_ema: bool = False):
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
-    shape = (self.num_codes, self.code_dim)
+    d = self.space_dim
+    shape = (self.num_codes, d)
+    if (self.kmeans_init or self.restart_after) and not self.use_ema:
+      raise ValueError('k-means initialisation and dead-code restarts rewrite the codebook '
+                       'inside the train step: they need use_ema=True.')
     if self.use_ema:
       key = self.make_rng('params') if self.is_initializing() else None
       codebook_var = self.variable('vq_ema', 'codebook', lambda: init(key, shape, jnp.float32))
       cluster_var = self.variable('vq_ema', 'cluster_size',
                                   lambda: jnp.ones((self.num_codes,), jnp.float32))
       sum_var = self.variable('vq_ema', 'embed_sum', lambda: codebook_var.value)
+      if self.kmeans_init:
+        init_flag = self.variable('vq_ema', 'initialized', lambda: jnp.zeros((), jnp.int32))
+      if self.restart_after:
+        unused_var = self.variable('vq_ema', 'steps_unused',
+                                   lambda: jnp.zeros((self.num_codes,), jnp.int32))
       codebook = codebook_var.value
     else:
       codebook = self.param('codebook', init, shape, jnp.float32)
 
     z32 = z_e.astype(jnp.float32)
-    indices, _ = nearest_code(sg(z32), codebook)
-    z_q, one_hot = lookup(indices, codebook)
+    if self.lookup_dim:
+      z32 = nn.Dense(self.lookup_dim, name='proj_in', dtype=jnp.float32)(z32)
+    if self.cosine:
+      z32 = l2_normalize(z32)
+    training = self.use_ema and update_ema and not self.is_initializing()
+    flat_z = z32.reshape(-1, d)
+
+    if training and self.kmeans_init:
+      def from_kmeans(operand):
+        _, _, key = operand
+        centres, counts = kmeans(key, flat_z, self.num_codes, self.kmeans_iters,
+                                 self.kmeans_points)
+        counts = jnp.maximum(counts, 1.0)
+        return centres, counts, centres * counts[:, None]
+
+      def keep(operand):
+        c, n, _ = operand
+        return c, n, sum_var.value
+
+      codebook, cluster, embed_sum = jax.lax.cond(
+          init_flag.value == 0, from_kmeans, keep,
+          (codebook, cluster_var.value, self.make_rng('vq')))
+      codebook_var.value, cluster_var.value, sum_var.value = codebook, cluster, embed_sum
+      init_flag.value = jnp.ones((), jnp.int32)
+
+    lookup_book = l2_normalize(codebook) if self.cosine else codebook
+    indices, _ = nearest_code(sg(z32), lookup_book)
+    z_q, one_hot = lookup(indices, lookup_book)
 
     commitment = self.beta * jnp.mean(jnp.square(z32 - sg(z_q)))
+    restarted = jnp.zeros((), jnp.float32)
     if self.use_ema:
       codebook_loss = jnp.zeros((), jnp.float32)
-      if update_ema and not self.is_initializing():
+      if training:
         flat_oh = one_hot.reshape(-1, self.num_codes)
-        flat_z = z32.reshape(-1, self.code_dim)
         c, s, e = ema_update(cluster_var.value, sum_var.value, flat_oh, flat_z,
                              self.ema_decay, self.ema_eps)
+        if self.restart_after:
+          e, unused, dead = restart_dead_codes(self.make_rng('vq'), e, unused_var.value,
+                                               jnp.sum(flat_oh, 0), flat_z, self.restart_after)
+          c = jnp.where(dead, 1.0, c)
+          s = jnp.where(dead[:, None], e, s)
+          unused_var.value = unused
+          restarted = jnp.sum(dead.astype(jnp.float32))
         cluster_var.value, sum_var.value, codebook_var.value = c, s, e
     else:
       codebook_loss = jnp.mean(jnp.square(sg(z32) - z_q))
 
     z_q_st = z32 + sg(z_q - z32)  # straight-through estimator
+    if self.lookup_dim:
+      z_q_st = nn.Dense(self.code_dim, name='proj_out', dtype=jnp.float32)(z_q_st)
     return dict(
         z_q=z_q_st.astype(z_e.dtype),
         indices=indices,
@@ -134,12 +263,159 @@ class VectorQuantizer(nn.Module):
         codebook_loss=codebook_loss,
         commitment_loss=commitment,
         perplexity=code_perplexity(one_hot),
+        restarted_codes=restarted,
     )
 
+  def embed(self, indices):
+    """z_q for given code indices (..., ) -> (..., code_dim), without the encoder."""
+    if self.use_ema:
+      codebook = self.get_variable('vq_ema', 'codebook')
+    else:
+      codebook = self.get_variable('params', 'codebook')
+    if self.cosine:
+      codebook = l2_normalize(codebook)
+    z_q, _ = lookup(indices, codebook)
+    if self.lookup_dim:
+      p = self.get_variable('params', 'proj_out')
+      z_q = z_q @ p['kernel'] + p['bias']
+    return z_q
 
-def make_quantizer(cfg: Any) -> VectorQuantizer:
-  """Quantiser from a `config.model` group (num_codes, code_dim, beta, use_ema...)."""
-  return VectorQuantizer(
-      num_codes=cfg.num_codes, code_dim=cfg.code_dim, beta=cfg.beta,
-      use_ema=cfg.get('use_ema', False), ema_decay=cfg.get('ema_decay', 0.99),
-      ema_eps=cfg.get('ema_eps', 1e-5))
+  @property
+  def codebook_size(self):
+    return self.num_codes
+
+
+def fsq_bound(z, levels):
+  """FSQ bounding (Mentzer et al. 2023): f(z) = tanh(z + s) * h - o per channel with
+  h = (L - 1)(1 + eps) / 2, o = 1/2 for even L (0 for odd), s = atanh(o / h), so
+  that round(f(z)) takes exactly L values."""
+  levels = jnp.asarray(levels, jnp.float32)
+  half = (levels - 1.0) * (1.0 + 1e-3) / 2.0
+  offset = jnp.where(jnp.mod(levels, 2.0) == 0.0, 0.5, 0.0)
+  shift = jnp.arctanh(offset / half)
+  return jnp.tanh(z + shift) * half - offset
+
+
+class FSQ(nn.Module):
+  """Finite scalar quantisation (Mentzer et al. 2023) behind the VQ interface.
+
+  z_e (.., code_dim) -> Dense -> len(levels) channels -> f(z) (see `fsq_bound`)
+  -> zhat = round(f(z)) with a straight-through gradient (f + sg[round(f) - f]),
+  normalised to [-1, 1] by L // 2 -> Dense back to code_dim. The implicit codebook
+  is the grid prod_i L_i; the index is the mixed-radix number of the digits
+  (zhat_i + L_i // 2). No codebook or commitment loss (both returned as 0).
+  """
+  levels: tuple
+  code_dim: int
+
+  def setup(self):
+    self.proj_in = nn.Dense(len(self.levels), dtype=jnp.float32)
+    self.proj_out = nn.Dense(self.code_dim, dtype=jnp.float32)
+
+  @property
+  def codebook_size(self):
+    return int(math.prod(self.levels))
+
+  def _basis(self):
+    return jnp.asarray(np.cumprod((1,) + tuple(self.levels[:-1])), jnp.int32)
+
+  def __call__(self, z_e, update_ema: bool = False):
+    del update_ema
+    z = self.proj_in(z_e.astype(jnp.float32))
+    bounded = fsq_bound(z, self.levels)
+    rounded = bounded + sg(jnp.round(bounded) - bounded)
+    half_width = jnp.asarray([l // 2 for l in self.levels], jnp.float32)
+    digits = (jnp.round(sg(bounded)) + half_width).astype(jnp.int32)
+    indices = jnp.sum(digits * self._basis(), axis=-1)
+    one_hot = jax.nn.one_hot(indices, self.codebook_size, dtype=jnp.float32)
+    z_q = self.proj_out(rounded / half_width)
+    zero = jnp.zeros((), jnp.float32)
+    return dict(z_q=z_q.astype(z_e.dtype), indices=indices, one_hot=one_hot,
+                codebook_loss=zero, commitment_loss=zero,
+                perplexity=code_perplexity(one_hot), restarted_codes=zero)
+
+  def embed(self, indices):
+    levels = jnp.asarray(self.levels, jnp.int32)
+    digits = (indices[..., None] // self._basis()) % levels
+    half_width = jnp.asarray([l // 2 for l in self.levels], jnp.float32)
+    return self.proj_out((digits.astype(jnp.float32) - half_width) / half_width)
+
+
+class ResidualVQ(nn.Module):
+  """Residual VQ (Zeghidour et al. 2021): S quantisers in sequence, stage s
+  quantising the residual r_s = z_e - sum_{j<s} q_j (r_1 = z_e), z_q = sum_s q_s.
+
+  Each stage is a `VectorQuantizer` (own codebook, losses on its own residual,
+  optional EMA / k-means / restarts). The decoder receives
+  z_e + sg[z_q - z_e] (straight-through); losses are summed over stages.
+  `indices` has a trailing stage axis (..., S); `one_hot` is (..., S, K).
+  """
+  num_stages: int
+  num_codes: int
+  code_dim: int
+  vq_kwargs: tuple = ()     # (name, value) pairs passed to every VectorQuantizer
+
+  def setup(self):
+    self.stages = [VectorQuantizer(self.num_codes, self.code_dim, **dict(self.vq_kwargs))
+                   for _ in range(self.num_stages)]
+
+  @property
+  def codebook_size(self):
+    return self.num_codes
+
+  def __call__(self, z_e, update_ema: bool = False):
+    z32 = z_e.astype(jnp.float32)
+    residual, total = z32, jnp.zeros_like(z32)
+    outs = []
+    for stage in self.stages:  # a few stages, each with its own parameters
+      out = stage(residual, update_ema=update_ema)
+      q = sg(out['z_q'].astype(jnp.float32))
+      total = total + q
+      residual = residual - q
+      outs.append(out)
+    one_hot = jnp.stack([o['one_hot'] for o in outs], axis=-2)
+    return dict(
+        z_q=(z32 + sg(total - z32)).astype(z_e.dtype),
+        indices=jnp.stack([o['indices'] for o in outs], axis=-1),
+        one_hot=one_hot,
+        codebook_loss=sum(o['codebook_loss'] for o in outs),
+        commitment_loss=sum(o['commitment_loss'] for o in outs),
+        perplexity=code_perplexity(one_hot),
+        restarted_codes=sum(o['restarted_codes'] for o in outs))
+
+  def embed(self, indices):
+    return sum(stage.embed(indices[..., s]) for s, stage in enumerate(self.stages))
+
+
+QUANTIZERS = ('vq', 'fsq', 'rvq')
+
+
+def build_quantizer(kind='vq', *, num_codes, code_dim, fsq_levels=(), rvq_stages=1, **vq_kw):
+  """'vq' -> VectorQuantizer, 'fsq' -> FSQ(fsq_levels), 'rvq' -> ResidualVQ(rvq_stages);
+  `vq_kw` are VectorQuantizer fields (beta, use_ema, ..., lookup_dim)."""
+  if kind == 'vq':
+    return VectorQuantizer(num_codes=num_codes, code_dim=code_dim, **vq_kw)
+  if kind == 'fsq':
+    return FSQ(levels=tuple(fsq_levels), code_dim=code_dim)
+  if kind == 'rvq':
+    return ResidualVQ(num_stages=rvq_stages, num_codes=num_codes, code_dim=code_dim,
+                      vq_kwargs=tuple(sorted(vq_kw.items())))
+  raise ValueError(f"quantizer='{kind}': choose one of {QUANTIZERS}.")
+
+
+def quantizer_options(cfg: Any) -> dict:
+  """build_quantizer keyword arguments from a `config.model` group (defaults keep
+  the plain VQ of van den Oord et al.)."""
+  return dict(
+      kind=cfg.get('quantizer', 'vq'), fsq_levels=tuple(cfg.get('fsq_levels', ())),
+      rvq_stages=cfg.get('rvq_stages', 1), beta=cfg.beta, use_ema=cfg.get('use_ema', False),
+      ema_decay=cfg.get('ema_decay', 0.99), ema_eps=cfg.get('ema_eps', 1e-5),
+      kmeans_init=cfg.get('kmeans_init', False), kmeans_iters=cfg.get('kmeans_iters', 10),
+      kmeans_points=cfg.get('kmeans_points', 16384), restart_after=cfg.get('restart_after', 0),
+      cosine=cfg.get('cosine', False), lookup_dim=cfg.get('lookup_dim', 0))
+
+
+def make_quantizer(cfg: Any):
+  """Quantiser from a `config.model` group (num_codes, code_dim, quantizer, ...)."""
+  return build_quantizer(num_codes=cfg.num_codes, code_dim=cfg.code_dim,
+                         **quantizer_options(cfg))

@@ -43,3 +43,4 @@ def get_datasets(config, process_index=None, process_count=None) -> Splits:
 from vaes.data import images  # noqa: E402,F401
 from vaes.data import music  # noqa: E402,F401
 from vaes.data import tfds_data  # noqa: E402,F401
+from vaes.data import codes  # noqa: E402,F401

@@ -3,3 +3,5 @@
 from vaes.families import vqvae  # noqa: F401
 from vaes.families import ladder  # noqa: F401
 from vaes.families import vrae  # noqa: F401
+from vaes.families import vq_prior  # noqa: F401
+from vaes.families import vqvae2  # noqa: F401

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaes import distributions, plotting
+from vaes import quantizers
 from vaes.models.vqvae import VQVAE
 from vaes.registry import ConfigError, ModelFamily, register_family
 
@@ -38,6 +39,45 @@ def validate_config(config):
     raise ConfigError(f"config.model.likelihood='{m.likelihood}': choose one of {LIKELIHOODS}.")
   if not 0.0 <= m.get('ema_decay', 0.99) < 1.0:
     raise ConfigError(f'config.model.ema_decay={m.ema_decay}: must be in [0, 1).')
+  validate_quantizer_config(m)
+
+
+def validate_quantizer_config(m):
+  """Checks of the quantiser kind and codebook-health options of `config.model`."""
+  kind = m.get('quantizer', 'vq')
+  if kind not in quantizers.QUANTIZERS:
+    raise ConfigError(f"config.model.quantizer='{kind}': choose one of "
+                      f'{quantizers.QUANTIZERS}.')
+  if kind == 'fsq' and (not m.get('fsq_levels') or min(m.fsq_levels) < 2):
+    raise ConfigError(f'config.model.fsq_levels={m.get("fsq_levels")}: FSQ needs a list of '
+                      'levels >= 2 per channel, e.g. (8, 5, 5, 5).')
+  if kind == 'rvq' and m.get('rvq_stages', 1) < 1:
+    raise ConfigError(f'config.model.rvq_stages={m.rvq_stages}: must be >= 1.')
+  for field in ('kmeans_init', 'restart_after'):
+    if m.get(field, 0) and not m.get('use_ema', False):
+      raise ConfigError(f'config.model.{field}={m[field]} rewrites the codebook inside the '
+                        'train step and needs config.model.use_ema=True.')
+  if m.get('restart_after', 0) < 0 or m.get('lookup_dim', 0) < 0:
+    raise ConfigError('config.model.restart_after and lookup_dim must be >= 0.')
+
+
+def quantizer_kw(m):
+  """VQVAE.quantizer_kw from `config.model` (hashable (name, value) pairs)."""
+  kw = quantizers.quantizer_options(m)
+  for k in ('beta', 'use_ema', 'ema_decay', 'ema_eps'):
+    kw.pop(k)
+  return tuple(sorted(kw.items()))
+
+
+def codebook_size(m):
+  """Number of distinct codes per latent (per stage for residual VQ)."""
+  if m.get('quantizer', 'vq') == 'fsq':
+    return int(np.prod(m.fsq_levels))
+  return m.num_codes
+
+
+def code_stages(m):
+  return m.get('rvq_stages', 1) if m.get('quantizer', 'vq') == 'rvq' else 1
 
 
 def build_model(config, data_info):
@@ -53,7 +93,7 @@ def build_model(config, data_info):
       num_res_blocks=m.num_res_blocks, num_downsamples=m.num_downsamples,
       num_codes=m.num_codes, code_dim=m.code_dim, beta=m.beta,
       use_ema=m.use_ema, ema_decay=m.get('ema_decay', 0.99), ema_eps=m.get('ema_eps', 1e-5),
-      likelihood=m.likelihood, dtype=compute_dtype(config))
+      likelihood=m.likelihood, dtype=compute_dtype(config), quantizer_kw=quantizer_kw(m))
 
 
 def init_variables(model, rng, batch):
@@ -88,16 +128,17 @@ def make_loss_fn(config, model, data_info):
   likelihood = config.model.likelihood
   variance = float(data_info['train_variance'])
   levels = int(data_info.get('num_levels', 256))
-  has_state = config.model.use_ema
 
   def loss_fn(params, model_state, batch, rng, step):
-    del rng, step  # the VQ-VAE is deterministic
+    del step
     x = batch['image']
     variables = {'params': params, **model_state}
-    if has_state:
-      out, new_state = model.apply(variables, x, train=True, mutable=['vq_ema'])
+    # The 'vq' rng is drawn only by k-means initialisation and dead-code restarts.
+    if model_state:
+      out, new_state = model.apply(variables, x, train=True, mutable=list(model_state),
+                                   rngs={'vq': rng})
     else:
-      out, new_state = model.apply(variables, x, train=True), model_state
+      out, new_state = model.apply(variables, x, train=True, rngs={'vq': rng}), model_state
     nll, sq_err, _ = _recon_terms(out, x, likelihood, variance, levels)
     recon = jnp.mean(nll)
     loss = recon + out['codebook_loss'] + out['commitment_loss']
@@ -105,7 +146,7 @@ def make_loss_fn(config, model, data_info):
         loss=loss, recon_loss=recon, recon_mse=jnp.mean(sq_err),
         normalized_mse=jnp.mean(sq_err) / variance,
         codebook_loss=out['codebook_loss'], commitment_loss=out['commitment_loss'],
-        perplexity=out['perplexity'])
+        perplexity=out['perplexity'], restarted_codes=out['restarted_codes'])
     return loss, (metrics, new_state)
 
   return loss_fn
@@ -128,12 +169,15 @@ def evaluate(ctx):
     w = batch['valid'].astype(jnp.float32)
     out = model.apply(variables, x, train=False)
     nll, sq_err, mean = _recon_terms(out, x, likelihood, variance, levels)
-    codes = out['one_hot'].reshape(x.shape[0], -1, m.num_codes)
+    codes = out['one_hot'].reshape(x.shape[0], -1, out['one_hot'].shape[-1])
     per_example_loss = nll + out['codebook_loss'] + out['commitment_loss']
     # Per-example commitment (the batch value above is a mean over the batch).
     z_e = out['z_e'].astype(jnp.float32)
     z_q = out['z_q'].astype(jnp.float32)
-    commit = m.beta * jnp.mean(jnp.square(z_e - z_q), axis=(1, 2, 3))
+    if m.get('quantizer', 'vq') == 'vq' and not m.get('lookup_dim', 0) and not m.get('cosine'):
+      commit = m.beta * jnp.mean(jnp.square(z_e - z_q), axis=(1, 2, 3))
+    else:  # FSQ / RVQ / projected or cosine codes: the batch value (losses differ per kind)
+      commit = jnp.broadcast_to(out['commitment_loss'], nll.shape)
     sums = dict(
         loss=jnp.sum(w * (nll + commit * (1.0 if m.use_ema else (1.0 + 1.0 / m.beta)))),
         recon_nll=jnp.sum(w * nll), sq_err=jnp.sum(w * sq_err),
@@ -166,9 +210,10 @@ def evaluate(ctx):
     h, w_, c = ctx.data_info['shape']
     metrics['decoder_nll_bits_per_dim'] = totals['recon_nll'] / n / np.log(2.0)
     # With a uniform prior over codes: -log p(z) = (#latents) log K.
-    latents = (h // 2 ** m.num_downsamples) * (w_ // 2 ** m.num_downsamples)
+    latents = (h // 2 ** m.num_downsamples) * (w_ // 2 ** m.num_downsamples) * code_stages(m)
     metrics['bits_per_dim_uniform_prior'] = (
-        metrics['decoder_nll_bits_per_dim'] + latents * np.log2(m.num_codes) / (h * w_ * c))
+        metrics['decoder_nll_bits_per_dim']
+        + latents * np.log2(codebook_size(m)) / (h * w_ * c))
 
   if ctx.image_dir and first is not None:
     k = min(config.eval.get('num_images', 64) // 2, len(first[0]))
@@ -178,6 +223,40 @@ def evaluate(ctx):
         os.path.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs,
         ncols=16)
   return {k: float(v) for k, v in metrics.items()}
+
+
+def prior_interface(config, model, data_info):
+  """What a learned prior over this model's codes needs (see vaes/data/codes.py).
+
+  Returns dict(levels=[(h, w)], num_codes=[K], encode, decode):
+    encode(variables, x) -> ([k* (B, h, w)], decoder NLL -log p(x | z_q(x)) (B,) in
+      nats summed over the D dimensions; NaN unless the likelihood is 'logistic'),
+    decode(variables, [k* (B, h, w)]) -> decoder mean images in [0, 1].
+  """
+  m = config.model
+  if code_stages(m) > 1:
+    raise ConfigError("config.model.quantizer='rvq': a prior over residual-VQ codes is not "
+                      "supported; use 'vq' or 'fsq' for the first stage.")
+  h, w, c = data_info['shape']
+  f = 2 ** m.num_downsamples
+  levels = int(data_info.get('num_levels', 256))
+  variance = float(data_info['train_variance'])
+  dims = h * w * c
+
+  def encode(variables, x):
+    out = model.apply(variables, x, train=False)
+    nll, _, _ = _recon_terms(out, x, m.likelihood, variance, levels)
+    nll = nll * dims if m.likelihood == 'logistic' else jnp.full_like(nll, jnp.nan)
+    return [out['indices'].astype(jnp.int32)], nll
+
+  def decode(variables, codes):
+    dec = model.apply(variables, codes[0], method=VQVAE.decode_indices)
+    if m.likelihood == 'logistic':
+      return (jnp.clip(dec[..., :c], -1.0, 1.0) + 1.0) / 2.0
+    return jnp.clip(dec, 0.0, 1.0)
+
+  return dict(levels=[(h // f, w // f)], num_codes=[codebook_size(m)], encode=encode,
+              decode=decode)
 
 
 register_family(ModelFamily(

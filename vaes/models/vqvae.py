@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vaes.quantizers import VectorQuantizer
+from vaes.quantizers import build_quantizer
 
 
 class ResidualStack(nn.Module):
@@ -93,12 +93,16 @@ class VQVAE(nn.Module):
   ema_eps: float = 1e-5
   likelihood: str = 'gaussian'
   dtype: Any = jnp.float32
+  # Quantiser kind and codebook-health options (vaes.quantizers.quantizer_options).
+  quantizer_kw: tuple = ()
 
   def setup(self):
     self.encoder = Encoder(self.hidden, self.res_hidden, self.num_res_blocks,
                            self.num_downsamples, self.code_dim, self.dtype)
-    self.quantizer = VectorQuantizer(self.num_codes, self.code_dim, self.beta, self.use_ema,
-                                     self.ema_decay, self.ema_eps)
+    kw = dict(beta=self.beta, use_ema=self.use_ema, ema_decay=self.ema_decay,
+              ema_eps=self.ema_eps)
+    kw.update(dict(self.quantizer_kw))
+    self.quantizer = build_quantizer(num_codes=self.num_codes, code_dim=self.code_dim, **kw)
     out = self.image_channels * (2 if self.likelihood == 'logistic' else 1)
     self.decoder = Decoder(self.hidden, self.res_hidden, self.num_res_blocks,
                            self.num_downsamples, out, self.dtype)
@@ -116,7 +120,5 @@ class VQVAE(nn.Module):
     return self.quantizer(self.encoder(x))['indices']
 
   def decode_indices(self, indices):
-    """Decoder output for a grid of code indices (B, h, w)."""
-    codebook = (self.quantizer.variables['vq_ema']['codebook'] if self.use_ema
-                else self.quantizer.variables['params']['codebook'])
-    return self.decoder(codebook[indices].astype(self.dtype))
+    """Decoder output for a grid of code indices (B, h, w) (or (B, h, w, S) for RVQ)."""
+    return self.decoder(self.quantizer.embed(indices).astype(self.dtype))

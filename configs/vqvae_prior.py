@@ -1,0 +1,62 @@
+"""Learned prior over the codes of a digits VQ-VAE (second stage of van den Oord
+et al. 2017): a gated PixelCNN over the 4x4 grid of code indices.
+
+The first stage is configs/vqvae.py with the discretised-logistic decoder (so
+that bits/dim is defined); `--config=configs/vqvae_prior.py:vqvae` selects it:
+
+  python train.py --config=configs/vqvae_prior.py:vqvae --workdir=runs/digits_vq
+  python train.py --config=configs/vqvae_prior.py --workdir=runs/digits_prior \
+      --config.data.vqvae_workdir=runs/digits_vq
+  python eval.py  --config=configs/vqvae_prior.py --workdir=runs/digits_prior \
+      --config.data.vqvae_workdir=runs/digits_vq
+
+The first run of the prior extracts the codes of the VQ-VAE's latest checkpoint
+once (one jitted encoder pass) into runs/digits_vq/codes_step{N}.npz.
+eval.py writes bits_per_dim, prior_nll_per_code, decoder_nll_bits_per_dim and
+bits_per_dim_uniform_prior (same decoder, uniform prior over the K codes) to
+eval_metrics.json, and sample grids eval_samples_t{T}.png decoded by the VQ-VAE.
+Measured on a 2-core CPU: see the README table / the commit message of this file.
+"""
+
+from configs import base
+from configs import vqvae
+
+
+def get_vqvae_config():
+  """The first stage: configs/vqvae.py with a discrete decoder likelihood."""
+  c = vqvae.get_config()
+  c.model.likelihood = 'logistic'
+  return c
+
+
+def get_config(stage='prior'):
+  if stage == 'vqvae':
+    return get_vqvae_config()
+  if stage not in ('', 'prior'):
+    raise ValueError(f"configs/vqvae_prior.py:{stage}: choose ':vqvae' or ':prior'.")
+  c = base.get_base_config()
+  c.batch_size = 64
+  c.num_train_steps = 3000
+  c.log_every_steps = 250
+  c.eval_every_steps = 1500
+  c.checkpoint_every_steps = 1000
+  c.learning_rate = 1e-3
+  c.lr_schedule = 'cosine'
+  c.lr_warmup_steps = 100
+
+  c.model.name = 'vq_prior'
+  c.model.channels = 64
+  c.model.num_layers = 6
+  c.model.kernel_size = 3
+  c.model.embed_dim = 32
+  c.model.out_hidden = 128
+  c.model.cond_channels = 32          # only used by levels below a top level (VQ-VAE-2)
+
+  c.data.name = 'vq_codes'
+  c.data.vqvae = get_vqvae_config()   # the first stage's config, as it was trained
+  c.data.vqvae_workdir = ''           # its workdir (required)
+
+  c.eval.batch_size = 128
+  c.eval.num_images = 64
+  c.eval.temperatures = (1.0, 0.7)
+  return c

@@ -1,0 +1,159 @@
+"""Learned prior over VQ-VAE codes (the second stage of van den Oord et al. 2017,
+and of Razavi et al. 2019 for VQ-VAE-2): a gated PixelCNN per level of codes,
+trained on the 'vq_codes' dataset (vaes/data/codes.py) through the same engine.
+
+Objective (teacher forcing), per image, with level 0 the bottom and L-1 the top:
+  -log p_prior(z) = -log p(z_{L-1}) - sum_{l < L-1} log p(z_l | z_{l+1})
+                  = -sum_l sum_{ij} log p(z_l,ij | z_l,<ij, z_{l+1}),
+minimised as nats per code (divided by the number of codes per image).
+
+Likelihood of the two-stage model (the VQ-VAE paper's bits/dim):
+  bits/dim = (-log p(x | z_q(x)) - log p_prior(z(x))) / (D ln 2),
+with the first stage's discrete (discretised logistic) decoder likelihood and
+z(x) the encoder's codes. With a uniform prior, -log p(z) = sum_l n_l log K_l.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaes import distributions, plotting
+from vaes.models.pixelcnn import CodePrior, sample_level
+from vaes.registry import ConfigError, ModelFamily, register_family
+
+
+def validate_config(config):
+  m = config.model
+  for field in ('channels', 'num_layers', 'embed_dim', 'out_hidden', 'cond_channels'):
+    if m[field] <= 0:
+      raise ConfigError(f'config.model.{field}={m[field]}: must be a positive integer.')
+  if m.kernel_size < 2 or m.kernel_size % 2 == 0:
+    raise ConfigError(f'config.model.kernel_size={m.kernel_size}: must be odd and >= 3.')
+  if config.data.name != 'vq_codes':
+    raise ConfigError(f"config.data.name='{config.data.name}': the prior trains on "
+                      "'vq_codes' (codes of the VQ-VAE named by config.data.vqvae*).")
+  for t in config.eval.temperatures:
+    if not t > 0:
+      raise ConfigError(f'config.eval.temperatures={tuple(config.eval.temperatures)}: '
+                        'temperatures must be > 0.')
+
+
+def build_model(config, data_info):
+  m = config.model
+  return CodePrior(
+      num_codes=tuple(data_info['num_codes']), grids=tuple(data_info['grids']),
+      channels=m.channels, num_layers=m.num_layers, kernel_size=m.kernel_size,
+      embed_dim=m.embed_dim, out_hidden=m.out_hidden, cond_channels=m.cond_channels,
+      dtype=jnp.dtype(config.get('compute_dtype', 'float32')))
+
+
+def _codes(batch, n_levels):
+  return [batch[f'codes_{l}'].astype(jnp.int32) for l in range(n_levels)]
+
+
+def init_variables(model, rng, batch):
+  return model.init({'params': rng}, _codes(batch, len(model.num_codes)))
+
+
+def per_example_nll(model, params, codes):
+  """-log p(z_l | z_{l+1}) per level, each (B,) in nats (summed over positions)."""
+  logits = model.apply({'params': params}, codes)
+  return [-jnp.sum(distributions.categorical_log_prob(z, lg), axis=(1, 2))
+          for z, lg in zip(codes, logits)]
+
+
+def make_loss_fn(config, model, data_info):
+  del config
+  n_levels = len(data_info['num_codes'])
+  per_level = [h * w for h, w in data_info['grids']]
+  total_codes = float(sum(per_level))
+
+  def loss_fn(params, model_state, batch, rng, step):
+    del rng, step
+    nlls = per_example_nll(model, params, _codes(batch, n_levels))
+    loss = jnp.mean(sum(nlls)) / total_codes
+    metrics = dict(loss=loss, prior_nll_per_code=loss, prior_bits_per_code=loss / np.log(2.0))
+    for l, (nll, n) in enumerate(zip(nlls, per_level)):
+      metrics[f'prior_nll_per_code_level_{l}'] = jnp.mean(nll) / n
+    return loss, (metrics, model_state)
+
+  return loss_fn
+
+
+def sample_codes(model, params, rng, num, temperature=1.0):
+  """Ancestral samples of every level, top first (each level by `sample_level`,
+  a `jax.lax.fori_loop` over its positions), the lower ones conditioned on the
+  sampled codes above. Returns a list of (num, h_l, w_l) int32, level 0 first."""
+  n_levels = len(model.num_codes)
+  codes = [None] * n_levels
+  for l in reversed(range(n_levels)):  # a few levels, each its own network
+    above = codes[l + 1] if l + 1 < n_levels else None
+
+    def logits_fn(z, l=l, above=above):
+      return model.apply({'params': params}, l, z, above, method=CodePrior.level_logits)
+
+    codes[l] = sample_level(logits_fn, jax.random.fold_in(rng, l), num, model.grids[l],
+                            temperature)
+  return codes
+
+
+def evaluate(ctx):
+  """Whole eval split: prior_nll_per_code (nats) and per level, bits_per_dim,
+  decoder_nll_bits_per_dim, bits_per_dim_uniform_prior (same decoder, uniform
+  prior over codes), uniform_prior_nll_per_code; sample grids decoded by the first
+  stage at each of config.eval.temperatures."""
+  config, model, info = ctx.config, ctx.model, ctx.data_info
+  n_levels = len(info['num_codes'])
+  per_level = [h * w for h, w in info['grids']]
+  params = ctx.variables['params']
+
+  @jax.jit
+  def eval_batch(params, batch):
+    w = batch['valid'].astype(jnp.float32)
+    nlls = per_example_nll(model, params, _codes(batch, n_levels))
+    dec = jnp.where(w > 0, batch['decoder_nll'], 0.0)
+    return dict(count=jnp.sum(w), decoder=jnp.sum(w * dec),
+                levels=jnp.stack([jnp.sum(w * n) for n in nlls]))
+
+  totals = None
+  for batch in ctx.eval_source:
+    sums = jax.device_get(eval_batch(params, ctx.put(batch)))
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+  n = float(totals['count'])
+  prior = float(np.sum(totals['levels'])) / n           # nats per image
+  dims = info['num_dims']
+  uniform = float(sum(c * np.log(k) for c, k in zip(per_level, info['num_codes'])))
+  metrics = {
+      'prior_nll_per_code': prior / sum(per_level),
+      'prior_bits_per_code': prior / sum(per_level) / np.log(2.0),
+      'uniform_prior_nll_per_code': uniform / sum(per_level),
+      'num_eval_images': n,
+  }
+  for l in range(n_levels):
+    metrics[f'prior_nll_per_code_level_{l}'] = float(totals['levels'][l]) / n / per_level[l]
+  decoder = float(totals['decoder']) / n
+  if np.isfinite(decoder):
+    metrics['decoder_nll_bits_per_dim'] = decoder / (dims * np.log(2.0))
+    metrics['bits_per_dim'] = (decoder + prior) / (dims * np.log(2.0))
+    metrics['bits_per_dim_uniform_prior'] = (decoder + uniform) / (dims * np.log(2.0))
+
+  if ctx.image_dir:
+    from vaes.data import codes as codes_data
+    first = codes_data.load_first_stage(config)
+    decode = jax.jit(first['interface']['decode'])
+    num = int(config.eval.get('num_images', 64))
+    for t in config.eval.temperatures:
+      sampler = jax.jit(lambda p, r, t=float(t): sample_codes(model, p, r, num, t))
+      codes = sampler(params, jax.random.fold_in(ctx.rng, int(round(1000 * t))))
+      images = np.asarray(jax.device_get(decode(first['variables'], codes)))
+      plotting.save_image_grid(
+          os.path.join(ctx.image_dir, f'{ctx.image_prefix}samples_t{t:g}.png'), images,
+          ncols=int(np.ceil(np.sqrt(num))))
+  return {k: float(v) for k, v in metrics.items()}
+
+
+register_family(ModelFamily(
+    name='vq_prior', build_model=build_model, init_variables=init_variables,
+    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config))

@@ -1,0 +1,175 @@
+"""VQ-VAE-2 family (Razavi et al. 2019): hierarchical VQ-VAE, objective and evaluation.
+
+Objective per example (sum over levels l of the VQ-VAE terms, eq. 3 of van den
+Oord et al. 2017, with its own codebook per level):
+  L = -log p(x | z_q,0..L-1) + sum_l ( ||sg[z_e,l] - e^{(l)}||^2 + beta ||z_e,l - sg[e^{(l)}]||^2 )
+The codebook term is dropped with EMA updates. Priors per level: vq_prior on
+the 'vq_codes' of a trained run (configs/vqvae2_prior.py).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaes import plotting
+from vaes.families.vqvae import (LIKELIHOODS, _recon_terms, code_stages, codebook_size,
+                                 compute_dtype, quantizer_kw, validate_quantizer_config)
+from vaes.models.vqvae2 import VQVAE2
+from vaes.registry import ConfigError, ModelFamily, register_family
+
+
+def validate_config(config):
+  m = config.model
+  for field in ('hidden', 'res_hidden', 'num_codes', 'code_dim', 'num_levels',
+                'bottom_downsamples'):
+    if m[field] <= 0:
+      raise ConfigError(f'config.model.{field}={m[field]}: must be a positive integer.')
+  if m.likelihood not in LIKELIHOODS:
+    raise ConfigError(f"config.model.likelihood='{m.likelihood}': choose one of {LIKELIHOODS}.")
+  validate_quantizer_config(m)
+  if code_stages(m) > 1:
+    raise ConfigError("config.model.quantizer='rvq' is not offered for VQ-VAE-2; use 'vq' or "
+                      "'fsq'.")
+
+
+def grids(m, shape):
+  """(h_l, w_l) of each level, bottom first."""
+  h, w = shape[:2]
+  return [(h // 2 ** (m.bottom_downsamples + l), w // 2 ** (m.bottom_downsamples + l))
+          for l in range(m.num_levels)]
+
+
+def build_model(config, data_info):
+  m = config.model
+  h, w, c = data_info['shape']
+  factor = 2 ** (m.bottom_downsamples + m.num_levels - 1)
+  if h % factor or w % factor:
+    raise ConfigError(
+        f'config.model.bottom_downsamples={m.bottom_downsamples} with num_levels='
+        f'{m.num_levels} needs image sides divisible by {factor}, but the data is {h}x{w}; '
+        'change config.data.image_size, bottom_downsamples or num_levels.')
+  return VQVAE2(
+      image_channels=c, hidden=m.hidden, res_hidden=m.res_hidden,
+      num_res_blocks=m.num_res_blocks, num_levels=m.num_levels,
+      bottom_downsamples=m.bottom_downsamples, num_codes=m.num_codes, code_dim=m.code_dim,
+      beta=m.beta, use_ema=m.use_ema, ema_decay=m.get('ema_decay', 0.99),
+      ema_eps=m.get('ema_eps', 1e-5), likelihood=m.likelihood, dtype=compute_dtype(config),
+      quantizer_kw=quantizer_kw(m))
+
+
+def init_variables(model, rng, batch):
+  return model.init({'params': rng}, batch['image'], train=False)
+
+
+def make_loss_fn(config, model, data_info):
+  likelihood = config.model.likelihood
+  variance = float(data_info['train_variance'])
+  levels = int(data_info.get('num_levels', 256))
+
+  def loss_fn(params, model_state, batch, rng, step):
+    del step
+    x = batch['image']
+    variables = {'params': params, **model_state}
+    if model_state:
+      out, new_state = model.apply(variables, x, train=True, mutable=list(model_state),
+                                   rngs={'vq': rng})
+    else:
+      out, new_state = model.apply(variables, x, train=True, rngs={'vq': rng}), model_state
+    nll, sq_err, _ = _recon_terms(out, x, likelihood, variance, levels)
+    recon = jnp.mean(nll)
+    loss = recon + out['codebook_loss'] + out['commitment_loss']
+    metrics = dict(
+        loss=loss, recon_loss=recon, recon_mse=jnp.mean(sq_err),
+        normalized_mse=jnp.mean(sq_err) / variance, codebook_loss=out['codebook_loss'],
+        commitment_loss=out['commitment_loss'], restarted_codes=out['restarted_codes'])
+    for l, o in enumerate(out['levels']):
+      metrics[f'perplexity_level_{l}'] = o['perplexity']
+    return loss, (metrics, new_state)
+
+  return loss_fn
+
+
+def evaluate(ctx):
+  """Whole split: loss, recon_mse, normalized_mse, commitment_loss; per level l
+  perplexity_level_l, codebook_usage_level_l, dead_codes_level_l (codes never
+  used over the split); for 'logistic', decoder_nll_bits_per_dim and
+  bits_per_dim_uniform_prior (uniform prior over every level's codes)."""
+  config, model = ctx.config, ctx.model
+  m = config.model
+  variance = float(ctx.data_info['train_variance'])
+  num_levels = int(ctx.data_info.get('num_levels', 256))
+  k = codebook_size(m)
+
+  @jax.jit
+  def eval_batch(variables, batch):
+    x = batch['image']
+    w = batch['valid'].astype(jnp.float32)
+    out = model.apply(variables, x, train=False)
+    nll, sq_err, mean = _recon_terms(out, x, m.likelihood, variance, num_levels)
+    sums = dict(count=jnp.sum(w), recon_nll=jnp.sum(w * nll), sq_err=jnp.sum(w * sq_err),
+                commitment_loss=jnp.sum(w) * out['commitment_loss'],
+                code_counts=[jnp.einsum('b,bnk->k', w,
+                                        o['one_hot'].reshape(x.shape[0], -1, k))
+                             for o in out['levels']])
+    return sums, mean
+
+  totals, first = None, None
+  for batch in ctx.eval_source:
+    sums, mean = jax.device_get(eval_batch(ctx.variables, ctx.put(batch)))
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    if first is None:
+      first = (np.asarray(batch['image']), np.asarray(mean))
+  n = totals['count']
+  mse = totals['sq_err'] / n
+  metrics = {'recon_mse': mse, 'normalized_mse': mse / variance,
+             'commitment_loss': totals['commitment_loss'] / n,
+             'loss': (totals['recon_nll'] + totals['commitment_loss']) / n}
+  for l, counts in enumerate(totals['code_counts']):
+    probs = counts / counts.sum()
+    metrics[f'perplexity_level_{l}'] = float(np.exp(-np.sum(probs * np.log(probs + 1e-10))))
+    metrics[f'codebook_usage_level_{l}'] = float(np.mean(counts > 0))
+    metrics[f'dead_codes_level_{l}'] = float(np.sum(counts == 0))
+  if m.likelihood == 'logistic':
+    h, w_, c = ctx.data_info['shape']
+    metrics['decoder_nll_bits_per_dim'] = totals['recon_nll'] / n / np.log(2.0)
+    latents = sum(a * b for a, b in grids(m, ctx.data_info['shape']))
+    metrics['bits_per_dim_uniform_prior'] = (
+        metrics['decoder_nll_bits_per_dim'] + latents * np.log2(k) / (h * w_ * c))
+  if ctx.image_dir and first is not None:
+    num = min(config.eval.get('num_images', 64) // 2, len(first[0]))
+    pairs = np.stack([first[0][:num], first[1][:num]], 1).reshape((-1,) + first[0].shape[1:])
+    plotting.save_image_grid(
+        os.path.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs,
+        ncols=16)
+  return {key: float(v) for key, v in metrics.items()}
+
+
+def prior_interface(config, model, data_info):
+  """As vaes.families.vqvae.prior_interface, with one code grid per level."""
+  m = config.model
+  h, w, c = data_info['shape']
+  num_levels = int(data_info.get('num_levels', 256))
+  variance = float(data_info['train_variance'])
+  dims = h * w * c
+
+  def encode(variables, x):
+    out = model.apply(variables, x, train=False)
+    nll, _, _ = _recon_terms(out, x, m.likelihood, variance, num_levels)
+    nll = nll * dims if m.likelihood == 'logistic' else jnp.full_like(nll, jnp.nan)
+    return [o['indices'].astype(jnp.int32) for o in out['levels']], nll
+
+  def decode(variables, codes):
+    dec = model.apply(variables, codes, method=VQVAE2.decode_indices)
+    if m.likelihood == 'logistic':
+      return (jnp.clip(dec[..., :c], -1.0, 1.0) + 1.0) / 2.0
+    return jnp.clip(dec, 0.0, 1.0)
+
+  return dict(levels=grids(m, data_info['shape']), num_codes=[codebook_size(m)] * m.num_levels,
+              encode=encode, decode=decode)
+
+
+register_family(ModelFamily(
+    name='vqvae2', build_model=build_model, init_variables=init_variables,
+    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config))
