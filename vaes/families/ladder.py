@@ -365,7 +365,7 @@ def _save_images(ctx, model, likelihood, x_shape, host_batch):
   x = np.asarray(host_batch['image'])[:max(1, n // 2)]
   recon = np.asarray(reconstructions(variables, jnp.asarray(x), rng_r))
   pairs = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])   # data, recon, data, ...
-  ncols = 2 * max(1, int(math.sqrt(len(x))))
+  ncols = 2 * max(1, math.ceil(math.sqrt(len(x) / 2)))   # square grid of pairs
   save_image_grid(prefix + 'reconstructions.png', pairs, ncols=ncols)
 
 

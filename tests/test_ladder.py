@@ -1,0 +1,373 @@
+"""Hierarchical / Ladder VAE: merge, KLs, importance-weighted bound, active units,
+batch norm. Tiny models, called directly (no engine); see test_ladder_engine.py
+for the CLI and the 8-device step."""
+
+import copy
+import functools
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers import load_config
+from vaes import data as data_lib
+from vaes import distributions as dist
+from vaes.families import ladder as family
+from vaes.models import ladder as ladder_model
+from vaes.registry import ConfigError, EvalContext, get_family
+
+TINY = {'model.latent_sizes': (4, 3), 'model.hidden_sizes': (16, 8), 'batch_size': 32,
+        'eval.batch_size': 128, 'eval.num_images': 8}
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_setup(inference, overrides):
+  path = 'configs/lvae.py' if inference == 'ladder' else 'configs/hvae.py'
+  config = load_config(path, {**TINY, **dict(overrides)})
+  fam = get_family(config.model.name)
+  splits = data_lib.get_datasets(config)
+  model = fam.build_model(config, splits.info)
+  batch = jax.tree.map(jnp.asarray, next(splits.train.iterate(0)))
+  variables = jax.jit(lambda rng, b: fam.init_variables(model, rng, b))(jax.random.PRNGKey(0),
+                                                                         batch)
+  return config, fam, splits, model, batch, variables
+
+
+def tiny_setup(inference='ladder', overrides=None):
+  """(config, family, splits, model, first train batch, variables), a fresh copy each call."""
+  config, fam, splits, model, batch, variables = _cached_setup(
+      inference, tuple(sorted((overrides or {}).items())))
+  variables = flax.core.unfreeze(jax.tree.map(lambda v: v, variables))
+  return copy.deepcopy(config), fam, splits, model, batch, variables
+
+
+def eval_ctx(config, model, variables, splits, rng=0):
+  return EvalContext(config=config, model=model, variables=variables, eval_source=splits.eval,
+                     data_info=splits.info, rng=jax.random.PRNGKey(rng),
+                     put=lambda b: jax.tree.map(jnp.asarray, b), mesh=None)
+
+
+# -----------------------------------------------------------------------------
+# Precision-weighted merge and KL.
+# -----------------------------------------------------------------------------
+
+
+def test_precision_weighted_merge_equals_product_of_gaussians_on_a_grid():
+  """N(mu_a, s_a^2) N(mu_b, s_b^2), normalised numerically on a grid, has the merge's moments."""
+  grid = np.linspace(-30.0, 30.0, 600001)
+  dx = grid[1] - grid[0]
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    mu_a, mu_b = rng.normal(0, 2, size=2)
+    lv_a, lv_b = rng.uniform(-2, 2, size=2)
+    log_prod = (dist.gaussian_log_prob(grid, mu_a, lv_a) + dist.gaussian_log_prob(grid, mu_b, lv_b))
+    log_prod = np.asarray(log_prod, np.float64)
+    dens = np.exp(log_prod - log_prod.max())
+    dens /= dens.sum() * dx
+    mean = (grid * dens).sum() * dx
+    var = ((grid - mean) ** 2 * dens).sum() * dx
+    mu_q, lv_q = dist.precision_weighted_merge(mu_a, lv_a, mu_b, lv_b)
+    np.testing.assert_allclose(float(mu_q), mean, atol=1e-4)
+    np.testing.assert_allclose(float(np.exp(lv_q)), var, rtol=1e-4)
+    # The merged density itself, not only its moments.
+    np.testing.assert_allclose(np.exp(np.asarray(dist.gaussian_log_prob(grid, mu_q, lv_q))), dens,
+                               atol=1e-4 * dens.max())
+
+
+def test_ladder_posterior_is_merge_of_bottom_up_and_top_down_prior():
+  """In 'ladder' mode q(z_l | z_l+1, x) is the precision-weighted merge of (mu_hat_l, s_hat_l)
+  from the bottom-up pass and p(z_l | z_l+1); the top layer uses (mu_hat_L, s_hat_L)."""
+  config, _, _, model, batch, variables = tiny_setup('ladder', {'model.batch_norm': False})
+  x = batch['image']
+  noise = ladder_model.draw_noise(model, jax.random.PRNGKey(1), x.shape[:1], x.shape[1:])
+  out = jax.jit(model.apply)(variables, x, noise)
+
+  def bottom_up(m, x):
+    h, heads = m._bottom_up_input(x), []
+    for up, head in zip(m.up, m.head):
+      h = up(h, False)
+      heads.append(head(h))
+    return heads
+
+  heads = jax.jit(functools.partial(model.apply, method=bottom_up))(variables, x)
+  layers = out['layers']
+  np.testing.assert_allclose(layers[-1]['q_mean'], heads[-1][0], rtol=1e-6)
+  np.testing.assert_allclose(layers[-1]['q_logvar'], heads[-1][1], rtol=1e-6)
+  mu_q, lv_q = dist.precision_weighted_merge(*heads[0], layers[0]['p_mean'], layers[0]['p_logvar'])
+  np.testing.assert_allclose(layers[0]['q_mean'], mu_q, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(layers[0]['q_logvar'], lv_q, rtol=1e-5, atol=1e-6)
+  # The prior of z_1 is computed from the sampled z_2 through the shared top-down path.
+  p = model.apply(variables, 1, layers[1]['z'], method=model.prior)
+  np.testing.assert_allclose(layers[0]['p_mean'], p[0], rtol=1e-6)
+  # And z_l = mu_q + s_q eps_l.
+  np.testing.assert_allclose(layers[0]['z'], mu_q + np.exp(0.5 * lv_q) * noise[0], rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_closed_form_kl_matches_monte_carlo():
+  rng = np.random.default_rng(1)
+  mq, mp = rng.normal(size=(2, 6))
+  lq, lp = rng.uniform(-1.5, 1.5, size=(2, 6))
+  z = mq + np.exp(0.5 * lq) * rng.normal(size=(400000, 6))
+  mc = np.mean(np.asarray(dist.gaussian_log_prob(z, mq, lq) - dist.gaussian_log_prob(z, mp, lp)),
+               axis=0)
+  np.testing.assert_allclose(np.asarray(dist.gaussian_kl(mq, lq, mp, lp)), mc, atol=0.02)
+
+
+@pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])
+def test_model_layer_kls_match_monte_carlo_log_ratio(inference):
+  """E_q[layer_kls] (closed form where available) = E_q[log q(z_l | .) - log p(z_l | z_l+1)]."""
+  config, _, _, model, batch, variables = tiny_setup(inference)
+  x = batch['image'][:8]
+  num = 4000
+
+  @jax.jit
+  def stats(variables, rng):
+    noise = ladder_model.draw_noise(model, rng, (num, x.shape[0]), x.shape[1:])
+    out = jax.vmap(lambda eps: model.apply(variables, x, eps))(noise)
+    kls = jax.vmap(lambda ls: family.layer_kls(inference, ls))(out['layers'])     # (S, L, B)
+    ratio = jnp.stack([
+        (dist.gaussian_log_prob(l['z'], l['q_mean'], l['q_logvar'])
+         - dist.gaussian_log_prob(l['z'], l['p_mean'], l['p_logvar'])).reshape(num, 8, -1).sum(-1)
+        for l in out['layers']], axis=1)                                          # (S, L, B)
+    return kls.mean(0), ratio.mean(0), (ratio - kls).std(0) / math.sqrt(num)
+
+  kl, mc, se = stats(variables, jax.random.PRNGKey(3))
+  assert np.all(np.asarray(kl) > 0.01)
+  np.testing.assert_array_less(np.abs(np.asarray(kl - mc)), 5 * np.asarray(se) + 1e-3)
+
+
+# -----------------------------------------------------------------------------
+# Importance-weighted bound.
+# -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])
+def test_elbo_below_iw_bound_which_grows_with_k(inference):
+  """On the eval split, with a pool of 1000 posterior samples per example: IW_k (mean over
+  disjoint groups of k) grows with k; IW_1 estimates the ELBO computed with closed-form KLs;
+  evaluate() (chunked, with a masked partial chunk) agrees with the pool."""
+  config, fam, splits, model, _, variables = tiny_setup(inference)
+  for head in variables['params']['head_0'], variables['params']['head_1']:
+    head['mean']['kernel'] = head['mean']['kernel'] * 4.0   # a q farther from the posterior
+  x = np.concatenate([b['image'][b['valid']] for b in splits.eval])
+  num = 1000
+
+  @jax.jit
+  def pool(variables, x, rng):
+    noise = ladder_model.draw_noise(model, rng, (num, x.shape[0]), x.shape[1:])
+    out = jax.vmap(lambda eps: model.apply(variables, x, eps))(noise)
+    log_px = jax.vmap(lambda p: family.log_likelihood('bernoulli', x, p, 2))(out['x'])
+    kls = jax.vmap(lambda ls: family.layer_kls(inference, ls))(out['layers'])
+    return jax.vmap(family.log_weight)(out['layers'], log_px), log_px - kls.sum(1)
+
+  log_w, elbo = (np.asarray(v, np.float64) for v in pool(variables, jnp.asarray(x),
+                                                        jax.random.PRNGKey(7)))
+  iw = {}
+  for k in (1, 10, 100, 1000):
+    groups = log_w.reshape(num // k, k, -1)
+    per_group = (np.logaddexp.reduce(groups, axis=1) - math.log(k)).mean(-1)   # over examples
+    iw[k] = per_group.mean()
+    if k == 100:
+      iw100_se = per_group.std() / math.sqrt(len(per_group))
+  elbo_mean, elbo_se = elbo.mean(), elbo.mean(-1).std() / math.sqrt(num)
+  assert elbo_mean < iw[1000] - 0.3
+  assert iw[1] < iw[10] < iw[100] < iw[1000], iw
+  assert abs(iw[1] - elbo_mean) < 4 * (log_w.mean(-1).std() / math.sqrt(num) + elbo_se)
+
+  config.eval.num_importance_samples = 100
+  config.eval.iw_chunk_size = 30       # 3 full chunks + a masked partial one
+  r = fam.evaluate(eval_ctx(config, model, variables, splits))
+  assert r['neg_elbo'] > r['nll'] + 0.3
+  assert abs(-r['nll'] - iw[100]) < 6 * iw100_se + 0.05, (r['nll'], iw[100], iw100_se)
+  assert abs(-r['neg_elbo'] - elbo_mean) < 6 * math.sqrt(10) * elbo_se + 0.02
+  assert r['bits_per_dim'] == pytest.approx(r['nll'] / (64 * math.log(2)))
+  assert r['neg_elbo'] == pytest.approx(r['recon_nll'] + r['kl'], rel=1e-6)
+  assert r['kl'] == pytest.approx(r['kl_layer_1'] + r['kl_layer_2'], rel=1e-6)
+
+
+def _linear_gaussian(inference):
+  """p(z_2) = N(0, I), p(z_1 | z_2) = N(z_2 A + a, v_1 I), p(x | z_1) = N(z_1 B + b, v_0 I).
+
+  The model with block_depth=0, linear activations and the variance maps zeroed is
+  exactly this, so log p(x) = log N(x; a B + b, B^T (A^T A + v_1 I) B + v_0 I). The
+  inference side keeps (scaled-down) linear means and broad constant variances
+  (s^2 = 4), a proposal far from exact (ELBO gap > 1 nat) that still covers the posterior.
+  """
+  model = ladder_model.LadderVAE(latent_sizes=(3, 2), hidden_sizes=(1, 1), x_shape=(2, 2, 1),
+                                 inference=inference, block_depth=0, activation='linear',
+                                 likelihood='gaussian')
+  x0 = jnp.zeros((1, 2, 2, 1))
+  noise = ladder_model.draw_noise(model, jax.random.PRNGKey(0), (1,), (2, 2, 1))
+  params = flax.core.unfreeze(model.init(jax.random.PRNGKey(4), x0, noise))['params']
+  softplus = lambda v: float(np.log1p(np.exp(v))) + ladder_model.MIN_VAR
+  prior_head, out = params['prior_head_0'], params['decoder_out']
+  prior_head['var']['kernel'] = jnp.zeros_like(prior_head['var']['kernel'])
+  prior_head['var']['bias'] = jnp.full((3,), 0.3)
+  out['kernel'] = out['kernel'].at[:, 4:].set(0.0)
+  out['bias'] = out['bias'].at[4:].set(1.0)
+  for name in ('head_0', 'head_1'):
+    head = params[name]
+    head['mean']['kernel'] = head['mean']['kernel'] * 0.3
+    head['var']['kernel'] = jnp.zeros_like(head['var']['kernel'])
+    head['var']['bias'] = jnp.full_like(head['var']['bias'], 3.98)
+  f64 = lambda v: np.asarray(v, np.float64)
+  a_mat, a = f64(prior_head['mean']['kernel']), f64(prior_head['mean']['bias'])
+  b_mat, b = f64(out['kernel'][:, :4]), f64(out['bias'][:4])
+  cov = (b_mat.T @ (a_mat.T @ a_mat + softplus(0.3) * np.eye(3)) @ b_mat
+         + softplus(1.0) * np.eye(4))
+  return model, {'params': params}, a @ b_mat + b, cov
+
+
+@pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])
+def test_iw_bound_converges_to_exact_log_likelihood_of_linear_gaussian_model(inference):
+  model, variables, mean, cov = _linear_gaussian(inference)
+  x = np.random.default_rng(5).multivariate_normal(mean, cov, size=64)
+  diff = x - mean
+  exact = -0.5 * (np.einsum('bi,ij,bj->b', diff, np.linalg.inv(cov), diff)
+                  + np.linalg.slogdet(2 * np.pi * cov)[1])
+  batch = {'image': jnp.asarray(x.reshape(64, 2, 2, 1), jnp.float32),
+           'valid': jnp.ones((64,), bool)}
+  gaps = {}
+  for k in (1, 30, 3000):
+    fn = jax.jit(family.make_eval_batch_fn(model, 'gaussian', inference, 256, k, 1000))
+    out = fn(variables, batch, jax.random.PRNGKey(k))
+    gaps[k] = float(out['nll']) / 64 + exact.mean()          # -IW_k - (-log p(x)) per example
+    assert float(out['neg_elbo']) / 64 + exact.mean() > 1.0  # ELBO well below log p(x)
+  assert gaps[1] > 1.0 and gaps[30] < gaps[1] / 5, gaps
+  assert abs(gaps[3000]) < min(0.03, gaps[30] / 5), gaps
+
+
+# -----------------------------------------------------------------------------
+# Active units.
+# -----------------------------------------------------------------------------
+
+
+def test_active_units_from_moments_on_constructed_means():
+  """Units with Cov_x(E_q[u | x]) = 0, 0.005, 0.02, 1 -> exactly the last two are active."""
+  n = 1000
+  base = np.random.default_rng(0).normal(size=(n, 1))
+  base = (base - base.mean()) / base.std()
+  variances = np.array([0.0, 0.005, 0.02, 1.0])
+  means = 3.0 + base * np.sqrt(variances)
+  assert family.active_units_from_moments(means.sum(0), (means ** 2).sum(0), n) == 2
+  assert family.active_units_from_moments(means.sum(0), (means ** 2).sum(0), n,
+                                          threshold=0.001) == 3
+
+
+@pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])
+def test_active_units_of_a_model_with_known_answer(inference):
+  """Zeroing the mean map of q at the top layer makes E_q[z_L | x] constant in x: those
+  units are inactive, and scaling up the others makes them active."""
+  config, fam, splits, model, _, variables = tiny_setup(
+      inference, {'model.batch_norm': False, 'eval.num_importance_samples': 20,
+                  'eval.iw_chunk_size': 20})
+  head = variables['params']['head_1']['mean']
+  head['kernel'] = (head['kernel'] * 50.0).at[:, :2].set(0.0)      # z_2 has 3 units
+  metrics = fam.evaluate(eval_ctx(config, model, variables, splits))
+  assert metrics['active_units_layer_2'] == 1
+  assert metrics['active_units'] == metrics['active_units_layer_1'] + 1
+
+
+# -----------------------------------------------------------------------------
+# Batch norm, loss, warm-up, free bits.
+# -----------------------------------------------------------------------------
+
+
+def test_batch_norm_train_and_eval_modes():
+  config, fam, splits, model, batch, variables = tiny_setup('ladder', {'model.batch_norm': True})
+  params = variables['params']
+  state = {'batch_stats': variables['batch_stats']}
+  x = batch['image']
+  noise = ladder_model.draw_noise(model, jax.random.PRNGKey(1), x.shape[:1], x.shape[1:])
+  x_other = x.at[1:].set(1.0 - x[1:])                 # same first example, other batch-mates
+
+  def logits(variables, x, train):
+    if train:
+      out, new = model.apply(variables, x, noise, train=True, mutable=['batch_stats'])
+      return out['x']['logits'][0], new
+    return model.apply(variables, x, noise, train=False)['x']['logits'][0], None
+
+  # Train mode: batch statistics, so example 0 depends on the rest of the batch, and the
+  # running averages move.
+  a, new_stats = logits({'params': params, **state}, x, True)
+  b, _ = logits({'params': params, **state}, x_other, True)
+  assert not np.allclose(a, b, atol=1e-4)
+  moved = jax.tree.map(lambda u, v: float(jnp.abs(u - v).max()), new_stats['batch_stats'],
+                       state['batch_stats'])
+  assert min(jax.tree.leaves(moved)) > 0
+  # Eval mode: running averages, so example 0 does not see its batch-mates.
+  np.testing.assert_allclose(logits({'params': params, **state}, x, False)[0],
+                             logits({'params': params, **state}, x_other, False)[0], rtol=1e-6)
+  # Running averages converge to this batch's statistics (momentum 0.9): then the two modes agree.
+  stats = state
+  for _ in range(200):
+    _, stats = logits({'params': params, **stats}, x, True)
+  np.testing.assert_allclose(logits({'params': params, **stats}, x, False)[0], a, rtol=1e-3,
+                             atol=1e-3)
+  # The loss returns the updated statistics as new_model_state, with the same structure.
+  loss_fn = fam.make_loss_fn(config, model, splits.info)
+  _, (_, new_state) = loss_fn(params, state, batch, jax.random.PRNGKey(0), 0)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert not np.allclose(jax.tree.leaves(new_state)[0], jax.tree.leaves(state)[0])
+
+
+def test_kl_warmup_and_free_bits_in_the_loss():
+  config, fam, splits, model, batch, variables = tiny_setup(
+      'ladder', {'model.kl_warmup_steps': 100, 'model.batch_norm': False})
+  params, rng = variables['params'], jax.random.PRNGKey(0)
+  loss_fn = loss_fn_warmup = jax.jit(fam.make_loss_fn(config, model, splits.info))
+  for step, beta in ((0, 0.0), (25, 0.25), (100, 1.0), (1000, 1.0)):
+    loss, (m, _) = loss_fn(params, {}, batch, rng, step)
+    assert float(m['kl_weight']) == pytest.approx(beta)
+    np.testing.assert_allclose(loss, m['recon_nll'] + beta * m['kl'], rtol=1e-5)
+    np.testing.assert_allclose(m['neg_elbo'], m['recon_nll'] + m['kl'], rtol=1e-5)
+  config.model.free_bits = 1000.0      # every layer below lambda: the KL term is 2 * lambda
+  loss_fn = fam.make_loss_fn(config, model, splits.info)
+  loss, (m, _) = loss_fn(params, {}, batch, rng, 1000)
+  np.testing.assert_allclose(loss, m['recon_nll'] + 2000.0, rtol=1e-5)
+  # Below lambda the KL term is constant: its gradient is cut, only the reconstruction's is left
+  # (the same as with beta = 0 at step 0 of the warm-up, with the same noise).
+  grads = jax.grad(lambda p: loss_fn(p, {}, batch, rng, 1000)[0])(params)
+  recon_grads = jax.grad(lambda p: loss_fn_warmup(p, {}, batch, rng, 0)[0])(params)
+  jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6), grads,
+               recon_grads)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 0
+
+
+def test_conv_blocks_logistic_likelihood_and_bfloat16():
+  """Conv latents (strided feature maps), the discretised logistic on 17-level digits, bf16
+  activations: log-probs stay float32, the bound holds and samples have the data's shape."""
+  config, fam, splits, model, batch, variables = tiny_setup(
+      'ladder', {'model.block': 'conv', 'model.strides': (2, 2), 'model.block_depth': 1,
+                 'model.likelihood': 'logistic', 'data.binarize': 'none',
+                 'compute_dtype': 'bfloat16', 'eval.num_importance_samples': 8,
+                 'eval.iw_chunk_size': 8})
+  assert ladder_model.latent_shapes(model, (8, 8, 1)) == [(4, 4, 4), (2, 2, 3)]
+  loss_fn = jax.jit(fam.make_loss_fn(config, model, splits.info))
+  state = {'batch_stats': variables['batch_stats']}
+  loss, (m, _) = loss_fn(variables['params'], state, batch, jax.random.PRNGKey(0), 10)
+  assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
+  assert all(v.dtype == jnp.float32 for v in m.values())
+  metrics = fam.evaluate(eval_ctx(config, model, variables, splits))
+  assert np.isfinite(metrics['nll']) and metrics['nll'] <= metrics['neg_elbo'] + 0.05
+  assert metrics['bits_per_dim'] < math.log2(17) * 2   # a random model is still near uniform
+  noise = ladder_model.draw_noise(model, jax.random.PRNGKey(1), (3,), (8, 8, 1))
+  sample = model.apply(variables, noise, method=model.sample)
+  assert sample['mean'].shape == (3, 8, 8, 1) and sample['mean'].dtype == jnp.float32
+
+
+def test_config_errors_name_the_field():
+  config = load_config('configs/hvae.py', {'model.inference': 'ladder'})
+  with pytest.raises(ConfigError, match='model.inference'):
+    family.validate_config(config)
+  config = load_config('configs/lvae.py', {'data.binarize': 'none'})
+  splits = data_lib.get_datasets(config)
+  with pytest.raises(ConfigError, match='binarize'):
+    family.build_model(config, splits.info)
+  config = load_config('configs/lvae.py', {'model.block': 'conv', 'model.strides': (2,)})
+  with pytest.raises(ConfigError, match='strides'):
+    family.validate_config(config)
