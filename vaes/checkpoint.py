@@ -9,6 +9,10 @@ and data config, used to refuse a restart whose shapes would not match.
 import json
 import logging
 import os
+import shutil
+import time
+
+import jax
 
 import orbax.checkpoint as ocp
 
@@ -48,9 +52,10 @@ class Checkpointer:
     if not os.access(self.directory, os.W_OK):
       raise CheckpointError(f'The checkpoint directory {self.directory} is not writable; '
                             'choose a writable --workdir.')
-    options = ocp.CheckpointManagerOptions(
+    self.corrupted_dir = os.path.join(os.path.dirname(self.directory), 'corrupted_checkpoints')
+    self.options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
+    self.manager = ocp.CheckpointManager(self.directory, options=self.options,
                                          item_names=('state', 'meta'))
 
   def all_steps(self):
@@ -72,7 +77,12 @@ class Checkpointer:
                             'another --workdir, then rerun the same command to resume.') from e
 
   def wait(self):
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except OSError as e:
+      raise CheckpointError(f'Finishing a checkpoint in {self.directory} failed: {e}. Earlier '
+                            'checkpoints are intact; free disk space or choose another '
+                            '--workdir, then rerun the same command to resume.') from e
 
   def check_compatible(self, step, config):
     """Refuses to resume when model/data fields differ from those of the checkpoint."""
@@ -96,23 +106,39 @@ class Checkpointer:
     """Restores the newest checkpoint that reads back completely.
 
     A checkpoint that fails to restore (half-written, corrupted) is reported by
-    path and skipped in favour of the previous one; nothing is deleted.
-    Returns (state, step), or (None, None) when there is no checkpoint.
+    path, moved aside to WORKDIR/corrupted_checkpoints/ (never deleted), and the
+    previous one is used. Returns (state, step), or (None, None) when there is
+    no checkpoint.
     """
     steps = self.all_steps()
     if not steps:
       return None, None
     self.check_compatible(steps[-1], config)
-    for step in reversed(steps):
-      try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        return restored['state'], step
-      except Exception as e:  # pylint: disable=broad-except
-        path = os.path.join(self.directory, str(step))
-        logging.warning('Checkpoint %s could not be restored (%s: %s); trying an older one.',
-                        path, type(e).__name__, str(e).splitlines()[0][:300])
-        print(f'WARNING: checkpoint {path} is incomplete or corrupted '
-              f'({type(e).__name__}); falling back to an older checkpoint.', flush=True)
+    moved = False
+    try:
+      for step in reversed(steps):
+        try:
+          restored = self.manager.restore(
+              step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+          return restored['state'], step
+        except Exception as e:  # pylint: disable=broad-except
+          moved |= self._set_aside(step, e)
+    finally:
+      if moved:  # the manager caches its list of steps
+        self.manager = ocp.CheckpointManager(self.directory, options=self.options,
+                                             item_names=('state', 'meta'))
     raise CheckpointError(f'No checkpoint in {self.directory} could be restored '
-                          f'(tried steps {steps}). Move the directory away to start afresh.')
+                          f'(tried steps {steps}); they were moved to '
+                          f'{self.corrupted_dir}. Start afresh or restore them by hand.')
+
+  def _set_aside(self, step, error):
+    path = os.path.join(self.directory, str(step))
+    os.makedirs(self.corrupted_dir, exist_ok=True)
+    target = os.path.join(self.corrupted_dir, f'{step}-{int(time.time())}')
+    reason = f'{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ""}'
+    logging.warning('Checkpoint %s could not be restored (%s).', path, reason)
+    if jax.process_index() == 0 and os.path.exists(path):
+      shutil.move(path, target)
+    print(f'WARNING: checkpoint {path} is incomplete or corrupted ({reason}); moved it to '
+          f'{target} and falling back to the previous checkpoint.', flush=True)
+    return True

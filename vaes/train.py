@@ -7,6 +7,7 @@ jitted step -> metrics / checkpoints.
 """
 
 import dataclasses
+import itertools
 import os
 import signal
 import time
@@ -280,7 +281,10 @@ def train_and_evaluate(config, workdir):
 
   writer = MetricWriter(workdir, enabled=is_main)
   progress = Progress(start_step, config.num_train_steps, enabled=is_main)
-  batches = prefetch_to_device(splits.train.iterate(start_step), trainer.put)
+  host_batches = splits.train.iterate(start_step)
+  first = next(host_batches)
+  data_lib.validate_batch(first, splits.train.element_spec, splits.info)
+  batches = prefetch_to_device(itertools.chain([first], host_batches), trainer.put)
   eval_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
   image_dir = os.path.join(workdir, 'images') if is_main else None
   pending, last = [], {}
@@ -295,44 +299,43 @@ def train_and_evaluate(config, workdir):
           f'{checkpointer.directory} is intact. Lower config.learning_rate, set '
           'config.grad_clip_norm, or check the data.')
 
-  with _Preemption() as preempt:
-    step = start_step
-    while step < config.num_train_steps:
-      state, metrics = trainer.train_step(state, next(batches))
-      step += 1
-      pending.append(metrics)
-      progress.update(step)
-      last_step = step == config.num_train_steps
+  try:
+    with _Preemption() as preempt:
+      step = start_step
+      while step < config.num_train_steps:
+        state, metrics = trainer.train_step(state, next(batches))
+        step += 1
+        pending.append(metrics)
+        progress.update(step)
+        last_step = step == config.num_train_steps
 
-      if step % config.log_every_steps == 0 or last_step:
-        fetched = jax.device_get(pending)
-        pending = []
-        last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        now = time.time()
-        last['steps_per_sec'] = (step - step_log) / max(now - t_log, 1e-9)
-        last['skipped_updates_total'] = float(jax.device_get(state.skipped_updates))
-        t_log, step_log = now, step
-        progress.newline()
-        writer.write(step, last)
-        check_skips(state)
+        if step % config.log_every_steps == 0 or last_step:
+          fetched = jax.device_get(pending)
+          pending = []
+          last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          now = time.time()
+          last['steps_per_sec'] = (step - step_log) / max(now - t_log, 1e-9)
+          last['skipped_updates_total'] = float(jax.device_get(state.skipped_updates))
+          t_log, step_log = now, step
+          progress.newline()
+          writer.write(step, last)
+          check_skips(state)
 
-      if config.eval_every_steps and (step % config.eval_every_steps == 0 or last_step):
-        eval_metrics = run_evaluation(trainer, state, splits, workdir, eval_rng, image_dir,
-                                      f'step_{step:07d}_')
-        writer.write(step, eval_metrics, prefix='eval/')
-        last.update({f'eval/{k}': v for k, v in eval_metrics.items()})
+        if config.eval_every_steps and (step % config.eval_every_steps == 0 or last_step):
+          eval_metrics = run_evaluation(trainer, state, splits, workdir, eval_rng, image_dir,
+                                        f'step_{step:07d}_')
+          writer.write(step, eval_metrics, prefix='eval/')
+          last.update({f'eval/{k}': v for k, v in eval_metrics.items()})
 
-      if step % config.checkpoint_every_steps == 0 or last_step or preempt.requested:
-        check_skips(state)
-        checkpointer.save(step, state, config, force=True)
+        if step % config.checkpoint_every_steps == 0 or last_step or preempt.requested:
+          check_skips(state)
+          checkpointer.save(step, state, config, force=True)
 
-      if preempt.requested and not last_step:
-        checkpointer.wait()
-        msg = (f'SIGTERM received: saved a checkpoint at step {step} in '
-               f'{checkpointer.directory}; rerun the same command to resume.')
-        writer.close()
-        raise Preempted(msg)
-
-  checkpointer.wait()
-  writer.close()
+        if preempt.requested and not last_step:
+          msg = (f'SIGTERM received: saved a checkpoint at step {step} in '
+                 f'{checkpointer.directory}; rerun the same command to resume.')
+          raise Preempted(msg)
+  finally:
+    checkpointer.wait()  # finish checkpoints in flight, also when stopping on an error
+    writer.close()
   return last

@@ -10,7 +10,7 @@ from typing import Callable, Dict
 
 import jax
 
-from vaes.data.core import DataError, Splits  # noqa: F401
+from vaes.data.core import DataError, Splits, validate_batch  # noqa: F401
 
 _BUILDERS: Dict[str, Callable] = {}
 

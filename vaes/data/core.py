@@ -138,3 +138,41 @@ class ArrayEvalSource:
         out = self.transform(out, np.random.default_rng([self.seed, 1 << 21, i]))
       out['valid'] = valid[sl]
       yield out
+
+
+def validate_batch(batch, element_spec, info, where='the first training batch'):
+  """Checks a host batch against what the model was built for, with a clear message.
+
+  Keys, per-example shapes and dtypes must match `element_spec`; floats must be
+  finite; images must lie in [0, 1] ({0, 1} when info['num_levels'] == 2); masks
+  must be 0/1. Raises DataError naming the array, what was found and what was expected.
+  """
+  missing = set(element_spec) - set(batch)
+  if missing:
+    raise DataError(f'{where} lacks {sorted(missing)}; the model expects keys '
+                    f'{sorted(element_spec)}.')
+  for key, (shape, dtype) in element_spec.items():
+    x = np.asarray(batch[key])
+    if tuple(x.shape[1:]) != tuple(shape):
+      raise DataError(f'{where}: {key!r} has per-example shape {tuple(x.shape[1:])}, but the '
+                      f'model was built for {tuple(shape)}; check config.data.* (image_size, '
+                      'max_len, ...).')
+    if np.dtype(x.dtype).kind != np.dtype(dtype).kind:
+      raise DataError(f'{where}: {key!r} has dtype {x.dtype}, expected {np.dtype(dtype)}.')
+    if x.size == 0:
+      raise DataError(f'{where}: {key!r} is empty.')
+    if x.dtype.kind == 'f':
+      bad = ~np.isfinite(x)
+      if bad.any():
+        raise DataError(f'{where}: {key!r} holds {int(bad.sum())} NaN/inf values; clean the '
+                        'data (the model cannot train on them).')
+    if key == 'image':
+      lo, hi = float(x.min()), float(x.max())
+      if lo < 0.0 or hi > 1.0:
+        raise DataError(f'{where}: image values span [{lo:g}, {hi:g}], expected [0, 1] '
+                        '(divide 8-bit images by 255).')
+      if info.get('num_levels') == 2 and not np.all((x == 0) | (x == 1)):
+        raise DataError(f'{where}: the dataset is declared binary but images hold values '
+                        'other than 0 and 1; set config.data.binarize.')
+    if key == 'mask' and not np.all((x == 0) | (x == 1)):
+      raise DataError(f"{where}: 'mask' must hold only 0 and 1.")

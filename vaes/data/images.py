@@ -16,6 +16,8 @@ DIGITS_TEST_SIZE = 297  # fixed split: 1500 train / 297 test, by a permutation w
 def resize_images(images: np.ndarray, size: int, mode: str) -> np.ndarray:
   """(N, h, w, C) -> (N, size, size, C) by 'pad' (zeros, centred) or 'nearest' upsampling."""
   n, h, w, c = images.shape
+  if mode not in ('pad', 'nearest'):
+    raise DataError(f"config.data.resize='{mode}' is not one of 'pad', 'nearest'.")
   if size == h and size == w:
     return images
   if mode == 'pad':
@@ -30,8 +32,7 @@ def resize_images(images: np.ndarray, size: int, mode: str) -> np.ndarray:
     if size % h or size % w:
       raise DataError(f"config.data.image_size={size} must be a multiple of {h} for "
                       "resize='nearest'.")
-    return images.repeat(size // h, axis=1).repeat(size // w, axis=2)
-  raise DataError(f"config.data.resize='{mode}' is not one of 'pad', 'nearest'.")
+  return images.repeat(size // h, axis=1).repeat(size // w, axis=2)
 
 
 def binarize(mode: str):

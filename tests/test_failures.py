@@ -1,0 +1,308 @@
+"""Preemption-safe training and clear failures: SIGKILL/SIGTERM, corrupted
+checkpoints, consecutive non-finite updates, and a table of bad configs and data."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.helpers import PYTHON, REPO, load_config, run_cli, subprocess_env
+from vaes import data as data_lib
+from vaes.checkpoint import Checkpointer, CheckpointError
+from vaes.data import DataError
+from vaes.data.core import ArrayTrainSource, validate_batch
+from vaes.registry import ConfigError, get_family
+from vaes.train import TrainingError, build_trainer, train_and_evaluate, validate_config
+
+TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16,
+           'eval.batch_size': 128, 'eval_every_steps': 0}
+
+
+def _state(config, workdir):
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  return Checkpointer(workdir, async_save=False).restore_latest(trainer.abstract_state, config)
+
+
+def _assert_same_state(a, b):
+  for x, y in zip(jax.tree.leaves(jax.device_get((a.params, a.model_state, a.opt_state))),
+                  jax.tree.leaves(jax.device_get((b.params, b.model_state, b.opt_state)))):
+    np.testing.assert_array_equal(x, y)
+
+
+def _train_cmd(workdir, overrides):
+  return [PYTHON, os.path.join(REPO, 'train.py'),
+          f'--config={os.path.join(REPO, "configs/vqvae.py")}', f'--workdir={workdir}'] + [
+              f'--config.{k}={v}' for k, v in overrides.items()]
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=300):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if [d for d in glob.glob(os.path.join(workdir, 'checkpoints', '*')) if
+        os.path.basename(d).isdigit()]:
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f'training ended early: {proc.communicate()[1][-3000:]}')
+    time.sleep(0.05)
+  raise AssertionError('no checkpoint appeared')
+
+
+def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path):
+  overrides = dict(TINY_VQ, num_train_steps=100, checkpoint_every_steps=2, log_every_steps=50)
+  config = load_config('configs/vqvae.py', overrides)
+  train_and_evaluate(config, str(tmp_path / 'full'))
+
+  wd = str(tmp_path / 'killed')
+  proc = subprocess.Popen(_train_cmd(wd, overrides), cwd=REPO, env=subprocess_env(1),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for_checkpoint(wd, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  steps_before = Checkpointer(wd, async_save=False).all_steps()
+  assert steps_before and steps_before[-1] < 100
+  run_cli('train.py', 'configs/vqvae.py', wd, overrides)  # the same command again
+
+  a, step_a = _state(config, str(tmp_path / 'full'))
+  b, step_b = _state(config, wd)
+  assert step_a == step_b == 100
+  _assert_same_state(a, b)
+
+
+def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
+  wd = str(tmp_path / 'run')
+  overrides = dict(TINY_VQ, num_train_steps=100_000, checkpoint_every_steps=5,
+                   log_every_steps=1000)
+  proc = subprocess.Popen(_train_cmd(wd, overrides), cwd=REPO, env=subprocess_env(1),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for_checkpoint(wd, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'SIGTERM received: saved a checkpoint at step' in out
+  step = int(out.split('saved a checkpoint at step ')[1].split()[0])
+  assert step in Checkpointer(wd, async_save=False).all_steps()
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path):
+  wd = str(tmp_path / 'run')
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=6,
+                                                checkpoint_every_steps=3))
+  train_and_evaluate(config, wd)
+  reference, _ = _state(load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=6,
+                                                             checkpoint_every_steps=3)), wd)
+  # Garble every data file of the step-6 checkpoint.
+  files = [f for f in glob.glob(os.path.join(wd, 'checkpoints', '6', 'state', '**'),
+                                recursive=True) if os.path.isfile(f)]
+  assert files
+  for f in files:
+    with open(f, 'wb') as fh:
+      fh.write(b'garbage')
+  state, step = _state(config, wd)
+  assert step == 3 and int(state.step) == 3
+  moved = glob.glob(os.path.join(wd, 'corrupted_checkpoints', '6-*'))
+  assert len(moved) == 1  # set aside, not deleted
+  assert Checkpointer(wd).all_steps() == [3]
+  # Rerunning the command recomputes step 6 exactly.
+  train_and_evaluate(config, wd)
+  again, step = _state(config, wd)
+  assert step == 6
+  _assert_same_state(again, reference)
+
+
+def test_nan_batch_is_skipped_and_training_continues(tmp_path):
+  config = load_config('configs/vqvae.py', TINY_VQ)
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  clean = trainer.init_fn()
+  poisoned = trainer.init_fn()
+  losses_clean, losses_poisoned = [], []
+  for step in range(8):
+    batch = splits.train.batch(step)
+    clean, m = trainer.train_step(clean, trainer.put(batch))
+    losses_clean.append(float(m['loss']))
+    if step == 3:
+      batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+    poisoned, m = trainer.train_step(poisoned, trainer.put(batch))
+    losses_poisoned.append(float(m['loss']))
+  assert int(poisoned.skipped_updates) == 1 and int(clean.skipped_updates) == 0
+  assert np.isnan(losses_poisoned[3])
+  finite = [l for i, l in enumerate(losses_poisoned) if i != 3]
+  assert all(np.isfinite(finite))
+  # Same loss scale after the skipped update (one batch fewer seen).
+  assert abs(losses_poisoned[-1] - losses_clean[-1]) < 0.5 * losses_clean[-1]
+  assert losses_poisoned[-1] < losses_poisoned[0]
+
+
+def test_consecutive_skips_stop_the_run_with_good_checkpoint(tmp_path, monkeypatch):
+  wd = str(tmp_path / 'run')
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=50,
+                                                checkpoint_every_steps=4, log_every_steps=2,
+                                                max_consecutive_skips=3))
+  original = data_lib.get_datasets
+
+  def poisoned(cfg, *a, **k):
+    splits = original(cfg, *a, **k)
+    batch = splits.train.batch
+
+    def bad_after_4(step):
+      b = batch(step)
+      if step >= 4:
+        b = dict(b, image=np.where(np.arange(b['image'].size).reshape(b['image'].shape) == 0,
+                                   np.inf, b['image']).astype(np.float32))
+      return b
+    splits.train.batch = bad_after_4
+    return splits
+  monkeypatch.setattr(data_lib, 'get_datasets', poisoned)
+  with pytest.raises(TrainingError, match='consecutive updates had a non-finite'):
+    train_and_evaluate(config, wd)
+  monkeypatch.setattr(data_lib, 'get_datasets', original)
+  state, step = _state(config, wd)
+  assert step == 4 and int(state.skipped_updates) == 0
+
+
+def test_restart_with_different_model_shape_is_refused(tmp_path):
+  wd = str(tmp_path / 'run')
+  train_and_evaluate(load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=2,
+                                                          checkpoint_every_steps=2)), wd)
+  changed = load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=4,
+                                                 checkpoint_every_steps=2,
+                                                 **{'model.num_codes': 32}))
+  with pytest.raises(ConfigError, match=r'model\.num_codes: checkpoint 16 vs config 32'):
+    train_and_evaluate(changed, wd)
+  assert Checkpointer(wd).all_steps() == [2]  # nothing lost
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  proc = run_cli('train.py', 'configs/vqvae.py', str(blocker / 'run'),
+                 dict(TINY_VQ, num_train_steps=2), check=False)
+  assert proc.returncode == 2
+  assert 'Choose a writable --workdir' in proc.stderr
+
+
+# ----------------------------------------------------------------------------
+# A table of bad configs: each fails before compilation with a message naming
+# the field, the value and what is allowed.
+# ----------------------------------------------------------------------------
+
+BAD_CONFIGS = [
+    ('configs/vqvae.py', {'model.name': 'vqvea'}, ConfigError, "config.model.name='vqvea'"),
+    ('configs/vqvae.py', {'data.name': 'mnits'}, DataError, "config.data.name='mnits'"),
+    ('configs/vqvae.py', {'batch_size': 0}, ConfigError, 'config.batch_size=0'),
+    ('configs/vqvae.py', {'batch_size': -8}, ConfigError, 'config.batch_size=-8'),
+    ('configs/vqvae.py', {'num_train_steps': -1}, ConfigError, 'config.num_train_steps=-1'),
+    ('configs/vqvae.py', {'log_every_steps': 0}, ConfigError, 'config.log_every_steps=0'),
+    ('configs/vqvae.py', {'checkpoint_every_steps': 0}, ConfigError,
+     'config.checkpoint_every_steps=0'),
+    ('configs/vqvae.py', {'learning_rate': 0.0}, ConfigError, 'config.learning_rate=0.0'),
+    ('configs/vqvae.py', {'optimizer': 'sgd'}, ConfigError, "config.optimizer='sgd'"),
+    ('configs/vqvae.py', {'lr_schedule': 'linear'}, ConfigError, "config.lr_schedule='linear'"),
+    ('configs/vqvae.py', {'compute_dtype': 'float16'}, ConfigError,
+     "config.compute_dtype='float16'"),
+    ('configs/vqvae.py', {'max_consecutive_skips': 0}, ConfigError,
+     'config.max_consecutive_skips=0'),
+    ('configs/vqvae.py', {'eval.batch_size': 0}, ConfigError, 'config.eval.batch_size=0'),
+    ('configs/vqvae.py', {'model.num_codes': 0}, ConfigError, 'config.model.num_codes=0'),
+    ('configs/vqvae.py', {'model.code_dim': -4}, ConfigError, 'config.model.code_dim=-4'),
+    ('configs/vqvae.py', {'model.likelihood': 'poisson'}, ConfigError,
+     "config.model.likelihood='poisson'"),
+    ('configs/vqvae.py', {'model.ema_decay': 1.5}, ConfigError, 'config.model.ema_decay=1.5'),
+    ('configs/vqvae.py', {'model.num_downsamples': 4}, ConfigError,
+     'config.model.num_downsamples=4'),
+    ('configs/vqvae.py', {'data.image_size': 6}, DataError, 'config.data.image_size=6'),
+    ('configs/vqvae.py', {'data.resize': 'bicubic'}, DataError, "config.data.resize='bicubic'"),
+    ('configs/vqvae.py', {'data.binarize': 'maybe'}, DataError, "config.data.binarize='maybe'"),
+    ('configs/vqvae.py', {'batch_size': 4096}, DataError, 'config.batch_size=4096 exceeds'),
+    ('configs/vqvae.py', {'data.name': 'mnist', 'data.image_size': 0}, DataError,
+     'config.data.image_size=0'),
+    ('configs/vqvae.py', {'data.name': 'cifar10', 'data.image_size': 16}, DataError,
+     "config.data.image_size=16 is smaller than the 32x32 cifar10 images"),
+    ('configs/vqvae.py', {'data.name': 'cifar10', 'data.image_size': 32,
+                          'data.tfds_data_dir': '/nonexistent/tfds'},
+     DataError, 'tfds build cifar10 --data_dir=/nonexistent/tfds'),
+]
+
+
+def _prepare(config, num_devices=None):
+  """Everything train.py does before compiling: family, engine checks, data, model."""
+  family = get_family(config.model.name)
+  validate_config(config, family, num_devices)
+  splits = data_lib.get_datasets(config)
+  family.build_model(config, splits.info)
+  return splits
+
+
+@pytest.mark.parametrize('path,overrides,error,message', BAD_CONFIGS,
+                         ids=[';'.join(f'{k}={v}' for k, v in o.items()) for _, o, _, _ in
+                              BAD_CONFIGS])
+def test_bad_config_fails_with_clear_message(path, overrides, error, message):
+  config = load_config(path, overrides)
+  with pytest.raises(error) as info:
+    _prepare(config)
+  assert message in str(info.value)
+
+
+def test_batch_not_divisible_by_device_count_names_the_fix():
+  config = load_config('configs/vqvae.py', {'batch_size': 30})
+  with pytest.raises(ConfigError, match=r'config.batch_size=30 is not divisible by the 8 '
+                     r'devices; use a multiple of 8 \(e.g. --config.batch_size=24\)'):
+    validate_config(config, None, num_devices=8)
+
+
+# ----------------------------------------------------------------------------
+# Bad data: fails on the first batch with a clear message.
+# ----------------------------------------------------------------------------
+
+SPEC = {'image': ((8, 8, 1), np.float32)}
+GOOD = np.full((4, 8, 8, 1), 0.5, np.float32)
+BAD_DATA = [
+    ({'image': GOOD[:, :4]}, {}, "per-example shape (4, 8, 1), but the model was built for "
+                                 "(8, 8, 1)"),
+    ({'image': (GOOD * 255).astype(np.int64)}, {}, 'has dtype int64, expected float32'),
+    ({'image': GOOD * 255}, {}, 'image values span [127.5, 127.5], expected [0, 1]'),
+    ({'image': np.where(np.eye(8)[None, :, :, None] > 0, np.nan, GOOD)}, {},
+     'holds 32 NaN/inf values'),
+    ({'image': GOOD}, {'num_levels': 2}, 'declared binary but images hold values'),
+    ({'pixels': GOOD}, {}, "lacks ['image']"),
+    ({'image': GOOD[:0]}, {}, "'image' is empty"),
+]
+
+
+@pytest.mark.parametrize('batch,info,message', BAD_DATA)
+def test_bad_data_fails_on_first_batch(batch, info, message):
+  with pytest.raises(DataError) as e:
+    validate_batch(batch, SPEC, info)
+  assert message in str(e.value)
+
+
+def test_bad_mask_and_empty_split():
+  spec = {'x': ((5, 3), np.float32), 'mask': ((5,), np.float32)}
+  with pytest.raises(DataError, match="'mask' must hold only 0 and 1"):
+    validate_batch({'x': np.zeros((2, 5, 3), np.float32),
+                    'mask': np.full((2, 5), 0.5, np.float32)}, spec, {})
+  with pytest.raises(DataError, match='The training split is empty'):
+    ArrayTrainSource({'image': np.zeros((0, 8, 8, 1), np.float32)}, 4, 0)
+
+
+def test_bad_first_batch_stops_training_before_any_update(tmp_path, monkeypatch):
+  original = data_lib.get_datasets
+
+  def scaled(cfg, *a, **k):
+    splits = original(cfg, *a, **k)
+    batch = splits.train.batch
+    splits.train.batch = lambda step: {'image': batch(step)['image'] * 255.0}
+    return splits
+  monkeypatch.setattr(data_lib, 'get_datasets', scaled)
+  with pytest.raises(DataError, match=r'expected \[0, 1\] \(divide 8-bit images by 255\)'):
+    train_and_evaluate(load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=2)),
+                       str(tmp_path / 'run'))
+  assert not glob.glob(os.path.join(str(tmp_path / 'run'), 'checkpoints', '[0-9]*'))
