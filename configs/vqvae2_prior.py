@@ -23,8 +23,6 @@ from configs import vqvae_prior
 def get_config(variant='digits'):
   c = vqvae_prior.get_config()
   c.data.vqvae = vqvae2.get_config()
-  c.model.channels = 64
-  c.model.num_layers = 6
   if variant == 'celeb_a':
     c.data.vqvae = vqvae2_256.get_config()
     c.batch_size = 64
@@ -34,6 +32,7 @@ def get_config(variant='digits'):
     c.model.num_layers = 20
     c.model.kernel_size = 5
     c.model.cond_channels = 64
+    c.model.dropout = 0.0
     c.eval.batch_size = 64
     c.eval.num_images = 16
     c.eval.temperatures = (1.0,)

@@ -36,20 +36,21 @@ def get_config(stage='prior'):
     raise ValueError(f"configs/vqvae_prior.py:{stage}: choose ':vqvae' or ':prior'.")
   c = base.get_base_config()
   c.batch_size = 64
-  c.num_train_steps = 3000
+  c.num_train_steps = 1500
   c.log_every_steps = 250
-  c.eval_every_steps = 1500
+  c.eval_every_steps = 250
   c.checkpoint_every_steps = 1000
   c.learning_rate = 1e-3
   c.lr_schedule = 'cosine'
   c.lr_warmup_steps = 100
 
   c.model.name = 'vq_prior'
-  c.model.channels = 64
-  c.model.num_layers = 6
+  c.model.channels = 32
+  c.model.num_layers = 4
   c.model.kernel_size = 3
-  c.model.embed_dim = 32
-  c.model.out_hidden = 128
+  c.model.embed_dim = 16
+  c.model.out_hidden = 64
+  c.model.dropout = 0.3
   c.model.cond_channels = 32          # only used by levels below a top level (VQ-VAE-2)
 
   c.data.name = 'vq_codes'

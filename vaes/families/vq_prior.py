@@ -29,6 +29,8 @@ def validate_config(config):
   for field in ('channels', 'num_layers', 'embed_dim', 'out_hidden', 'cond_channels'):
     if m[field] <= 0:
       raise ConfigError(f'config.model.{field}={m[field]}: must be a positive integer.')
+  if not 0.0 <= m.get('dropout', 0.0) < 1.0:
+    raise ConfigError(f'config.model.dropout={m.dropout}: must be in [0, 1).')
   if m.kernel_size < 2 or m.kernel_size % 2 == 0:
     raise ConfigError(f'config.model.kernel_size={m.kernel_size}: must be odd and >= 3.')
   if config.data.name != 'vq_codes':
@@ -46,7 +48,7 @@ def build_model(config, data_info):
       num_codes=tuple(data_info['num_codes']), grids=tuple(data_info['grids']),
       channels=m.channels, num_layers=m.num_layers, kernel_size=m.kernel_size,
       embed_dim=m.embed_dim, out_hidden=m.out_hidden, cond_channels=m.cond_channels,
-      dtype=jnp.dtype(config.get('compute_dtype', 'float32')))
+      dropout=m.get('dropout', 0.0), dtype=jnp.dtype(config.get('compute_dtype', 'float32')))
 
 
 def _codes(batch, n_levels):
@@ -57,9 +59,14 @@ def init_variables(model, rng, batch):
   return model.init({'params': rng}, _codes(batch, len(model.num_codes)))
 
 
-def per_example_nll(model, params, codes):
-  """-log p(z_l | z_{l+1}) per level, each (B,) in nats (summed over positions)."""
-  logits = model.apply({'params': params}, codes)
+def per_example_nll(model, params, codes, dropout_rng=None):
+  """-log p(z_l | z_{l+1}) per level, each (B,) in nats (summed over positions);
+  dropout is active when `dropout_rng` is given (training)."""
+  if dropout_rng is None:
+    logits = model.apply({'params': params}, codes)
+  else:
+    logits = model.apply({'params': params}, codes, deterministic=False,
+                         rngs={'dropout': dropout_rng})
   return [-jnp.sum(distributions.categorical_log_prob(z, lg), axis=(1, 2))
           for z, lg in zip(codes, logits)]
 
@@ -71,8 +78,8 @@ def make_loss_fn(config, model, data_info):
   total_codes = float(sum(per_level))
 
   def loss_fn(params, model_state, batch, rng, step):
-    del rng, step
-    nlls = per_example_nll(model, params, _codes(batch, n_levels))
+    del step
+    nlls = per_example_nll(model, params, _codes(batch, n_levels), rng)
     loss = jnp.mean(sum(nlls)) / total_codes
     metrics = dict(loss=loss, prior_nll_per_code=loss, prior_bits_per_code=loss / np.log(2.0))
     for l, (nll, n) in enumerate(zip(nlls, per_level)):

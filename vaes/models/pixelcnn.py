@@ -68,10 +68,11 @@ class GatedLayer(nn.Module):
   channels: int
   kernel_size: int
   first: bool
+  dropout: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, v, h, cond):
+  def __call__(self, v, h, cond, deterministic=True):
     k = self.kernel_size
     mtype = 'A' if self.first else 'B'
     v_pre = MaskedConv(2 * self.channels, (k, k), mtype, 'v', self.dtype, name='v_conv')(v)
@@ -82,6 +83,7 @@ class GatedLayer(nn.Module):
       h_pre = h_pre + nn.Conv(2 * self.channels, (1, 1), dtype=self.dtype, name='cond_h')(cond)
     v_out = _gate(v_pre)
     h_out = nn.Conv(self.channels, (1, 1), dtype=self.dtype, name='h_out')(_gate(h_pre))
+    h_out = nn.Dropout(self.dropout)(h_out, deterministic=deterministic)
     if not self.first:
       h_out = h_out + h
     return v_out, h_out
@@ -95,17 +97,22 @@ class GatedPixelCNN(nn.Module):
   kernel_size: int = 3
   embed_dim: int = 32
   out_hidden: int = 128
+  dropout: float = 0.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, codes, cond=None):
-    x = nn.Embed(self.num_codes, self.embed_dim, name='embed')(codes).astype(self.dtype)
+  def __call__(self, codes, cond=None, embedded=None, deterministic=True):
+    """`embedded` (B, H, W, embed_dim), if given, replaces the code embedding (tests
+    differentiate through it to check causality)."""
+    embed = nn.Embed(self.num_codes, self.embed_dim, name='embed')
+    x = embed(codes) if embedded is None else embedded
+    x = x.astype(self.dtype)
     if cond is not None:
       cond = cond.astype(self.dtype)
     v, h = x, x
     for i in range(self.num_layers):  # layers (not time steps): each has its own weights
-      v, h = GatedLayer(self.channels, self.kernel_size, first=i == 0, dtype=self.dtype,
-                        name=f'layer_{i}')(v, h, cond)
+      v, h = GatedLayer(self.channels, self.kernel_size, first=i == 0, dropout=self.dropout,
+                        dtype=self.dtype, name=f'layer_{i}')(v, h, cond, deterministic)
     out = nn.Conv(self.out_hidden, (1, 1), dtype=self.dtype, name='out_hidden')(nn.relu(h))
     logits = nn.Conv(self.num_codes, (1, 1), dtype=self.dtype, name='logits')(nn.relu(out))
     return logits.astype(jnp.float32)
@@ -128,11 +135,12 @@ class CodePrior(nn.Module):
   embed_dim: int = 32
   out_hidden: int = 128
   cond_channels: int = 32
+  dropout: float = 0.0
   dtype: Any = jnp.float32
 
   def setup(self):
     self.nets = [GatedPixelCNN(k, self.channels, self.num_layers, self.kernel_size,
-                               self.embed_dim, self.out_hidden, self.dtype)
+                               self.embed_dim, self.out_hidden, self.dropout, self.dtype)
                  for k in self.num_codes]
     self.cond_embed = [nn.Embed(self.num_codes[l + 1], self.cond_channels)
                        for l in range(len(self.num_codes) - 1)]
@@ -148,13 +156,16 @@ class CodePrior(nn.Module):
     c = jnp.repeat(jnp.repeat(c, h // ha, axis=1), w // wa, axis=2)
     return nn.relu(self.cond_conv[level](c))
 
-  def level_logits(self, level, codes, codes_above=None):
-    return self.nets[level](codes, self.condition(level, codes_above))
+  def level_logits(self, level, codes, codes_above=None, deterministic=True):
+    return self.nets[level](codes, self.condition(level, codes_above),
+                            deterministic=deterministic)
 
-  def __call__(self, codes):
-    """codes: list of (B, h_l, w_l) int arrays -> list of (B, h_l, w_l, K_l) logits."""
+  def __call__(self, codes, deterministic=True):
+    """codes: list of (B, h_l, w_l) int arrays -> list of (B, h_l, w_l, K_l) logits.
+    With deterministic=False, dropout (rate `dropout`) draws from the 'dropout' rng."""
     n = len(self.num_codes)
-    return [self.level_logits(l, codes[l], codes[l + 1] if l + 1 < n else None)
+    return [self.level_logits(l, codes[l], codes[l + 1] if l + 1 < n else None,
+                              deterministic)
             for l in range(n)]
 
 

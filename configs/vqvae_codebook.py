@@ -1,0 +1,46 @@
+"""Codebook health on the embedded digits: K = 1024 codes, with k-means
+initialisation and dead-code restarts (the default here) or plain EMA VQ
+(`:plain`), everything else the same.
+
+The digits are nearest-upsampled to 16x16 (data.resize='nearest'); one stride-2
+convolution gives an 8x8 grid of latents, so the 297 test images hold
+297 x 64 = 19,008 latent vectors, 18.6 per code (>= 10 per code, so that
+usage over the evaluation set can reach 100%).
+
+  python train.py --config=configs/vqvae_codebook.py --workdir=runs/cb_restarts
+  python eval.py  --config=configs/vqvae_codebook.py --workdir=runs/cb_restarts
+  python train.py --config=configs/vqvae_codebook.py:plain --workdir=runs/cb_plain
+  python eval.py  --config=configs/vqvae_codebook.py:plain --workdir=runs/cb_plain
+
+eval_metrics.json: codebook_usage (fraction of the 1024 codes used at least
+once over the test split), dead_codes (their number), perplexity.
+Measured numbers: see the commit that added this file and the README table.
+"""
+
+from configs import vqvae
+
+
+def get_config(variant='restarts'):
+  c = vqvae.get_config()
+  c.num_train_steps = 1500
+  c.eval_every_steps = 1500
+  c.checkpoint_every_steps = 1500
+  c.model.num_codes = 1024
+  c.model.code_dim = 16
+  c.model.quantizer = 'vq'            # 'vq' | 'fsq' | 'rvq'
+  c.model.fsq_levels = (8, 8, 4, 4)   # 1024 implicit codes for 'fsq'
+  c.model.rvq_stages = 2
+  c.model.kmeans_init = True
+  c.model.kmeans_iters = 10
+  c.model.kmeans_points = 16384
+  c.model.restart_after = 20          # steps unused before a code is re-seeded
+  c.model.cosine = False
+  c.model.lookup_dim = 0
+  if variant == 'plain':
+    c.model.kmeans_init = False
+    c.model.restart_after = 0
+  elif variant != 'restarts':
+    raise ValueError(f"configs/vqvae_codebook.py:{variant}: choose ':restarts' or ':plain'.")
+  c.data.image_size = 16
+  c.data.resize = 'nearest'
+  return c
