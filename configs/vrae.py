@@ -44,6 +44,7 @@ def get_config():
   c.data.eval_split = 'test'        # 'valid' | 'test'
   c.data.max_len = 64               # longer chorales are cut into pieces of <= 64 frames
   c.data.cache_dir = ''             # '' = ~/.cache/vaes
+  c.data.num_chorales = 0           # 0 = all 371; N > 0 = the first N (quick tests)
 
   c.eval.batch_size = 64
   c.eval.num_importance_samples = 100

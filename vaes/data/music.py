@@ -145,14 +145,16 @@ def chorale_to_roll(score):
   return pitches_to_roll(frames, where=str(getattr(score, 'filePath', 'chorale')))
 
 
-def build_chorale_rolls():
-  """All Riemenschneider chorales in music21's corpus -> (names, list of (T_i, 88) rolls)."""
+def build_chorale_rolls(limit=0):
+  """The Riemenschneider chorales in music21's corpus (the first `limit` of them if
+  limit > 0) -> (names, list of (T_i, 88) rolls)."""
   try:
     from music21 import corpus
   except ImportError as e:
     raise DataError('config.data.name=chorales needs the music21 package (pip install music21).') from e
   names, rolls = [], []
-  for name in corpus.chorales.Iterator(numberingSystem='riemenschneider', returnType='filename'):
+  files = list(corpus.chorales.Iterator(numberingSystem='riemenschneider', returnType='filename'))
+  for name in files[:limit] if limit > 0 else files:
     roll = chorale_to_roll(corpus.parse(name))
     if len(roll) and roll.sum() > 0:
       names.append(str(name))
@@ -162,16 +164,18 @@ def build_chorale_rolls():
   return names, rolls
 
 
-def load_chorale_rolls(cache_dir):
-  """Cached (names, rolls); the first call parses the corpus (about a minute) and writes
-  `chorales_v{CHORALES_CACHE_VERSION}.npz` atomically, later calls read it."""
-  path = os.path.join(cache_dir, f'chorales_v{CHORALES_CACHE_VERSION}.npz')
+def load_chorale_rolls(cache_dir, limit=0):
+  """Cached (names, rolls); the first call parses the corpus (1-3 minutes on 2 cores) and
+  writes `chorales_v{CHORALES_CACHE_VERSION}.npz` (`..._first{limit}.npz` for a subset)
+  atomically, later calls read it."""
+  suffix = f'_first{limit}' if limit > 0 else ''
+  path = os.path.join(cache_dir, f'chorales_v{CHORALES_CACHE_VERSION}{suffix}.npz')
   if os.path.exists(path):
     with np.load(path) as f:
       names, flat, lengths = list(f['names']), f['rolls'], f['lengths']
     bounds = np.cumsum(np.concatenate([[0], lengths]))
     return names, [flat[a:b].astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
-  names, rolls = build_chorale_rolls()
+  names, rolls = build_chorale_rolls(limit)
   fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix='.npz')
   os.close(fd)
   np.savez_compressed(tmp, names=np.array(names), lengths=np.array([len(r) for r in rolls]),
@@ -192,7 +196,11 @@ def split_by_chorale(rolls, fractions=CHORALE_SPLIT_FRACTIONS, seed=0):
 
 @register('chorales')
 def chorales(config, process_index, process_count):
-  names, rolls = load_chorale_rolls(_cache_dir(config))
+  limit = int(config.data.get('num_chorales', 0))
+  if limit < 0 or 0 < limit < 5:
+    raise DataError(f'config.data.num_chorales={limit}: use 0 (all) or at least 5, so that '
+                    'each of train/valid/test gets a chorale.')
+  names, rolls = load_chorale_rolls(_cache_dir(config), limit)
   splits = split_by_chorale(rolls)
   return make_sequence_splits(config, splits, process_index, process_count, 'bernoulli',
                               {'num_chorales': len(names), 'source': 'music21 corpus'})
