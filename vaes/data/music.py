@@ -196,6 +196,7 @@ def split_by_chorale(rolls, fractions=CHORALE_SPLIT_FRACTIONS, seed=0):
 
 @register('chorales')
 def chorales(config, process_index, process_count):
+  _eval_split_name(config)
   limit = int(config.data.get('num_chorales', 0))
   if limit < 0 or 0 < limit < 5:
     raise DataError(f'config.data.num_chorales={limit}: use 0 (all) or at least 5, so that '
@@ -244,6 +245,7 @@ def load_polyphonic_pickle(path):
 
 @register('polyphonic_pickle')
 def polyphonic_pickle(config, process_index, process_count):
+  _eval_split_name(config)   # fail on a bad eval_split before reading anything
   path = config.data.get('path', '')
   splits = load_polyphonic_pickle(path)
   return make_sequence_splits(config, splits, process_index, process_count, 'bernoulli',

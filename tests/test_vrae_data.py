@@ -1,0 +1,120 @@
+"""Sequence data for the VRAE: piano rolls from music21 and from the polyphonic-music
+pickle, padding and masks, the fixed split, the cache, the synthetic series."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from tests.helpers import load_config
+from vaes import data as data_lib
+from vaes.data import music
+from vaes.data.core import DataError
+
+
+def test_chorale_to_roll_samples_sounding_pitches_on_the_quarter_grid():
+  from music21 import chord, note, stream
+  part = stream.Part()
+  part.append(note.Note('C4', quarterLength=2.0))        # frames 0, 1
+  part.append(note.Note('D4', quarterLength=0.5))        # frame 2
+  part.append(note.Note('E4', quarterLength=0.5))        # between beats: not sampled
+  part.append(note.Rest(quarterLength=1.0))              # frame 3 empty
+  part.append(chord.Chord(['A0', 'C8'], quarterLength=1.0))   # frame 4: the extreme keys
+  bass = stream.Part()
+  bass.append(note.Note('C3', quarterLength=3.0))        # frames 0, 1, 2
+  score = stream.Score([part, bass])
+  roll = music.chorale_to_roll(score)
+  active = [sorted((np.flatnonzero(f) + music.LOWEST_MIDI).tolist()) for f in roll]
+  assert roll.shape == (5, 88) and roll.dtype == np.float32
+  assert active == [[48, 60], [48, 60], [48, 62], [], [21, 108]]
+
+
+def test_pickle_rolls_padding_masks_and_splits(tmp_path):
+  rng = np.random.default_rng(0)
+  def seq(n):
+    return [sorted(set(rng.integers(21, 109, size=rng.integers(0, 5)).tolist())) for _ in range(n)]
+  raw = {'train': [seq(n) for n in (5, 9, 7, 4)], 'valid': [seq(6)], 'test': [seq(3), seq(12)]}
+  path = tmp_path / 'tiny.pickle'
+  with open(path, 'wb') as f:
+    pickle.dump(raw, f)
+  overrides = {'data.path': str(path), 'batch_size': 2, 'eval.batch_size': 4}
+  splits = data_lib.get_datasets(load_config('configs/vrnn_jsb.py', overrides), 0, 1)
+  info = splits.info
+  assert info['likelihood'] == 'bernoulli' and info['shape'] == (12, 88)   # longest anywhere
+  assert info['num_train'] == 4 and info['num_eval'] == 2 and info['eval_split'] == 'test'
+  batch = next(iter(splits.eval))
+  assert batch['x'].shape == (4, 12, 88) and batch['mask'].shape == (4, 12)
+  assert batch['valid'].tolist() == [True, True, False, False]
+  for i, s in enumerate(raw['test']):
+    assert batch['mask'][i].sum() == len(s)
+    for t, frame in enumerate(s):
+      assert (np.flatnonzero(batch['x'][i, t]) + 21).tolist() == frame
+    assert not batch['x'][i, len(s):].any()
+  train = next(splits.train.iterate(0))
+  assert train['x'].shape == (2, 12, 88) and set(np.unique(train['x'])) <= {0.0, 1.0}
+  # eval_split chooses the split; max_len cuts into pieces of at most max_len frames.
+  valid = data_lib.get_datasets(load_config('configs/vrnn_jsb.py', dict(
+      overrides, **{'data.eval_split': 'valid', 'data.max_len': 4})), 0, 1)
+  assert valid.info['shape'] == (4, 88) and valid.info['num_eval'] == 2   # 6 frames -> 4 + 2
+  assert valid.info['train_frames'] == 25 and valid.info['num_train'] == 2 + 3 + 2 + 1
+
+
+def test_missing_or_bad_pickle_gives_a_clear_error(tmp_path):
+  missing = str(tmp_path / 'nope' / 'JSB_Chorales.pickle')
+  config = load_config('configs/vrnn_jsb.py', {'data.path': missing})
+  with pytest.raises(DataError, match='does not exist') as err:
+    data_lib.get_datasets(config, 0, 1)
+  assert missing in str(err.value) and 'icml2012' in str(err.value)
+  with pytest.raises(DataError, match='data.path is empty'):
+    data_lib.get_datasets(load_config('configs/vrnn_jsb.py'), 0, 1)
+  bad = tmp_path / 'bad.pickle'
+  with open(bad, 'wb') as f:
+    pickle.dump({'train': [[[200]]], 'valid': [[[60]]], 'test': [[[60]]]}, f)
+  with pytest.raises(DataError, match='outside the 88 piano keys'):
+    data_lib.get_datasets(load_config('configs/vrnn_jsb.py', {'data.path': str(bad)}), 0, 1)
+  with pytest.raises(DataError, match="eval_split='train'"):
+    data_lib.get_datasets(load_config('configs/vrnn_jsb.py', {
+        'data.path': str(bad), 'data.eval_split': 'train'}), 0, 1)
+
+
+def test_chorales_split_by_chorale_and_cache(tmp_path, monkeypatch):
+  overrides = {'data.num_chorales': 10, 'data.cache_dir': str(tmp_path), 'batch_size': 4,
+               'eval.batch_size': 4, 'data.max_len': 32}
+  config = load_config('configs/vrae.py', overrides)
+  splits = data_lib.get_datasets(config, 0, 1)
+  assert os.path.exists(tmp_path / f'chorales_v{music.CHORALES_CACHE_VERSION}_first10.npz')
+  info = splits.info
+  assert info['num_chorales'] == 10 and info['shape'] == (32, 88)
+  x, mask = splits.train.arrays['x'], splits.train.arrays['mask']
+  assert set(np.unique(x)) <= {0.0, 1.0} and x.dtype == np.float32
+  assert not x[mask == 0].any()                       # padding is empty
+  active = x[mask > 0].sum(-1)
+  assert 3.0 < active.mean() < 5.0                    # four voices, the odd rest or unison
+  # The second build reads the cache instead of parsing the corpus.
+  def no_parse(*a, **k):
+    raise AssertionError('parsed the corpus again')
+  monkeypatch.setattr(music, 'build_chorale_rolls', no_parse)
+  again = data_lib.get_datasets(config, 0, 1)
+  np.testing.assert_array_equal(again.train.arrays['x'], x)
+  # The split is fixed and by whole chorales: the three parts partition the chorales.
+  rolls = [np.ones((n, 88), np.float32) * n for n in range(1, 21)]
+  parts = music.split_by_chorale(rolls)
+  ids = {k: sorted(int(r[0, 0]) for r in v) for k, v in parts.items()}
+  assert sorted(sum(ids.values(), [])) == list(range(1, 21))
+  assert [len(v) for v in ids.values()] == [12, 4, 4]
+  assert music.split_by_chorale(rolls)['test'][0][0, 0] == parts['test'][0][0, 0]
+
+
+def test_synthetic_series_is_a_function_of_the_seed():
+  config = load_config('configs/vrae_series.py', {'data.num_train': 64, 'data.num_valid': 8,
+                                                  'data.num_test': 8, 'eval.batch_size': 8})
+  a = data_lib.get_datasets(config, 0, 1)
+  b = data_lib.get_datasets(config, 0, 1)
+  np.testing.assert_array_equal(a.train.arrays['x'], b.train.arrays['x'])
+  assert a.info['likelihood'] == 'gaussian' and a.info['shape'] == (64, 3)
+  lengths = a.train.arrays['mask'].sum(1)
+  assert lengths.min() >= 32 and lengths.max() <= 64 and len(set(lengths.tolist())) > 5
+  config.data.series_seed = 1
+  c = data_lib.get_datasets(config, 0, 1)
+  assert not np.allclose(c.train.arrays['x'], a.train.arrays['x'])
