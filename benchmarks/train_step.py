@@ -53,15 +53,17 @@ def synthetic_inputs(config):
   try:
     splits = data_lib.get_datasets(config)
     info, spec = splits.info, splits.train.element_spec
-  except data_lib.DataError:
+  except (data_lib.DataError, ImportError):  # TFDS files (or TensorFlow) not at hand
     from vaes.data import tfds_data
     if config.data.name not in tfds_data.SPECS:
       raise
-    opts = tfds_data.read_options(config)
-    binary = tfds_data.SPECS[opts.name].binary or opts.binarize != 'none'
-    info = {'kind': 'image', 'shape': opts.shape, 'num_levels': 2 if binary else 256,
+    ds = tfds_data.SPECS[config.data.name]
+    size = config.data.get('image_size', ds.image_size)
+    shape = (size, size, 1 if ds.grey_inverted else ds.native_shape[2])
+    binary = ds.binary or config.data.get('binarize', 'none') != 'none'
+    info = {'kind': 'image', 'shape': shape, 'num_levels': 2 if binary else 256,
             'train_variance': 0.06, 'num_train': 50_000, 'num_eval': 10_000}
-    spec = {'image': (opts.shape, np.float32)}
+    spec = {'image': (shape, np.float32)}
   rng = np.random.default_rng(0)
   levels = info.get('num_levels', 256)
 
@@ -99,7 +101,7 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
   compiled = trainer.train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
 
-  for _ in range(warmup):
+  for _ in range(max(warmup, 1)):
     state, metrics = compiled(state, batch)
   jax.block_until_ready((state, metrics))
   times = []
