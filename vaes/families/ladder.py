@@ -29,6 +29,7 @@ average, over the same k posterior samples, of the conditional posterior mean
 mu_q of u (exact for z_1 in 'hierarchical' mode, Rao-Blackwellised otherwise).
 """
 
+import functools
 import math
 import os
 
@@ -290,6 +291,13 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
   return fn
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_eval_batch_fn(*args):
+  # Cached on the (hashable) module and plain values: periodic evaluations during training
+  # reuse one compilation.
+  return jax.jit(make_eval_batch_fn(*args))
+
+
 def active_units_from_moments(mean_sum, mean_sq_sum, count, threshold=ACTIVE_UNIT_THRESHOLD):
   """Units whose Cov_x(E_q[u | x]) = E[m^2] - E[m]^2 exceeds `threshold` (Burda 2016)."""
   mean = np.asarray(mean_sum, np.float64) / count
@@ -309,9 +317,9 @@ def evaluate(ctx):
   num_levels = int(ctx.data_info.get('num_levels', 256))
   x_shape = tuple(ctx.data_info['shape'])
   num_layers = len(config.model.latent_sizes)
-  batch_fn = jax.jit(make_eval_batch_fn(
-      model, likelihood, inference, num_levels, int(config.eval.num_importance_samples),
-      int(config.eval.iw_chunk_size)))
+  batch_fn = _jitted_eval_batch_fn(model, likelihood, inference, num_levels,
+                                   int(config.eval.num_importance_samples),
+                                   int(config.eval.iw_chunk_size))
 
   totals = None
   first_batch = None
@@ -347,8 +355,20 @@ def evaluate(ctx):
 def _save_images(ctx, model, likelihood, x_shape, host_batch):
   """Prior samples (top-down ancestral) and (data, reconstruction) pairs as PNG grids."""
   n = int(ctx.config.eval.num_images)
-  variables = ctx.variables
   rng_s, rng_r = jax.random.split(jax.random.fold_in(ctx.rng, 1 << 30))
+  samples, reconstructions = _jitted_image_fns(model, likelihood, x_shape, n)
+  prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
+  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(ctx.variables, rng_s)))
+  x = np.asarray(host_batch['image'])[:max(1, n // 2)]
+  recon = np.asarray(reconstructions(ctx.variables, jnp.asarray(x), rng_r))
+  pairs = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])   # data, recon, data, ...
+  ncols = 2 * max(1, math.ceil(math.sqrt(len(x) / 2)))   # square grid of pairs
+  save_image_grid(prefix + 'reconstructions.png', pairs, ncols=ncols)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_image_fns(model, likelihood, x_shape, n):
+  """Jitted (prior samples of n images, reconstructions E[x | z_1], z ~ q(z | x))."""
 
   @jax.jit
   def samples(variables, rng):
@@ -360,13 +380,7 @@ def _save_images(ctx, model, likelihood, x_shape, host_batch):
     noise = ladder_model.draw_noise(model, rng, x.shape[:1], x_shape)
     return x_mean(likelihood, model.apply(variables, x, noise, train=False)['x'])
 
-  prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
-  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(variables, rng_s)))
-  x = np.asarray(host_batch['image'])[:max(1, n // 2)]
-  recon = np.asarray(reconstructions(variables, jnp.asarray(x), rng_r))
-  pairs = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])   # data, recon, data, ...
-  ncols = 2 * max(1, math.ceil(math.sqrt(len(x) / 2)))   # square grid of pairs
-  save_image_grid(prefix + 'reconstructions.png', pairs, ncols=ncols)
+  return samples, reconstructions
 
 
 register_family(
