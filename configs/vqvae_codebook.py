@@ -1,6 +1,6 @@
 """Codebook health on the embedded digits: K = 1024 codes, with k-means
-initialisation and dead-code restarts (the default here) or plain EMA VQ
-(`:plain`), everything else the same.
+initialisation and dead-code restarts (the default here), restarts without
+k-means (`:restarts_only`) or plain EMA VQ (`:plain`), everything else the same.
 
 The digits are nearest-upsampled to 16x16 (data.resize='nearest'); one stride-2
 convolution gives an 8x8 grid of latents, so the 297 test images hold
@@ -39,8 +39,11 @@ def get_config(variant='restarts'):
   if variant == 'plain':
     c.model.kmeans_init = False
     c.model.restart_after = 0
+  elif variant == 'restarts_only':
+    c.model.kmeans_init = False
   elif variant != 'restarts':
-    raise ValueError(f"configs/vqvae_codebook.py:{variant}: choose ':restarts' or ':plain'.")
+    raise ValueError(f"configs/vqvae_codebook.py:{variant}: choose ':restarts', "
+                     "':restarts_only' or ':plain'.")
   c.data.image_size = 16
   c.data.resize = 'nearest'
   return c
