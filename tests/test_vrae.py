@@ -137,6 +137,20 @@ def test_unroll_and_remat_do_not_change_loss_or_gradients():
     np.testing.assert_allclose(out_a[key], out_b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_bfloat16_compute_keeps_float32_params_and_log_probs():
+  base = tiny('latent')
+  model = VRAE(features=P, hidden=H, latent=D, mlp_hidden=H, dtype=jnp.bfloat16)
+  x, mask = data()
+  rng = jax.random.PRNGKey(4)
+  out = jax.jit(lambda v: model.apply(v, x, mask, family.latent_noise(model, rng, mask)))(
+      base.variables)
+  ref = base.fwd(base.variables, x, mask, rng)
+  for key in ('log_px', 'kl', 'logw_z', 'z'):
+    assert out[key].dtype == jnp.float32, key
+  np.testing.assert_allclose(out['log_px'].sum(), ref['log_px'].sum(), rtol=2e-2)
+  np.testing.assert_allclose(out['kl'].sum(), ref['kl'].sum(), rtol=5e-2)
+
+
 # -----------------------------------------------------------------------------
 # Masks: padded frames change neither the loss, nor the gradients, nor the state.
 # -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ and, when ctx.image_dir is set, PNGs: samples from the prior, imputation of a hi
 of frames (observed frames kept), reconstructions (piano rolls, or line plots for Gaussian).
 """
 
+import functools
 import os
 
 import jax
@@ -196,8 +197,10 @@ def baseline_log_prob(likelihood, base, x):
   return dist.categorical_log_prob(x, jnp.broadcast_to(base, x.shape + base.shape))
 
 
+@functools.lru_cache(maxsize=8)
 def make_eval_batch_fn(model, likelihood, num_samples, chunk_size):
-  """Jitted (variables, batch, rng, base) -> dict of sums over the batch's real frames."""
+  """Jitted (variables, batch, rng, base) -> dict of sums over the batch's real frames.
+  Cached per (model, likelihood, k, chunk) so periodic evaluations compile once."""
 
   def fn(variables, batch, rng, base):
     valid = batch['valid'].astype(F32)
@@ -296,6 +299,15 @@ def hidden_block(mask, frac=(1 / 3, 2 / 3)):
   return (mask & ~((t >= lo) & (t < hi))).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def make_image_fns(model, num_samples, length):
+  """Jitted prior sampling, imputation and reconstruction, cached per model and shape."""
+  sample_fn = jax.jit(lambda v, r: sample_prior(model, v, r, num_samples, length))
+  impute_fn = jax.jit(lambda v, b, r: impute(model, v, b['x'], b['observed'], b['mask'], r))
+  recon_fn = jax.jit(lambda v, b, r: reconstruct(model, v, b['x'], b['mask'], r))
+  return sample_fn, impute_fn, recon_fn
+
+
 def _hidden_range(observed, mask):
   hidden = np.flatnonzero((np.asarray(mask) > 0) & (np.asarray(observed) == 0))
   return f'{hidden[0]}-{hidden[-1]}' if len(hidden) else 'none'
@@ -304,24 +316,25 @@ def _hidden_range(observed, mask):
 def save_images(ctx, host_batch):
   """prefix+samples.png, prefix+imputation.png, prefix+reconstructions.png in ctx.image_dir."""
   from vaes import plotting
-  model, variables = ctx.model, ctx.variables
+  model = ctx.model
+  # Only the main process draws pictures, so compute them on one of its own devices from
+  # a local copy of the (replicated) variables: no collective across processes.
+  variables = jax.tree.map(
+      lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, ctx.variables)
+  valid = np.asarray(host_batch.get('valid', np.ones(len(host_batch['mask']), bool)))
+  host_batch = {k: np.asarray(v)[valid] for k, v in host_batch.items() if k in ('x', 'mask')}
   n = max(1, min(int(ctx.config.eval.get('num_plot_sequences', 6)), len(host_batch['mask'])))
   length = host_batch['mask'].shape[1]
   rng = jax.random.fold_in(ctx.rng, 0x1A6E)
   prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
   os.makedirs(ctx.image_dir, exist_ok=True)
-  host = {k: np.asarray(v) for k, v in host_batch.items()}
-  observed = hidden_block(host['mask'])
-  batch = ctx.put({'x': host['x'], 'mask': host['mask'], 'observed': observed})
-
-  gen = jax.device_get(jax.jit(lambda v, r: sample_prior(model, v, r, n, length))(
-      variables, jax.random.fold_in(rng, 0)))
-  filled = jax.device_get(jax.jit(lambda v, b, r: impute(model, v, b['x'], b['observed'],
-                                                         b['mask'], r))(
-      variables, batch, jax.random.fold_in(rng, 1)))['x'][:n]
-  recon = jax.device_get(jax.jit(lambda v, b, r: reconstruct(model, v, b['x'], b['mask'], r))(
-      variables, batch, jax.random.fold_in(rng, 2)))[:n]
-  x, mask, observed = host['x'][:n], host['mask'][:n], observed[:n]
+  x, mask = np.asarray(host_batch['x'])[:n], np.asarray(host_batch['mask'])[:n]
+  observed = hidden_block(mask)
+  batch = {'x': x, 'mask': mask, 'observed': observed}
+  sample_fn, impute_fn, recon_fn = make_image_fns(model, n, length)
+  gen = jax.device_get(sample_fn(variables, jax.random.fold_in(rng, 0)))
+  filled = jax.device_get(impute_fn(variables, batch, jax.random.fold_in(rng, 1)))['x']
+  recon = jax.device_get(recon_fn(variables, batch, jax.random.fold_in(rng, 2)))
   paths = {}
   if model.likelihood == 'gaussian':
     m = mask[..., None]
