@@ -73,15 +73,19 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, h, train: bool):
     act = ACTIVATIONS[self.activation]
+    # BatchNorm subtracts the batch mean, so a bias before it would get no gradient (only
+    # rounding noise, which Adam would amplify): BatchNorm's own offset replaces it.
+    bias = not self.batch_norm
     for i in range(self.depth):
       if self.block == 'mlp':
-        h = nn.Dense(self.features, dtype=self.dtype)(h)
+        h = nn.Dense(self.features, use_bias=bias, dtype=self.dtype)(h)
       elif i == 0 and self.upsample:
         h = nn.ConvTranspose(self.features, (3, 3), strides=(self.stride,) * 2,
-                             padding='SAME', dtype=self.dtype)(h)
+                             padding='SAME', use_bias=bias, dtype=self.dtype)(h)
       else:
         s = self.stride if i == 0 else 1
-        h = nn.Conv(self.features, (3, 3), strides=(s, s), padding='SAME', dtype=self.dtype)(h)
+        h = nn.Conv(self.features, (3, 3), strides=(s, s), padding='SAME', use_bias=bias,
+                    dtype=self.dtype)(h)
       if self.batch_norm:
         h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype)(h)
