@@ -11,6 +11,11 @@ Target on a 2-core CPU: train + eval in under 10 minutes, test nll_per_frame <= 
 baseline_nll_per_frame (independent per-key Bernoullis fitted to the training frames).
 Numbers on these chorales are not comparable with the standard JSB split
 (configs/vrnn_jsb.py).
+
+Measured (2-core CPU shared with other jobs, load average 7-9; first run with the corpus
+already cached): train.py 1500 steps + eval.py = 2 min 57 s wall; test split (87 pieces,
+4002 frames): nll_per_frame 7.47 (IW, k = 100), neg_elbo_per_frame 7.79 (recon 5.32 +
+kl 2.47), baseline_nll_per_frame 11.56, i.e. nll / baseline = 0.65.
 """
 
 from configs import base

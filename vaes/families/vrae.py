@@ -337,7 +337,7 @@ def save_images(ctx, host_batch):
   recon = jax.device_get(recon_fn(variables, batch, jax.random.fold_in(rng, 2)))
   paths = {}
   if model.likelihood == 'gaussian':
-    m = mask[..., None]
+    m = np.where(mask[..., None] > 0, 1.0, np.nan)     # padding is not drawn
     paths['samples'] = plotting.save_line_plots(
         prefix + 'samples.png', gen['x'], titles=[f'prior sample {i}' for i in range(n)])
     paths['imputation'] = plotting.save_line_plots(

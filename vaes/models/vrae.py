@@ -22,7 +22,8 @@ with three GRUs whose states summarise exactly the conditioning sets:
 Likelihoods p(x_t | .): 'bernoulli' (x in {0,1}^P, logits), 'gaussian' (diagonal, mean and
 log-variance), 'categorical' (x an int token in [0, K), logits).
 
-Every time loop is one `nn.scan` (compiled once whatever T), time-major inside. All noise
+Every time loop is one `nn.scan` (compiled once whatever T), time-major inside ('global'
+runs two in sequence: the encoder pass over x_1:T must finish before z exists). All noise
 is drawn before the scan: `step_noise(rng, T, shape)` gives a (T, ...) array whose slice t
 comes from `fold_in(rng, t)`, so no two steps share noise and a frame's noise does not
 depend on T (padding). Where mask_t = 0 every recurrent state, z_{t-1} and x_{t-1} are
