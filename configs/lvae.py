@@ -9,7 +9,13 @@ the default that runs anywhere in minutes, no download.
 batch norm, KL warm-up over the first quarter of training, Bernoulli p(x | z_1).
 The eval split (297 images) is binarised once with a fixed seed; the NLL uses
 1000 importance samples.
-Measured on a shared 2-core CPU: see the README / the commit that tuned it.
+
+Measured (2-core CPU shared with other jobs, load average 6-9, 6000 steps):
+train + eval 2 min 19 s wall (1 min 30 s CPU); test neg_elbo 22.50, nll 22.09 nats
+(0.498 bits/dim); KL per layer 2.20 / 2.26 / 0.86 nats, active units 16 / 6 / 2 of
+16 / 8 / 4: all three layers are used. configs/hvae.py (same settings, bottom-up
+inference): 2 min 09 s; neg_elbo 22.71, nll 22.24; KL 2.46 / 2.49 / 0.73; active
+units 16 / 6 / 3.
 """
 
 from configs import base

@@ -357,10 +357,14 @@ def _save_images(ctx, model, likelihood, x_shape, host_batch):
   n = int(ctx.config.eval.num_images)
   rng_s, rng_r = jax.random.split(jax.random.fold_in(ctx.rng, 1 << 30))
   samples, reconstructions = _jitted_image_fns(model, likelihood, x_shape, n)
+  # Only process 0 draws pictures: on a local copy of the (replicated) variables, so that
+  # no computation spans processes.
+  variables = jax.tree.map(
+      lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, ctx.variables)
   prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
-  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(ctx.variables, rng_s)))
-  x = np.asarray(host_batch['image'])[:max(1, n // 2)]
-  recon = np.asarray(reconstructions(ctx.variables, jnp.asarray(x), rng_r))
+  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(variables, rng_s)))
+  x = np.asarray(host_batch['image'])[np.asarray(host_batch['valid'])][:max(1, n // 2)]
+  recon = np.asarray(reconstructions(variables, jnp.asarray(x), rng_r))
   pairs = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])   # data, recon, data, ...
   ncols = 2 * max(1, math.ceil(math.sqrt(len(x) / 2)))   # square grid of pairs
   save_image_grid(prefix + 'reconstructions.png', pairs, ncols=ncols)
