@@ -363,3 +363,26 @@ def test_config_errors_name_the_field():
   config = load_config('configs/lvae.py', {'model.block': 'conv', 'model.strides': (2,)})
   with pytest.raises(ConfigError, match='strides'):
     family.validate_config(config)
+
+
+@pytest.mark.parametrize('path,layers', [('configs/lvae_mnist.py', 5),
+                                         ('configs/lvae_omniglot.py', 5),
+                                         ('configs/vae_mnist.py', 1)])
+def test_paper_configs_build_with_their_data_shapes(path, layers):
+  """Paper configs (TFDS data, not needed here): model, loss and eval shapes, traced only."""
+  config = load_config(path)
+  fam = get_family(config.model.name)
+  fam.validate_config(config)
+  info = {'shape': (28, 28, 1), 'num_levels': 2, 'num_train': 60000}
+  model = fam.build_model(config, info)
+  batch = {'image': jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.float32)}
+  variables = jax.eval_shape(lambda b: fam.init_variables(model, jax.random.PRNGKey(0), b), batch)
+  params = variables.pop('params')
+  n_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+  assert 1e6 < n_params < 5e6
+  assert len(model.latent_sizes) == layers and 'batch_stats' in variables
+  loss_fn = fam.make_loss_fn(config, model, info)
+  loss, (metrics, _) = jax.eval_shape(loss_fn, params, variables, batch, jax.random.PRNGKey(0), 0)
+  assert loss.shape == () and f'kl_layer_{layers}' in metrics
+  assert family._warmup_steps(config, info) == 200 * (60000 // 256)   # 200 epochs
+  assert config.eval.num_importance_samples == 5000 and config.learning_rate == 2e-4
