@@ -14,6 +14,12 @@ overflows are the most common source of dead codes and NaNs). The lookup is
 `one_hot(k*) @ codebook`, a matmul, whose backward is a matmul too, instead of
 a gather whose backward is a collision-heavy scatter-add (50x slower on GPU, see
 REFERENCE.md).
+
+Behind the same interface (`__call__(z_e, update_ema) -> dict(z_q, indices,
+one_hot, codebook_loss, commitment_loss, perplexity, restarted_codes)` and
+`embed(indices) -> z_q`): `VectorQuantizer` (with k-means initialisation,
+dead-code restarts, cosine codes and a projected lookup space), `FSQ` and
+`ResidualVQ`; `build_quantizer` / `make_quantizer` choose one by config.
 """
 
 import math
