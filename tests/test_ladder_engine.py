@@ -32,7 +32,8 @@ def test_lvae_cli_train_then_eval_smoke(tmp_path):
   for key in keys:
     assert isinstance(metrics[key], float) and np.isfinite(metrics[key]), key
   assert metrics['nll'] <= metrics['neg_elbo']
-  assert metrics['active_units'] == metrics['active_units_layer_1'] + metrics['active_units_layer_2']
+  assert metrics['active_units'] == (metrics['active_units_layer_1']
+                                     + metrics['active_units_layer_2'])
   assert 0 <= metrics['active_units'] <= 7
   assert metrics['bits_per_dim'] == pytest.approx(metrics['nll'] / (64 * np.log(2)), rel=1e-5)
   for name in ('eval_prior_samples.png', 'eval_reconstructions.png'):
