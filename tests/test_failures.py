@@ -306,3 +306,37 @@ def test_bad_first_batch_stops_training_before_any_update(tmp_path, monkeypatch)
     train_and_evaluate(load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=2)),
                        str(tmp_path / 'run'))
   assert not glob.glob(os.path.join(str(tmp_path / 'run'), 'checkpoints', '[0-9]*'))
+
+
+def test_gradient_norm_threshold_skips_large_updates():
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, skip_grad_norm_above=1e-6))
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  before = jax.device_get(state.params)
+  state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(0)))
+  assert float(metrics['grad_norm']) > 1e-6 and float(metrics['skipped_update']) == 1.0
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state.params))):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_disk_full_while_saving_is_a_clear_error_and_keeps_earlier_checkpoints(
+    tmp_path, monkeypatch):
+  import errno
+  import orbax.checkpoint as ocp
+  wd = str(tmp_path / 'run')
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=4,
+                                                checkpoint_every_steps=2))
+  real_save = ocp.CheckpointManager.save
+
+  def save(self, step, *a, **k):
+    if step >= 4:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_save(self, step, *a, **k)
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
+  with pytest.raises(CheckpointError, match='No space left on device.*Earlier checkpoints are '
+                     'intact; free disk space'):
+    train_and_evaluate(config, wd)
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', real_save)
+  state, step = _state(config, wd)
+  assert step == 2 and int(state.step) == 2
