@@ -125,6 +125,7 @@ def _recon_terms(out, x, likelihood, train_variance, num_levels):
 
 
 def make_loss_fn(config, model, data_info):
+  """The VQ-VAE objective; also serves VQ-VAE-2, whose output has per-level 'levels'."""
   likelihood = config.model.likelihood
   variance = float(data_info['train_variance'])
   levels = int(data_info.get('num_levels', 256))
@@ -146,7 +147,12 @@ def make_loss_fn(config, model, data_info):
         loss=loss, recon_loss=recon, recon_mse=jnp.mean(sq_err),
         normalized_mse=jnp.mean(sq_err) / variance,
         codebook_loss=out['codebook_loss'], commitment_loss=out['commitment_loss'],
-        perplexity=out['perplexity'], restarted_codes=out['restarted_codes'])
+        restarted_codes=out['restarted_codes'])
+    if 'levels' in out:  # VQ-VAE-2: one codebook per level
+      for l, o in enumerate(out['levels']):
+        metrics[f'perplexity_level_{l}'] = o['perplexity']
+    else:
+      metrics['perplexity'] = out['perplexity']
     return loss, (metrics, new_state)
 
   return loss_fn

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaes import plotting
+from vaes.families import vqvae as _vqvae_family
 from vaes.families.vqvae import (LIKELIHOODS, _recon_terms, code_stages, codebook_size,
                                  compute_dtype, quantizer_kw, validate_quantizer_config)
 from vaes.models.vqvae2 import VQVAE2
@@ -63,32 +64,7 @@ def init_variables(model, rng, batch):
   return model.init({'params': rng}, batch['image'], train=False)
 
 
-def make_loss_fn(config, model, data_info):
-  likelihood = config.model.likelihood
-  variance = float(data_info['train_variance'])
-  levels = int(data_info.get('num_levels', 256))
-
-  def loss_fn(params, model_state, batch, rng, step):
-    del step
-    x = batch['image']
-    variables = {'params': params, **model_state}
-    if model_state:
-      out, new_state = model.apply(variables, x, train=True, mutable=list(model_state),
-                                   rngs={'vq': rng})
-    else:
-      out, new_state = model.apply(variables, x, train=True, rngs={'vq': rng}), model_state
-    nll, sq_err, _ = _recon_terms(out, x, likelihood, variance, levels)
-    recon = jnp.mean(nll)
-    loss = recon + out['codebook_loss'] + out['commitment_loss']
-    metrics = dict(
-        loss=loss, recon_loss=recon, recon_mse=jnp.mean(sq_err),
-        normalized_mse=jnp.mean(sq_err) / variance, codebook_loss=out['codebook_loss'],
-        commitment_loss=out['commitment_loss'], restarted_codes=out['restarted_codes'])
-    for l, o in enumerate(out['levels']):
-      metrics[f'perplexity_level_{l}'] = o['perplexity']
-    return loss, (metrics, new_state)
-
-  return loss_fn
+make_loss_fn = _vqvae_family.make_loss_fn  # the same objective; per-level perplexities
 
 
 def evaluate(ctx):
