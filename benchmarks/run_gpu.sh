@@ -18,6 +18,7 @@ run --config=configs/vqvae_cifar10_sonnet.py --config.batch_size=128 --config.co
 run --config=configs/vqvae_cifar10_sonnet.py --config.batch_size=128 --config.compute_dtype=float32
 run --config=configs/vqvae2_256.py --config.batch_size=128 --config.compute_dtype=bfloat16
 for T in 128 32 512 1024; do
+  run --config=benchmarks/configs/vrnn_bench.py --config.data.path=.bench/fake_jsb.pkl --config.data.max_len=$T --config.compute_dtype=float32 --config.model.unroll=1
   run --config=benchmarks/configs/vrnn_bench.py --config.data.path=.bench/fake_jsb.pkl --config.data.max_len=$T
 done
 [ -f configs/lvae_mnist.py ] && run --config=configs/lvae_mnist.py
