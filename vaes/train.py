@@ -6,6 +6,7 @@ Data flows one way: config -> data iterator -> loss_fn (model.apply) inside the
 jitted step -> metrics / checkpoints.
 """
 
+import collections
 import dataclasses
 import itertools
 import os
@@ -208,7 +209,6 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
 
 def prefetch_to_device(iterator, put, size=2):
   """Keeps `size` batches in flight on the devices (transfers are asynchronous)."""
-  import collections
   queue = collections.deque()
   for batch in iterator:
     queue.append(put(batch))
