@@ -18,30 +18,16 @@ prior_nll_per_code 3.496 (bottom) and 3.784 (top) nats vs log 64 = 4.159.
 Samples are less often recognisable digits than the one-level model's.
 """
 
-from configs import base
+from configs import vqvae
 
 
 def get_config():
-  c = base.get_base_config()
-  c.batch_size = 64
-  c.num_train_steps = 3000
-  c.log_every_steps = 250
-  c.eval_every_steps = 1500
-  c.checkpoint_every_steps = 1000
-  c.learning_rate = 1e-3
-
+  """The one-level digits config (configs/vqvae.py) with two levels of codes."""
+  c = vqvae.get_config()
   c.model.name = 'vqvae2'
-  c.model.hidden = 64
-  c.model.res_hidden = 32
-  c.model.num_res_blocks = 2
+  del c.model['num_downsamples']      # per level: bottom_downsamples, then one per level
   c.model.num_levels = 2
   c.model.bottom_downsamples = 1
-  c.model.num_codes = 64
-  c.model.code_dim = 16
-  c.model.beta = 0.25
-  c.model.use_ema = True
-  c.model.ema_decay = 0.99
-  c.model.ema_eps = 1e-5
   c.model.likelihood = 'logistic'
   # Quantiser and codebook health (see vaes/quantizers.py).
   c.model.quantizer = 'vq'            # 'vq' | 'fsq' | 'rvq' (not for VQ-VAE-2)
@@ -53,11 +39,4 @@ def get_config():
   c.model.restart_after = 0           # >0: re-seed codes unused for this many steps
   c.model.cosine = False
   c.model.lookup_dim = 0
-
-  c.data.name = 'digits'
-  c.data.image_size = 8
-  c.data.resize = 'pad'
-  c.data.binarize = 'none'
-
-  c.eval.batch_size = 128
   return c

@@ -74,6 +74,15 @@ class Decoder(nn.Module):
     return h.astype(jnp.float32)
 
 
+def quantizer_from_fields(model):
+  """The quantiser that a VQ model's fields describe (num_codes, code_dim, beta, the
+  EMA settings and `quantizer_kw`); call it in `setup`, once per codebook."""
+  kw = dict(beta=model.beta, use_ema=model.use_ema, ema_decay=model.ema_decay,
+            ema_eps=model.ema_eps)
+  kw.update(dict(model.quantizer_kw))
+  return build_quantizer(num_codes=model.num_codes, code_dim=model.code_dim, **kw)
+
+
 class VQVAE(nn.Module):
   """x -> z_e(x) -> z_q = e_{k*} -> decoder output (likelihood parameters).
 
@@ -99,10 +108,7 @@ class VQVAE(nn.Module):
   def setup(self):
     self.encoder = Encoder(self.hidden, self.res_hidden, self.num_res_blocks,
                            self.num_downsamples, self.code_dim, self.dtype)
-    kw = dict(beta=self.beta, use_ema=self.use_ema, ema_decay=self.ema_decay,
-              ema_eps=self.ema_eps)
-    kw.update(dict(self.quantizer_kw))
-    self.quantizer = build_quantizer(num_codes=self.num_codes, code_dim=self.code_dim, **kw)
+    self.quantizer = quantizer_from_fields(self)
     out = self.image_channels * (2 if self.likelihood == 'logistic' else 1)
     self.decoder = Decoder(self.hidden, self.res_hidden, self.num_res_blocks,
                            self.num_downsamples, out, self.dtype)

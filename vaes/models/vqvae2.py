@@ -21,8 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vaes.models.vqvae import Decoder, Encoder
-from vaes.quantizers import build_quantizer
+from vaes.models.vqvae import Decoder, Encoder, quantizer_from_fields
 
 
 class Upsample(nn.Module):
@@ -65,11 +64,7 @@ class VQVAE2(nn.Module):
                 self.bottom_downsamples if l == 0 else 1, self.hidden, self.dtype)
         for l in range(n)]
     self.pre_quant = [nn.Conv(self.code_dim, (1, 1), dtype=self.dtype) for _ in range(n)]
-    kw = dict(beta=self.beta, use_ema=self.use_ema, ema_decay=self.ema_decay,
-              ema_eps=self.ema_eps)
-    kw.update(dict(self.quantizer_kw))
-    self.quantizers = [build_quantizer(num_codes=self.num_codes, code_dim=self.code_dim, **kw)
-                       for _ in range(n)]
+    self.quantizers = [quantizer_from_fields(self) for _ in range(n)]
     self.top_down = [Decoder(self.hidden, self.res_hidden, self.num_res_blocks, 1,
                              self.code_dim, self.dtype) for _ in range(n - 1)]
     self.upsamplers = [Upsample(self.code_dim, l, self.dtype) for l in range(1, n)]
