@@ -95,10 +95,15 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
   info, spec, make_batch = synthetic_inputs(config)
   trainer = build_trainer(config, info, spec)
   state = trainer.init_fn()
-  batch = trainer.put(make_batch(config.batch_size // jax.process_count()))
+  host_batch = make_batch(config.batch_size // jax.process_count())
+  k = config.steps_per_dispatch    # train steps per jitted call
+  if k == 1:
+    batch, step_fn = trainer.put(host_batch), trainer.train_step
+  else:
+    batch, step_fn = trainer.put_stacked([host_batch] * k), trainer.multi_step
 
   t0 = time.perf_counter()
-  compiled = trainer.train_step.lower(state, batch).compile()
+  compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
 
   for _ in range(max(warmup, 1)):
@@ -110,13 +115,17 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
     for _ in range(steps_per_repeat):
       state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
-    times.append((time.perf_counter() - t0) / steps_per_repeat)
+    times.append((time.perf_counter() - t0) / (steps_per_repeat * k))
   step_s = statistics.median(times)
 
   device = jax.devices()[0]
+  # XLA's FLOP estimate of one step. It counts a loop body once, not once per trip,
+  # so for k > 1 it is read from the single step's compilation.
   flops = None
   try:
-    cost = compiled.cost_analysis()
+    single = compiled if k == 1 else trainer.train_step.lower(
+        state, trainer.put(host_batch)).compile()
+    cost = single.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get('flops', 0.0)) or None
   except Exception:  # pylint: disable=broad-except
@@ -137,18 +146,19 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
       'jax_version': jax.__version__,
       'compute_dtype': config.compute_dtype,
       'batch_size': b,
+      'steps_per_dispatch': k,
       'ms_per_step': step_s * 1e3,
       'examples_per_sec': b / step_s,
       'compile_s': compile_s,
       'peak_memory_gib': peak_mem / 2**30 if peak_mem else None,
-      'loss': float(np.asarray(jax.device_get(metrics['loss']))),
+      'loss': float(np.ravel(jax.device_get(metrics['loss']))[-1]),
   }
   if 'mask' in spec or info.get('kind') == 'sequence':
     seq_len = spec['x'][0][0]
     result['seq_len'] = int(seq_len)
     result['frames_per_sec'] = b * seq_len / step_s
   if flops:
-    # XLA's estimate for the whole step (per device for a sharded program).
+    # Per device for a sharded program.
     per_example = flops * jax.device_count() / b
     result['gflops_per_example'] = per_example / 1e9
     peak = PEAK_FLOPS.get(device.device_kind, {}).get(config.compute_dtype)

@@ -21,9 +21,17 @@ def run(config, num_devices, steps):
   state = trainer.init_fn()
   batches = splits.train.iterate(0)
   metrics = []
-  for _ in range(steps):
-    state, m = trainer.train_step(state, trainer.put(next(batches)))
-    metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
+  k = config.steps_per_dispatch   # > 1: groups of k steps through trainer.multi_step
+  if steps % k:
+    raise ValueError(f'--steps={steps} is not a multiple of steps_per_dispatch={k}')
+  for _ in range(steps // k):
+    if k == 1:
+      state, m = trainer.train_step(state, trainer.put(next(batches)))
+      metrics.append({name: float(v) for name, v in jax.device_get(m).items()})
+    else:
+      state, m = trainer.multi_step(state, trainer.put_stacked([next(batches) for _ in range(k)]))
+      m = jax.device_get(m)
+      metrics += [{name: float(v[i]) for name, v in m.items()} for i in range(k)]
   leaves = jax.tree_util.tree_flatten_with_path(
       jax.device_get({'params': state.params, 'model_state': state.model_state}))[0]
   return {

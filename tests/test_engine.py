@@ -13,7 +13,7 @@ from tests.helpers import (PYTHON, REPO, load_config, read_eval_metrics, run_cli
                            subprocess_env)
 from vaes import data as data_lib
 from vaes.checkpoint import Checkpointer
-from vaes.train import build_trainer, train_and_evaluate
+from vaes.train import build_trainer, dispatch_sizes, train_and_evaluate
 
 TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16,
            'eval.batch_size': 128}
@@ -138,3 +138,41 @@ def test_batch_not_divisible_by_devices_fails_before_compilation(tmp_path):
                  dict(TINY_VQ, batch_size=30), num_devices=8, check=False)
   assert proc.returncode == 2
   assert 'config.batch_size=30 is not divisible by the 8 devices' in proc.stderr
+
+
+def test_dispatch_groups_never_cross_log_eval_or_checkpoint_steps():
+  config = load_config('configs/vqvae.py', dict(
+      steps_per_dispatch=4, num_train_steps=45, log_every_steps=10,
+      checkpoint_every_steps=15, eval_every_steps=25))
+  for start in (0, 7, 30):
+    sizes = list(dispatch_sizes(start, config))
+    ends = set(start + np.cumsum(sizes))
+    assert set(sizes) <= {1, 4} and max(ends) == 45
+    events = {s for s in range(start + 1, 46) if s % 10 == 0 or s % 15 == 0 or s % 25 == 0}
+    assert events <= ends, (start, sizes)
+  assert list(dispatch_sizes(0, config))[:3] == [4, 4, 1]    # 4, 8, then 9, 10 singly
+
+
+def test_steps_per_dispatch_trains_like_single_steps(tmp_path):
+  """Groups of 3 steps per jitted call (lax.scan) give the single-step run's state and
+  logged metrics; log and checkpoint steps 4 and 8 force dispatches of 3, 1, 3, 1."""
+  base = dict(TINY_VQ, num_train_steps=8, checkpoint_every_steps=4, log_every_steps=4,
+              eval_every_steps=0)
+  runs = {}
+  for k in (1, 3):
+    config = load_config('configs/vqvae.py', dict(base, steps_per_dispatch=k))
+    wd = str(tmp_path / f'k{k}')
+    train_and_evaluate(config, wd)
+    state, step = _latest_state(config, wd)
+    with open(os.path.join(wd, 'metrics.jsonl')) as f:
+      logged = {r['step']: r for r in map(json.loads, f) if 'loss' in r}
+    runs[k] = step, jax.device_get((state.params, state.model_state, state.opt_state)), logged
+  assert list(dispatch_sizes(0, config)) == [3, 1, 3, 1]
+  assert runs[1][0] == runs[3][0] == 8
+  for x, y in zip(jax.tree.leaves(runs[1][1]), jax.tree.leaves(runs[3][1])):
+    np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+  assert sorted(runs[1][2]) == sorted(runs[3][2]) == [4, 8]
+  for s in (4, 8):   # the mean over the same 4 steps, whether they came as 3 + 1 or 1 x 4
+    for name in ('loss', 'grad_norm', 'perplexity'):
+      np.testing.assert_allclose(runs[3][2][s][name], runs[1][2][s][name], rtol=1e-5,
+                                 err_msg=f'{name} at step {s}')

@@ -13,6 +13,8 @@ def test_vqvae_ema_step_same_on_1_and_8_devices(tmp_path):
 
 
 def test_vqvae_gradient_codebook_same_on_1_and_8_devices(tmp_path):
+  # Three steps in one dispatch (lax.scan over stacked batches sharded P(None, 'data')).
   assert_same_on_1_and_8_devices(
       'configs/vqvae.py', {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8,
-                           'model.use_ema': False}, tmp_path, num_steps=3)
+                           'model.use_ema': False, 'steps_per_dispatch': 3}, tmp_path,
+      num_steps=3)

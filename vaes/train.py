@@ -71,6 +71,10 @@ def validate_config(config, family=None, num_devices=None):
   if config.compute_dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f"config.compute_dtype='{config.compute_dtype}': choose 'float32' or "
                       "'bfloat16'.")
+  k = config.steps_per_dispatch
+  if not isinstance(k, int) or k <= 0:
+    raise ConfigError(f'config.steps_per_dispatch={k!r}: must be a positive integer '
+                      '(1 = one train step per jitted call).')
   if config.max_consecutive_skips <= 0:
     raise ConfigError(f'config.max_consecutive_skips={config.max_consecutive_skips}: must be '
                       'a positive integer.')
@@ -131,12 +135,23 @@ class Trainer:
   init_fn: Callable             # () -> TrainState, born sharded
   train_step: Callable          # (state, batch) -> (state, metrics), jitted, state donated
   abstract_state: Any
+  # (state, batches) -> (state, metrics): len(batches) steps in one jitted call, a
+  # `lax.scan` of the same step over batches stacked on a leading axis; metrics
+  # come back stacked. See `config.steps_per_dispatch`.
+  multi_step: Callable = None
+  stacked_sharding: Any = None
 
   def put(self, batch):
     """Host-local numpy batch -> global arrays sharded along 'data'."""
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)),
         batch)
+
+  def put_stacked(self, batches):
+    """A list of host-local batches -> global arrays [len, batch, ...] for `multi_step`."""
+    return jax.tree.map(
+        lambda *xs: jax.make_array_from_process_local_data(self.stacked_sharding, np.stack(xs)),
+        *batches)
 
 
 def example_batch_from_spec(spec, batch_size):
@@ -203,15 +218,46 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
 
   step_fn = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  stacked_sharding = NamedSharding(mesh, P(None, 'data'))
+  multi_step_fn = jax.jit(lambda state, batches: jax.lax.scan(train_step, state, batches),
+                          in_shardings=(state_sharding, stacked_sharding),
+                          out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   return Trainer(config, family, model, data_info, mesh, tx, state_sharding, batch_sharding,
-                 init_fn, step_fn, abstract_state)
+                 init_fn, step_fn, abstract_state, multi_step_fn, stacked_sharding)
 
 
-def prefetch_to_device(iterator, put, size=2):
-  """Keeps `size` batches in flight on the devices (transfers are asynchronous)."""
+def dispatch_sizes(start_step, config):
+  """Steps per jitted call from `start_step` to the end: `config.steps_per_dispatch`
+  where a whole group fits before the next log / evaluation / checkpoint step, single
+  steps otherwise, so those events happen at exactly the same steps for any value."""
+  k = config.steps_per_dispatch
+  intervals = [config.log_every_steps, config.checkpoint_every_steps]
+  if config.eval_every_steps:
+    intervals.append(config.eval_every_steps)
+  step = start_step
+  while step < config.num_train_steps:
+    next_event = min([config.num_train_steps] + [(step // n + 1) * n for n in intervals])
+    n = k if next_event - step >= k else 1
+    yield n
+    step += n
+
+
+def device_batches(host_batches, sizes, trainer, prefetch=2):
+  """Yields (n, device batch) for each n of `sizes`: one batch for n == 1, n stacked
+  batches otherwise; `prefetch` dispatches' batches are kept in flight on the devices
+  (the transfers are asynchronous)."""
+  def grouped():
+    for n in sizes:
+      group = list(itertools.islice(host_batches, n))
+      yield n, (trainer.put(group[0]) if n == 1 else trainer.put_stacked(group))
+  return _read_ahead(grouped(), prefetch)
+
+
+def _read_ahead(iterator, size):
+  """Yields the items of `iterator`, keeping `size` more already produced."""
   queue = collections.deque()
-  for batch in iterator:
-    queue.append(put(batch))
+  for item in iterator:
+    queue.append(item)
     if len(queue) > size:
       yield queue.popleft()
   while queue:
@@ -278,13 +324,18 @@ def train_and_evaluate(config, workdir):
     print(f'{config.model.name} on {config.data.name}: {n_params:,} parameters, '
           f'{jax.device_count()} device(s) ({jax.devices()[0].platform}), '
           f'{jax.process_count()} process(es), global batch {config.batch_size}.', flush=True)
+    if config.steps_per_dispatch > 1 and jax.devices()[0].platform == 'cpu':
+      print(f'Note: config.steps_per_dispatch={config.steps_per_dispatch} on the CPU. XLA:CPU '
+            'runs weight-gradient convolutions inside loops through a slow generic kernel '
+            '(measured 15-35x slower per step); 1 is faster there.', flush=True)
 
   writer = MetricWriter(workdir, enabled=is_main)
   progress = Progress(start_step, config.num_train_steps, enabled=is_main)
   host_batches = splits.train.iterate(start_step)
   first = next(host_batches)
   data_lib.validate_batch(first, splits.train.element_spec, splits.info)
-  batches = prefetch_to_device(itertools.chain([first], host_batches), trainer.put)
+  batches = device_batches(itertools.chain([first], host_batches),
+                           dispatch_sizes(start_step, config), trainer)
   eval_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
   image_dir = os.path.join(workdir, 'images') if is_main else None
   pending, last = [], {}
@@ -303,8 +354,12 @@ def train_and_evaluate(config, workdir):
     with _Preemption() as preempt:
       step = start_step
       while step < config.num_train_steps:
-        state, metrics = trainer.train_step(state, next(batches))
-        step += 1
+        n, batch = next(batches)
+        if n == 1:
+          state, metrics = trainer.train_step(state, batch)
+        else:
+          state, metrics = trainer.multi_step(state, batch)   # metrics stacked [n]
+        step += n
         pending.append(metrics)
         progress.update(step)
         last_step = step == config.num_train_steps
@@ -312,7 +367,8 @@ def train_and_evaluate(config, workdir):
         if step % config.log_every_steps == 0 or last_step:
           fetched = jax.device_get(pending)
           pending = []
-          last = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          last = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in fetched])))
+                  for k in fetched[0]}
           now = time.time()
           last['steps_per_sec'] = (step - step_log) / max(now - t_log, 1e-9)
           last['skipped_updates_total'] = float(jax.device_get(state.skipped_updates))
