@@ -6,8 +6,9 @@
 Prints one JSON line per run: device kind, batch size, examples/s (and frames/s
 for sequences), ms per step (median over timed windows after warm-up, the device
 synchronised at the end of each window), compile time, peak device memory where
-the backend reports it, and XLA's FLOP estimate per example with the fraction of
-the device's peak it reaches. The step is exactly `vaes.train.build_trainer`'s:
+the backend reports it, the compiled step's temporary memory (XLA's buffer
+assignment: activations kept for the backward pass, scratch), and XLA's FLOP
+estimate per example with the fraction of the device's peak it reaches. The step is exactly `vaes.train.build_trainer`'s:
 forward, backward, optimiser update, donated state.
 """
 
@@ -43,53 +44,10 @@ PEAK_FLOPS = {
 }
 
 
-def synthetic_inputs(config):
-  """(data_info, element_spec, make_batch) for random data of the config's shapes.
-
-  Uses the dataset builder when its data is at hand (embedded data); for a TFDS
-  dataset whose files are absent, the shapes come from the TFDS spec table."""
-  import numpy as np
-  from vaes import data as data_lib
-  try:
-    splits = data_lib.get_datasets(config)
-    info, spec = splits.info, splits.train.element_spec
-  except (data_lib.DataError, ImportError):  # TFDS files (or TensorFlow) not at hand
-    from vaes.data import tfds_data
-    if config.data.name not in tfds_data.SPECS:
-      raise
-    ds = tfds_data.SPECS[config.data.name]
-    size = config.data.get('image_size', ds.image_size)
-    shape = (size, size, 1 if ds.grey_inverted else ds.native_shape[2])
-    binary = ds.binary or config.data.get('binarize', 'none') != 'none'
-    info = {'kind': 'image', 'shape': shape, 'num_levels': 2 if binary else 256,
-            'train_variance': 0.06, 'num_train': 50_000, 'num_eval': 10_000}
-    spec = {'image': (shape, np.float32)}
-  rng = np.random.default_rng(0)
-  levels = info.get('num_levels', 256)
-
-  def make_batch(batch_size):
-    batch = {}
-    for k, (shape, dtype) in spec.items():
-      shape = (batch_size,) + tuple(shape)
-      if np.issubdtype(dtype, np.floating):
-        if k == 'mask':
-          batch[k] = np.ones(shape, dtype)
-        elif info.get('kind') == 'image' or k == 'x':
-          steps = max(levels - 1, 1)
-          batch[k] = (rng.integers(0, steps + 1, shape) / steps).astype(dtype)
-        else:
-          batch[k] = rng.normal(size=shape).astype(dtype)
-      elif dtype == np.bool_:
-        batch[k] = np.ones(shape, dtype)
-      else:
-        batch[k] = np.zeros(shape, dtype)
-    return batch
-  return info, spec, make_batch
-
-
 def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
   import jax
   import numpy as np
+  from benchmarks.synthetic import synthetic_inputs
   from vaes.train import build_trainer
 
   info, spec, make_batch = synthetic_inputs(config)
@@ -130,6 +88,11 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
     flops = float(cost.get('flops', 0.0)) or None
   except Exception:  # pylint: disable=broad-except
     flops = None
+  temp_mem = None   # XLA's buffer assignment: activations and scratch of one call
+  try:
+    temp_mem = compiled.memory_analysis().temp_size_in_bytes
+  except Exception:  # pylint: disable=broad-except
+    temp_mem = None
   peak_mem = None
   try:
     stats = device.memory_stats() or {}
@@ -151,6 +114,7 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
       'examples_per_sec': b / step_s,
       'compile_s': compile_s,
       'peak_memory_gib': peak_mem / 2**30 if peak_mem else None,
+      'temp_memory_gib': temp_mem / 2**30 if temp_mem else None,
       'loss': float(np.ravel(jax.device_get(metrics['loss']))[-1]),
   }
   if 'mask' in spec or info.get('kind') == 'sequence':

@@ -32,3 +32,23 @@ def test_benchmark_prints_valid_json():
     assert result['gflops_per_example'] > 0
   # FLOPs are per step, whatever the grouping (XLA counts a loop body once).
   assert abs(grouped['gflops_per_example'] / single['gflops_per_example'] - 1) < 1e-3
+
+
+def test_evaluation_benchmark_prints_valid_json():
+  cmd = [PYTHON, os.path.join(REPO, 'benchmarks', 'evaluation.py'),
+         f'--config={os.path.join(REPO, "configs", "lvae.py")}', '--num_examples=40',
+         '--config.eval.batch_size=16', '--config.eval.num_importance_samples=30',
+         '--config.eval.iw_chunk_size=8']
+  proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(1), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert result['num_examples'] == 40 and result['num_importance_samples'] == 30
+  assert result['eval_s'] > 0 and result['warmup_one_batch_s'] > 0
+  assert abs(result['importance_samples_per_sec'] * result['eval_s'] - 40 * 30) < 1e-6 * 1200
+  # The family's own evaluation ran: a finite IW bound no larger than the negative ELBO.
+  metrics = result['metrics']
+  assert metrics['num_importance_samples'] == 30
+  assert 0 < metrics['nll'] <= metrics['neg_elbo'] + 1e-4
