@@ -10,7 +10,6 @@ prints one JSON line: device kind, examples, the time of a one-batch warm-up
 where the config has them, importance samples/s. PNG grids are not drawn.
 """
 
-import json
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ FLAGS = flags.FLAGS
 
 def benchmark(config, num_examples):
   import jax
-  from benchmarks.synthetic import synthetic_inputs
+  from benchmarks.common import synthetic_inputs
   from vaes.data.core import ArrayEvalSource, ArrayTrainSource
   from vaes.registry import EvalContext
   from vaes.train import build_trainer
@@ -78,12 +77,8 @@ def benchmark(config, num_examples):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  result = benchmark(FLAGS.config, FLAGS.num_examples)
-  line = json.dumps(result)
-  print(line, flush=True)
-  if FLAGS.output:
-    with open(FLAGS.output, 'a', encoding='utf-8') as f:
-      f.write(line + '\n')
+  from benchmarks.common import emit
+  emit(benchmark(FLAGS.config, FLAGS.num_examples), FLAGS.output)
 
 
 if __name__ == '__main__':

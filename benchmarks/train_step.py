@@ -12,7 +12,6 @@ estimate per example with the fraction of the device's peak it reaches. The step
 forward, backward, optimiser update, donated state.
 """
 
-import json
 import os
 import statistics
 import sys
@@ -47,7 +46,7 @@ PEAK_FLOPS = {
 def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
   import jax
   import numpy as np
-  from benchmarks.synthetic import synthetic_inputs
+  from benchmarks.common import synthetic_inputs
   from vaes.train import build_trainer
 
   info, spec, make_batch = synthetic_inputs(config)
@@ -134,12 +133,8 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  result = benchmark(FLAGS.config, FLAGS.warmup, FLAGS.repeats, FLAGS.steps_per_repeat)
-  line = json.dumps(result)
-  print(line, flush=True)
-  if FLAGS.output:
-    with open(FLAGS.output, 'a', encoding='utf-8') as f:
-      f.write(line + '\n')
+  from benchmarks.common import emit
+  emit(benchmark(FLAGS.config, FLAGS.warmup, FLAGS.repeats, FLAGS.steps_per_repeat), FLAGS.output)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,6 @@
-"""Random data of a config's shapes, for the benchmarks."""
+"""What the benchmarks share: random data of a config's shapes, the JSON output."""
+
+import json
 
 
 def synthetic_inputs(config):
@@ -43,3 +45,12 @@ def synthetic_inputs(config):
         batch[k] = np.zeros(shape, dtype)
     return batch
   return info, spec, make_batch
+
+
+def emit(result, output=''):
+  """Prints `result` as one JSON line and, if `output` is set, appends it there."""
+  line = json.dumps(result)
+  print(line, flush=True)
+  if output:
+    with open(output, 'a', encoding='utf-8') as f:
+      f.write(line + '\n')
