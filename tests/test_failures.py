@@ -55,7 +55,8 @@ def _wait_for_checkpoint(workdir, proc, timeout=300):
 
 
 def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path):
-  overrides = dict(TINY_VQ, num_train_steps=100, checkpoint_every_steps=2, log_every_steps=50)
+  overrides = dict(TINY_VQ, num_train_steps=100, checkpoint_every_steps=10, log_every_steps=50,
+                   eval_every_steps=0)
   config = load_config('configs/vqvae.py', overrides)
   train_and_evaluate(config, str(tmp_path / 'full'))
 
