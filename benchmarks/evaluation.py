@@ -32,7 +32,7 @@ def benchmark(config, num_examples):
   from benchmarks.common import synthetic_inputs
   from vaes.data.core import ArrayEvalSource, ArrayTrainSource
   from vaes.registry import EvalContext
-  from vaes.train import build_trainer
+  from vaes.train import build_trainer, evaluate_family
 
   info, spec, make_batch = synthetic_inputs(config)
   info = dict(info, num_eval=num_examples)
@@ -49,7 +49,7 @@ def benchmark(config, num_examples):
                       rng=jax.random.PRNGKey(config.seed), put=trainer.put,
                       mesh=trainer.mesh, train_source=train)
     t0 = time.perf_counter()
-    metrics = trainer.family.evaluate(ctx)   # returns host floats: synchronised
+    metrics = evaluate_family(trainer.family, ctx)   # host floats: synchronised
     return time.perf_counter() - t0, metrics
 
   warmup_s, _ = run(min(num_examples, config.eval.batch_size))

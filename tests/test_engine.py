@@ -1,7 +1,10 @@
-"""The engine: resume, CLI smoke test, two processes on localhost, skipped updates."""
+"""The engine: resume, CLI smoke test, two processes on localhost, skipped updates,
+steps per dispatch, matmul precision."""
 
+import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 
@@ -13,7 +16,9 @@ from tests.helpers import (PYTHON, REPO, load_config, read_eval_metrics, run_cli
                            subprocess_env)
 from vaes import data as data_lib
 from vaes.checkpoint import Checkpointer
-from vaes.train import build_trainer, dispatch_sizes, train_and_evaluate
+from vaes.registry import EvalContext, get_family
+from vaes.train import (build_trainer, dispatch_sizes, evaluate_family,
+                        train_and_evaluate)
 
 TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16,
            'eval.batch_size': 128}
@@ -179,3 +184,32 @@ def test_steps_per_dispatch_trains_like_single_steps(tmp_path):
     for name in ('loss', 'grad_norm', 'perplexity'):
       np.testing.assert_allclose(runs[3][2][s][name], runs[1][2][s][name], rtol=1e-5,
                                  err_msg=f'{name} at step {s}')
+
+
+def _dot_precisions(lowered_text):
+  return re.findall(r'(?:dot_general|convolution)[^\n]*precision = \[(\w+),', lowered_text)
+
+
+@pytest.mark.parametrize('precision', ['default', 'highest'])
+def test_matmul_precision_reaches_every_matmul_of_the_train_step(precision):
+  config = load_config('configs/lvae.py', {'batch_size': 16, 'matmul_precision': precision})
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  text = trainer.train_step.lower(state, trainer.put(splits.train.batch(0))).as_text()
+  found = _dot_precisions(text)
+  assert len(found) > 10
+  assert set(found) == {precision.upper()}
+
+
+def test_evaluation_runs_at_eval_matmul_precision():
+  config = load_config('configs/lvae.py', {'batch_size': 16})
+  assert config.eval.matmul_precision == 'highest'
+  seen = []
+  family = dataclasses.replace(
+      get_family('lvae'), evaluate=lambda ctx: seen.append(
+          jax.config.jax_default_matmul_precision) or {})
+  evaluate_family(family, EvalContext(config, None, {}, [], {}, None, None, None))
+  config.eval.matmul_precision = 'default'
+  evaluate_family(family, EvalContext(config, None, {}, [], {}, None, None, None))
+  assert seen[0] == 'highest' and seen[1] in (None, 'default')

@@ -7,6 +7,7 @@ jitted step -> metrics / checkpoints.
 """
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -78,6 +79,10 @@ def validate_config(config, family=None, num_devices=None):
   if config.max_consecutive_skips <= 0:
     raise ConfigError(f'config.max_consecutive_skips={config.max_consecutive_skips}: must be '
                       'a positive integer.')
+  for field, value in (('matmul_precision', config.matmul_precision),
+                       ('eval.matmul_precision', config.eval.matmul_precision)):
+    if value not in MATMUL_PRECISIONS:
+      raise ConfigError(f'config.{field}={value!r}: choose one of {MATMUL_PRECISIONS}.')
   n = num_devices or jax.device_count()
   for field in ('batch_size',):
     if config[field] % n:
@@ -89,6 +94,16 @@ def validate_config(config, family=None, num_devices=None):
                       f'multiple of the {n} devices.')
   if family is not None and family.validate_config is not None:
     family.validate_config(config)
+
+
+MATMUL_PRECISIONS = ('default', 'high', 'highest')
+
+
+def matmul_precision(name):
+  """Context for the precision of float32 matmuls and convolutions traced inside it:
+  'default' keeps JAX's (TF32 on recent NVIDIA GPUs, one bfloat16 pass on TPUs),
+  'high' (TF32 / 3 bfloat16 passes), 'highest' (full float32)."""
+  return contextlib.nullcontext() if name == 'default' else jax.default_matmul_precision(name)
 
 
 def make_mesh(devices=None):
@@ -191,11 +206,14 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
   abstract_state = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, state_sharding)
 
+  precision = config.matmul_precision
+
   def train_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (metrics, new_model_state)), grads = grad_fn(
-        state.params, state.model_state, batch, rng, state.step)
+    with matmul_precision(precision):
+      (loss, (metrics, new_model_state)), grads = grad_fn(
+          state.params, state.model_state, batch, rng, state.step)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if max_skip_norm > 0:
@@ -271,7 +289,14 @@ def run_evaluation(trainer, state, splits, workdir, rng, image_dir=None, image_p
       eval_source=splits.eval, data_info=splits.info, rng=rng, put=trainer.put,
       mesh=trainer.mesh, step=int(state.step), image_dir=image_dir, image_prefix=image_prefix,
       train_source=splits.train)
-  return trainer.family.evaluate(ctx)
+  return evaluate_family(trainer.family, ctx)
+
+
+def evaluate_family(family, ctx):
+  """`family.evaluate(ctx)` at `config.eval.matmul_precision` (default 'highest':
+  reported likelihoods do not depend on the backend's fast float32 matmul modes)."""
+  with matmul_precision(ctx.config.eval.matmul_precision):
+    return family.evaluate(ctx)
 
 
 class _Preemption:
