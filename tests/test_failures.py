@@ -179,6 +179,12 @@ def test_restart_with_different_model_shape_is_refused(tmp_path):
   with pytest.raises(ConfigError, match=r'model\.num_codes: checkpoint 16 vs config 32'):
     train_and_evaluate(changed, wd)
   assert Checkpointer(wd).all_steps() == [2]  # nothing lost
+  # Implementation-only fields (same function and parameters) may change on resume.
+  faster = load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=4, eval_every_steps=0,
+                                                checkpoint_every_steps=2,
+                                                **{'model.upsample': 'phases'}))
+  train_and_evaluate(faster, wd)
+  assert Checkpointer(wd).all_steps()[-1] == 4
 
 
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
@@ -212,6 +218,8 @@ BAD_CONFIGS = [
     ('configs/vqvae.py', {'max_consecutive_skips': 0}, ConfigError,
      'config.max_consecutive_skips=0'),
     ('configs/vqvae.py', {'steps_per_dispatch': 0}, ConfigError, 'config.steps_per_dispatch=0'),
+    ('configs/vqvae2.py', {'model.upsample': 'deconv'}, ConfigError,
+     "config.model.upsample='deconv'"),
     ('configs/vqvae.py', {'matmul_precision': 'tf32'}, ConfigError,
      "config.matmul_precision='tf32'"),
     ('configs/vqvae.py', {'eval.matmul_precision': 'fp32'}, ConfigError,

@@ -23,6 +23,11 @@ class CheckpointError(RuntimeError):
   pass
 
 
+# Fields that choose how the same function is computed (speed and memory only); a
+# run may resume with other values.
+IMPLEMENTATION_FIELDS = frozenset({'model.unroll', 'model.remat', 'model.upsample'})
+
+
 def _shape_fields(config):
   """The config fields that determine parameter shapes (model.* and data.*)."""
   return {'model': config.model.to_dict(), 'data': config.data.to_dict()}
@@ -93,7 +98,8 @@ class Checkpointer:
       return
     now = _flatten(json.loads(json.dumps(_shape_fields(config))))
     then = _flatten({k: saved[k] for k in ('model', 'data') if k in saved})
-    diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    diff = sorted(k for k in set(now) | set(then)
+                  if now.get(k) != then.get(k) and k not in IMPLEMENTATION_FIELDS)
     if diff:
       details = ', '.join(f'{k}: checkpoint {then.get(k)!r} vs config {now.get(k)!r}'
                           for k in diff)

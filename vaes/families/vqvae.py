@@ -15,6 +15,7 @@ import numpy as np
 
 from vaes import distributions, plotting
 from vaes import quantizers
+from vaes.models.layers import IMPLEMENTATIONS as UPSAMPLE_IMPLEMENTATIONS
 from vaes.models.vqvae import VQVAE
 from vaes.registry import ConfigError, ModelFamily, register_family
 
@@ -33,6 +34,7 @@ def validate_config(config):
   for field in ('hidden', 'res_hidden', 'num_codes', 'code_dim'):
     if m[field] <= 0:
       raise ConfigError(f'config.model.{field}={m[field]}: must be a positive integer.')
+  validate_upsample(m)
   if m.num_res_blocks < 0 or m.num_downsamples < 0:
     raise ConfigError('config.model.num_res_blocks and num_downsamples must be >= 0.')
   if m.likelihood not in LIKELIHOODS:
@@ -40,6 +42,12 @@ def validate_config(config):
   if not 0.0 <= m.get('ema_decay', 0.99) < 1.0:
     raise ConfigError(f'config.model.ema_decay={m.ema_decay}: must be in [0, 1).')
   validate_quantizer_config(m)
+
+
+def validate_upsample(m):
+  if m.get('upsample', 'transpose') not in UPSAMPLE_IMPLEMENTATIONS:
+    raise ConfigError(f"config.model.upsample='{m.upsample}': choose one of "
+                      f'{UPSAMPLE_IMPLEMENTATIONS} (the same function; see vaes/models/layers.py).')
 
 
 def validate_quantizer_config(m):
@@ -93,7 +101,8 @@ def build_model(config, data_info):
       num_res_blocks=m.num_res_blocks, num_downsamples=m.num_downsamples,
       num_codes=m.num_codes, code_dim=m.code_dim, beta=m.beta,
       use_ema=m.use_ema, ema_decay=m.get('ema_decay', 0.99), ema_eps=m.get('ema_eps', 1e-5),
-      likelihood=m.likelihood, dtype=compute_dtype(config), quantizer_kw=quantizer_kw(m))
+      likelihood=m.likelihood, dtype=compute_dtype(config), quantizer_kw=quantizer_kw(m),
+      upsample=m.get('upsample', 'transpose'))
 
 
 def init_variables(model, rng, batch):

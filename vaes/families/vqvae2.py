@@ -16,7 +16,8 @@ import numpy as np
 from vaes import plotting
 from vaes.families import vqvae as _vqvae_family
 from vaes.families.vqvae import (LIKELIHOODS, _recon_terms, code_stages, codebook_size,
-                                 compute_dtype, quantizer_kw, validate_quantizer_config)
+                                 compute_dtype, quantizer_kw, validate_quantizer_config,
+                                 validate_upsample)
 from vaes.models.vqvae2 import VQVAE2
 from vaes.registry import ConfigError, ModelFamily, register_family
 
@@ -30,6 +31,7 @@ def validate_config(config):
   if m.likelihood not in LIKELIHOODS:
     raise ConfigError(f"config.model.likelihood='{m.likelihood}': choose one of {LIKELIHOODS}.")
   validate_quantizer_config(m)
+  validate_upsample(m)
   if code_stages(m) > 1:
     raise ConfigError("config.model.quantizer='rvq' is not offered for VQ-VAE-2; use 'vq' or "
                       "'fsq'.")
@@ -57,7 +59,8 @@ def build_model(config, data_info):
       bottom_downsamples=m.bottom_downsamples, num_codes=m.num_codes, code_dim=m.code_dim,
       beta=m.beta, use_ema=m.use_ema, ema_decay=m.get('ema_decay', 0.99),
       ema_eps=m.get('ema_eps', 1e-5), likelihood=m.likelihood, dtype=compute_dtype(config),
-      quantizer_kw=quantizer_kw(m))
+      quantizer_kw=quantizer_kw(m),
+      upsample=m.get('upsample', 'transpose'))
 
 
 def init_variables(model, rng, batch):

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vaes.models.layers import ConvTranspose4x4
 from vaes.quantizers import build_quantizer
 
 
@@ -58,6 +59,7 @@ class Decoder(nn.Module):
   num_upsamples: int
   out_channels: int
   dtype: Any = jnp.float32
+  upsample: str = 'transpose'   # ConvTranspose4x4 implementation (vaes/models/layers.py)
 
   @nn.compact
   def __call__(self, z_q):
@@ -66,7 +68,7 @@ class Decoder(nn.Module):
     for i in range(self.num_upsamples):
       last = i == self.num_upsamples - 1
       width = self.out_channels if last else self.hidden // 2
-      h = nn.ConvTranspose(width, (4, 4), strides=(2, 2), dtype=self.dtype)(h)
+      h = ConvTranspose4x4(width, self.upsample, self.dtype, name=f'ConvTranspose_{i}')(h)
       if not last:
         h = nn.relu(h)
     if self.num_upsamples == 0:
@@ -104,6 +106,7 @@ class VQVAE(nn.Module):
   dtype: Any = jnp.float32
   # Quantiser kind and codebook-health options (vaes.quantizers.quantizer_options).
   quantizer_kw: tuple = ()
+  upsample: str = 'transpose'   # ConvTranspose4x4 implementation: same function, speed only
 
   def setup(self):
     self.encoder = Encoder(self.hidden, self.res_hidden, self.num_res_blocks,
@@ -111,7 +114,7 @@ class VQVAE(nn.Module):
     self.quantizer = quantizer_from_fields(self)
     out = self.image_channels * (2 if self.likelihood == 'logistic' else 1)
     self.decoder = Decoder(self.hidden, self.res_hidden, self.num_res_blocks,
-                           self.num_downsamples, out, self.dtype)
+                           self.num_downsamples, out, self.dtype, self.upsample)
 
   def __call__(self, x, train: bool = False):
     z_e = self.encoder(x)

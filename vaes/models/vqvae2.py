@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vaes.models.layers import ConvTranspose4x4
 from vaes.models.vqvae import Decoder, Encoder, quantizer_from_fields
 
 
@@ -29,12 +30,13 @@ class Upsample(nn.Module):
   features: int
   times: int
   dtype: Any = jnp.float32
+  upsample: str = 'transpose'   # ConvTranspose4x4 implementation
 
   @nn.compact
   def __call__(self, z):
     h = z.astype(self.dtype)
     for i in range(self.times):
-      h = nn.ConvTranspose(self.features, (4, 4), strides=(2, 2), dtype=self.dtype)(h)
+      h = ConvTranspose4x4(self.features, self.upsample, self.dtype, name=f'ConvTranspose_{i}')(h)
       if i < self.times - 1:
         h = nn.relu(h)
     return h
@@ -56,6 +58,7 @@ class VQVAE2(nn.Module):
   likelihood: str = 'gaussian'
   dtype: Any = jnp.float32
   quantizer_kw: tuple = ()
+  upsample: str = 'transpose'   # ConvTranspose4x4 implementation: same function, speed only
 
   def setup(self):
     n = self.num_levels
@@ -66,11 +69,12 @@ class VQVAE2(nn.Module):
     self.pre_quant = [nn.Conv(self.code_dim, (1, 1), dtype=self.dtype) for _ in range(n)]
     self.quantizers = [quantizer_from_fields(self) for _ in range(n)]
     self.top_down = [Decoder(self.hidden, self.res_hidden, self.num_res_blocks, 1,
-                             self.code_dim, self.dtype) for _ in range(n - 1)]
-    self.upsamplers = [Upsample(self.code_dim, l, self.dtype) for l in range(1, n)]
+                             self.code_dim, self.dtype, self.upsample) for _ in range(n - 1)]
+    self.upsamplers = [Upsample(self.code_dim, l, self.dtype, self.upsample)
+                       for l in range(1, n)]
     out = self.image_channels * (2 if self.likelihood == 'logistic' else 1)
     self.decoder = Decoder(self.hidden, self.res_hidden, self.num_res_blocks,
-                           self.bottom_downsamples, out, self.dtype)
+                           self.bottom_downsamples, out, self.dtype, self.upsample)
 
   def _decode(self, z_qs):
     feats = [z_qs[0].astype(self.dtype)] + [

@@ -1,0 +1,113 @@
+"""ConvTranspose4x4: every implementation is flax.linen.ConvTranspose(f, (4, 4), strides=2)."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.extend.core
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vaes.models.layers import ConvTranspose4x4
+
+
+def _reference_and_candidate(implementation, shape=(2, 5, 6, 3), features=4):
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  ref = nn.ConvTranspose(features, (4, 4), strides=(2, 2))
+  new = ConvTranspose4x4(features, implementation)
+  return x, ref, new
+
+
+@pytest.mark.parametrize('implementation', ['transpose', 'phases', 'subpixel'])
+def test_same_parameters_values_and_gradients_as_flax_conv_transpose(implementation):
+  x, ref, new = _reference_and_candidate(implementation)
+  p_ref = ref.init(jax.random.PRNGKey(1), x)
+  p_new = new.init(jax.random.PRNGKey(1), x)
+  # Same parameter names, shapes and initial values: checkpoints are interchangeable.
+  assert jax.tree.structure(p_ref) == jax.tree.structure(p_new)
+  for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_new)):
+    np.testing.assert_array_equal(a, b)
+  # A non-zero bias, so that its handling is compared too.
+  p = jax.tree.map(lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape) / v.size, p_ref)
+  y_ref, y_new = ref.apply(p, x), new.apply(p, x)
+  assert y_new.shape == y_ref.shape == (2, 10, 12, 4)
+  np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5)
+
+  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
+  loss = lambda m: lambda p, x: jnp.sum(w * m.apply(p, x) ** 2)
+  g_ref = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(p, x)
+  g_new = jax.jit(jax.grad(loss(new), argnums=(0, 1)))(p, x)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_each_output_phase_uses_its_two_taps_per_axis():
+  """A single input pixel x[m, n] = 1 spreads to output rows 2m-1..2m+2 with kernel
+  rows 3, 2, 1, 0 (y[2m] = w_2 x[m] + w_0 x[m-1], y[2m+1] = w_1 x[m] + w_3 x[m+1])."""
+  x = jnp.zeros((1, 4, 4, 1)).at[0, 1, 2, 0].set(1.0)
+  kernel = jnp.arange(16.0).reshape(4, 4, 1, 1)
+  p = {'params': {'kernel': kernel, 'bias': jnp.zeros((1,))}}
+  for implementation in ('transpose', 'phases', 'subpixel'):
+    y = ConvTranspose4x4(1, implementation).apply(p, x)[0, :, :, 0]
+    rows, cols = np.nonzero(np.asarray(y))
+    assert set(rows) == {1, 2, 3, 4} and set(cols) == {3, 4, 5, 6}, implementation
+    for r, kr in {1: 3, 2: 2, 3: 1, 4: 0}.items():      # m = 1: rows 2m-1 .. 2m+2
+      for c, kc in {3: 3, 4: 2, 5: 1, 6: 0}.items():    # n = 2: columns 2n-1 .. 2n+2
+        assert float(y[r, c]) == float(kernel[kr, kc, 0, 0]), (implementation, r, c)
+
+
+def test_unknown_implementation_is_refused():
+  x = jnp.zeros((1, 2, 2, 1))
+  with pytest.raises(ValueError, match="implementation='fft'"):
+    ConvTranspose4x4(1, 'fft').init(jax.random.PRNGKey(0), x)
+
+
+def test_phase_and_subpixel_gradients_use_only_undilated_convolutions():
+  x = jnp.ones((2, 4, 4, 3))
+  for implementation, dilated in (('transpose', True), ('phases', False), ('subpixel', False)):
+    m = ConvTranspose4x4(5, implementation)
+    p = m.init(jax.random.PRNGKey(0), x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(m.apply(p, x) ** 2), argnums=(0, 1)))
+    text = grad.lower(p, x).as_text()
+    assert text.count('stablehlo.convolution') >= 3
+    factors = re.findall(r'(?:lhs|rhs)_dilate = \[(\d+), (\d+)\]', text)
+    assert any(int(f) > 1 for pair in factors for f in pair) == dilated, implementation
+
+
+def _convolutions(jaxpr):
+  """(lhs_dilation, rhs shape) of every conv_general_dilated, nested jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      found.append((tuple(eqn.params['lhs_dilation']), eqn.invars[1].aval.shape))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      found += _convolutions(sub)
+  return found
+
+
+def test_vqvae2_wires_the_upsample_choice_into_every_transposed_convolution():
+  """Three levels: the decoders (VQ-VAE's Decoder) and the 1- and 2-step upsamplers
+  use the chosen implementation, with the same variables (the layer tests above check
+  that the implementations are the same function)."""
+  from vaes.models.vqvae2 import VQVAE2
+  x = jnp.zeros((2, 16, 16, 3))
+
+  def make(upsample):
+    return VQVAE2(image_channels=3, hidden=8, res_hidden=4, num_levels=3,
+                  bottom_downsamples=1, num_codes=8, code_dim=4, upsample=upsample)
+  v = jax.eval_shape(make('transpose').init, jax.random.PRNGKey(1), x)
+  convs = {}
+  for implementation in ('transpose', 'phases', 'subpixel'):
+    model = make(implementation)
+    v_new = jax.eval_shape(model.init, jax.random.PRNGKey(1), x)
+    assert jax.tree.structure(v_new) == jax.tree.structure(v)
+    assert [a.shape for a in jax.tree.leaves(v_new)] == [b.shape for b in jax.tree.leaves(v)]
+    convs[implementation] = _convolutions(jax.make_jaxpr(model.apply)(v, x).jaxpr)
+  # 6 transposed convolutions: top-down decoders 2 x 1, upsamplers 1 + 2, decoder 1.
+  assert sum(d == (2, 2) for d, _ in convs['transpose']) == 6
+  assert all(d == (1, 1) for d, _ in convs['phases'] + convs['subpixel'])
+  plain = len(convs['transpose']) - 6
+  assert len(convs['phases']) == plain + 6 * 4                     # four 2x2 convs each
+  assert sum(s[:2] == (2, 2) for _, s in convs['phases']) == 6 * 4
+  assert len(convs['subpixel']) == plain + 6                       # one 3x3 conv each

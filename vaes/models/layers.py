@@ -1,0 +1,89 @@
+"""Layers shared by the convolutional models.
+
+`ConvTranspose4x4` is the 4x4 stride-2 'SAME' transposed convolution of the VQ-VAE
+decoders (`flax.linen.ConvTranspose(features, (4, 4), strides=(2, 2))`: the same
+parameters, initialisation and function) with three interchangeable implementations:
+
+* 'transpose': `lax.conv_transpose`, a convolution of the zero-dilated input
+  (`lhs_dilation`), what Flax does. Its weight gradient is a window-dilated
+  convolution, which backends handle worst (jax-ml/jax#23783, #31662).
+* 'phases': the four output phases y[2m+a, 2n+b] as four stride-1 2x2
+  convolutions of the undilated input, interleaved: the exact multiply-adds, and
+  every forward and backward convolution is a plain one.
+* 'subpixel': one stride-1 3x3 convolution with 4x the output channels (each
+  phase's 2x2 taps placed in a 3x3 window, zeros elsewhere) and a depth-to-space:
+  one kernel instead of four, 9/4 the multiply-adds.
+
+Derivation (1-D, kernel taps w_0..w_3; the 2-D kernel is the outer product of the
+row and column cases): with Flax/lax semantics, y[2m] = w_0 x[m-1] + w_2 x[m] and
+y[2m+1] = w_1 x[m] + w_3 x[m+1]. tests/test_layers.py checks all three against
+`flax.linen.ConvTranspose`, values and gradients.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+IMPLEMENTATIONS = ('transpose', 'phases', 'subpixel')
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+# Output phase a (0 or 1) uses kernel rows (columns) a and a + 2: kernel[a::2, b::2]
+# (strided slices: neither the step nor its gradient has a gather or scatter).
+# Phase a's input window, as padding: x[m-1], x[m] for a = 0; x[m], x[m+1] for a = 1.
+_WINDOW = ((1, 0), (0, 1))
+
+
+def _interleave(phases):
+  """phases[a][b]: (B, H, W, C) -> (B, 2H, 2W, C) with y[:, 2m+a, 2n+b] = phases[a][b][:, m, n]."""
+  y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)   # B, H, 2, W, 2, C
+  b, h, _, w, _, c = y.shape
+  return y.reshape(b, 2 * h, 2 * w, c)
+
+
+def phase_conv_transpose(x, kernel):
+  """The four phases as four 2x2 convolutions (exact multiply-adds)."""
+  return _interleave([[
+      lax.conv_general_dilated(x, kernel[a::2, b::2], (1, 1),
+                               (_WINDOW[a], _WINDOW[b]), dimension_numbers=_DIMS)
+      for b in (0, 1)] for a in (0, 1)])
+
+
+def subpixel_conv_transpose(x, kernel):
+  """The four phases as one 3x3 convolution with 4x the output channels."""
+  # Phase a's two taps sit at window rows (0, 1) for a = 0 and (1, 2) for a = 1.
+  place = ((0, 1), (1, 0))
+  k3 = jnp.stack([jnp.stack([
+      jnp.pad(kernel[a::2, b::2], (place[a], place[b], (0, 0), (0, 0)))
+      for b in (0, 1)], axis=-2) for a in (0, 1)], axis=-3)   # 3, 3, I, 2(a), 2(b), O
+  k3 = k3.reshape(k3.shape[:3] + (-1,))
+  y = lax.conv_general_dilated(x, k3, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMS)
+  b, h, w, _ = y.shape
+  y = y.reshape(b, h, w, 2, 2, -1).transpose(0, 1, 3, 2, 4, 5)         # B, H, 2, W, 2, O
+  return y.reshape(b, 2 * h, 2 * w, -1)
+
+
+class ConvTranspose4x4(nn.Module):
+  """`nn.ConvTranspose(features, (4, 4), strides=(2, 2))` with a choice of
+  implementation (module docstring). Parameters 'kernel' (4, 4, in, features) and
+  'bias' (features,), float32, initialised as Flax does; compute in `dtype`."""
+  features: int
+  implementation: str = 'transpose'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(f'implementation={self.implementation!r}: choose one of '
+                       f'{IMPLEMENTATIONS}.')
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (4, 4, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    if self.implementation == 'transpose':
+      y = lax.conv_transpose(x, kernel, (2, 2), 'SAME', dimension_numbers=_DIMS)
+    elif self.implementation == 'phases':
+      y = phase_conv_transpose(x, kernel)
+    else:
+      y = subpixel_conv_transpose(x, kernel)
+    return y + bias
