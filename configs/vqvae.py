@@ -36,7 +36,7 @@ def get_config():
   c.model.likelihood = 'gaussian'   # 'gaussian' (MSE / train variance) | 'logistic'
   # Implementation of the decoder's 4x4 stride-2 transposed convolutions, the same
   # function and parameters (vaes/models/layers.py): 'transpose' (lax.conv_transpose)
-  # | 'phases' | 'subpixel'. 'subpixel' measured 1.9x (32x32 VQ-VAE) and 3.0x
+  # | 'phases' | 'subpixel'. 'subpixel' measured 1.9x (32x32 VQ-VAE) and 2.9x
   # (VQ-VAE-2 256) faster train steps than 'transpose' on the CPU (benchmarks/README.md).
   c.model.upsample = 'subpixel'
 
