@@ -41,18 +41,12 @@ def get_config():
 
   c.model.latent_sizes = (64, 32, 16, 8, 4)
   c.model.hidden_sizes = (512, 256, 128, 64, 32)
-  c.model.block = 'mlp'
-  c.model.block_depth = 2
-  c.model.batch_norm = True
-  c.model.activation = 'leaky_relu'
-  c.model.likelihood = 'bernoulli'
+  # From configs/lvae.py unchanged: MLP blocks of depth 2, batch norm, leaky ReLU,
+  # Bernoulli likelihood, no free bits, padded and dynamically binarised images.
   c.model.kl_warmup_epochs = 200.0              # of the train split: 200 * 234 steps
-  c.model.free_bits = 0.0
 
   c.data.name = 'mnist'
   c.data.image_size = 28
-  c.data.resize = 'pad'
-  c.data.binarize = 'dynamic'
 
   c.eval.batch_size = 256
   c.eval.num_importance_samples = 5000
