@@ -1,8 +1,8 @@
 """Evaluate the latest checkpoint of a run on the whole evaluation split:
 python eval.py --config=configs/vqvae.py --workdir=/tmp/vqvae
-Writes WORKDIR/eval_metrics.json and PNG grids (WORKDIR/eval_*.png)."""
-
-import sys
+Writes WORKDIR/eval_metrics.json and PNG grids (WORKDIR/eval_*.png). Reads only
+the parameters, so optimiser fields need not match the run's; creates nothing in
+a workdir without checkpoints."""
 
 from absl import app
 from absl import logging
@@ -13,17 +13,12 @@ from vaes import cli
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
-  cli.maybe_initialize_distributed()
-  from vaes import evaluate
-  from vaes.checkpoint import CheckpointError
-  from vaes.data import DataError
-  from vaes.registry import ConfigError
-  try:
+
+  def body():
+    from vaes import evaluate  # after jax.distributed.initialize
     evaluate.evaluate(cli.FLAGS.config, cli.FLAGS.workdir)
-  except (ConfigError, DataError, CheckpointError) as e:
-    sys.exit(cli.report_error(e))
-  return 0
+  return cli.run(body)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

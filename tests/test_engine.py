@@ -27,7 +27,7 @@ TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.n
 def _latest_state(config, workdir):
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  state, step = Checkpointer(workdir).restore_latest(trainer.abstract_state, config)
+  state, step, _ = Checkpointer(workdir).restore_latest(trainer.abstract_state, config)
   return state, step
 
 

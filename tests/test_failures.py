@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import PYTHON, REPO, load_config, run_cli, subprocess_env
 from vaes import data as data_lib
+from vaes import evaluate
 from vaes.checkpoint import Checkpointer, CheckpointError
 from vaes.data import DataError
 from vaes.data.core import ArrayTrainSource, validate_batch
@@ -27,7 +28,8 @@ TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.n
 def _state(config, workdir):
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  return Checkpointer(workdir, async_save=False).restore_latest(trainer.abstract_state, config)
+  return Checkpointer(workdir, async_save=False).restore_latest(trainer.abstract_state,
+                                                                config)[:2]
 
 
 def _assert_same_state(a, b):
@@ -86,8 +88,25 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
   _wait_for_checkpoint(wd, proc)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
+  # Saved, but not finished: `train.py && eval.py` must not go on to evaluate.
+  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
   assert 'SIGTERM received: saved a checkpoint at step' in out
+  step = int(out.split('saved a checkpoint at step ')[1].split()[0])
+  assert step in Checkpointer(wd, async_save=False).all_steps()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_nonzero(tmp_path):
+  wd = str(tmp_path / 'run')
+  overrides = dict(TINY_VQ, num_train_steps=100_000, checkpoint_every_steps=5,
+                   log_every_steps=1000)
+  proc = subprocess.Popen(_train_cmd(wd, overrides), cwd=REPO, env=subprocess_env(1),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for_checkpoint(wd, proc)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+  assert 'KeyboardInterrupt' not in err and 'Traceback' not in err
+  assert 'SIGINT received: saved a checkpoint at step' in out
   step = int(out.split('saved a checkpoint at step ')[1].split()[0])
   assert step in Checkpointer(wd, async_save=False).all_steps()
 
@@ -211,6 +230,27 @@ BAD_CONFIGS = [
     ('configs/vqvae.py', {'checkpoint_every_steps': 0}, ConfigError,
      'config.checkpoint_every_steps=0'),
     ('configs/vqvae.py', {'learning_rate': 0.0}, ConfigError, 'config.learning_rate=0.0'),
+    ('configs/vqvae.py', {'learning_rate': float('inf')}, ConfigError,
+     'config.learning_rate=inf: must be a finite number'),
+    ('configs/vqvae.py', {'model.beta': float('nan')}, ConfigError,
+     'config.model.beta=nan: must be a finite number'),
+    ('configs/vqvae.py', {'max_checkpoints_to_keep': 0}, ConfigError,
+     'config.max_checkpoints_to_keep=0: must be a positive integer'),
+    ('configs/vqvae.py', {'num_train_steps': 0}, ConfigError,
+     'config.num_train_steps=0: must be a positive integer'),
+    ('configs/vqvae.py', {'weight_decay': 0.01}, ConfigError,
+     "config.weight_decay=0.01 has no effect with config.optimizer='adam': use "
+     '--config.optimizer=adamw'),
+    ('configs/vqvae.py', {'adam_b1': 1.5}, ConfigError, 'config.adam_b1=1.5: must be in [0, 1)'),
+    ('configs/vqvae.py', {'adam_b2': -0.1}, ConfigError,
+     'config.adam_b2=-0.1: must be in [0, 1)'),
+    ('configs/vqvae.py', {'grad_clip_norm': -1.0}, ConfigError,
+     'config.grad_clip_norm=-1.0: must be >= 0'),
+    ('configs/vqvae.py', {'lr_warmup_steps': -10}, ConfigError,
+     'config.lr_warmup_steps=-10: must be a non-negative integer'),
+    ('configs/vqvae.py', {'seed': -1}, ConfigError, 'config.seed=-1: must be a non-negative'),
+    ('configs/vqvae.py', {'skip_grad_norm_above': -2.0}, ConfigError,
+     'config.skip_grad_norm_above=-2.0: must be >= 0'),
     ('configs/vqvae.py', {'optimizer': 'sgd'}, ConfigError, "config.optimizer='sgd'"),
     ('configs/vqvae.py', {'lr_schedule': 'linear'}, ConfigError, "config.lr_schedule='linear'"),
     ('configs/vqvae.py', {'compute_dtype': 'float16'}, ConfigError,
@@ -354,3 +394,270 @@ def test_disk_full_while_saving_is_a_clear_error_and_keeps_earlier_checkpoints(
   monkeypatch.setattr(ocp.CheckpointManager, 'save', real_save)
   state, step = _state(config, wd)
   assert step == 2 and int(state.step) == 2
+
+
+# ----------------------------------------------------------------------------
+# Nothing lost, nothing silent: resumes with other fields, damaged bytes,
+# non-finite states, finished runs, duplicate metric rows.
+# ----------------------------------------------------------------------------
+
+SHORT = dict(TINY_VQ, num_train_steps=4, checkpoint_every_steps=2, log_every_steps=1)
+
+
+@pytest.mark.parametrize('field,value', [('grad_clip_norm', 1.0), ('lr_schedule', 'cosine')])
+def test_changed_optimiser_field_moves_nothing_and_eval_still_works(tmp_path, field, value):
+  wd = str(tmp_path / 'run')
+  train_and_evaluate(load_config('configs/vqvae.py', SHORT), wd)
+  changed = load_config('configs/vqvae.py', dict(SHORT, num_train_steps=6, **{field: value}))
+  with pytest.raises(ConfigError) as e:
+    train_and_evaluate(changed, wd)
+  assert f'{field}: checkpoint' in str(e.value) and 'Nothing was moved' in str(e.value)
+  assert Checkpointer(wd).all_steps() == [2, 4]
+  assert not os.path.exists(os.path.join(wd, 'corrupted_checkpoints'))
+  # eval.py reads the parameters only, whatever the optimiser fields say.
+  metrics = evaluate.evaluate(changed, wd)
+  assert metrics['step'] == 4.0 and np.isfinite(metrics['loss'])
+  # The original command still resumes (here: finds the finished run).
+  assert train_and_evaluate(load_config('configs/vqvae.py', SHORT), wd) == {}
+  assert Checkpointer(wd).all_steps() == [2, 4]
+
+
+def _largest_data_file(step_dir):
+  files = [f for f in glob.glob(os.path.join(step_dir, 'state', '**', 'd', '*'), recursive=True)
+           if os.path.isfile(f)]
+  return max(files, key=os.path.getsize)
+
+
+def test_flipped_bytes_are_detected_and_fall_back(tmp_path, capsys):
+  wd = str(tmp_path / 'run')
+  config = load_config('configs/vqvae.py', SHORT)
+  train_and_evaluate(config, wd)
+  reference, _ = _state(config, wd)
+  path = _largest_data_file(os.path.join(wd, 'checkpoints', '4'))
+  size = os.path.getsize(path)
+  with open(path, 'r+b') as f:    # same size, bytes inverted in the middle of the file
+    f.seek(size // 2)
+    chunk = f.read(64)
+    f.seek(size // 2)
+    f.write(bytes(255 - b for b in chunk))
+  assert os.path.getsize(path) == size
+  capsys.readouterr()
+  state, step = _state(config, wd)
+  out = capsys.readouterr().out
+  assert step == 2 and int(state.step) == 2
+  assert 'checkpoints/4 is incomplete or corrupted' in out
+  assert glob.glob(os.path.join(wd, 'corrupted_checkpoints', '4-*'))
+  # The rerun recomputes step 4 exactly.
+  train_and_evaluate(config, wd)
+  again, step = _state(config, wd)
+  assert step == 4
+  _assert_same_state(again, reference)
+
+
+def test_checksums_catch_a_silently_changed_array(tmp_path, capsys, monkeypatch):
+  """A value changed on disk that still decodes (the case a file-level check of
+  the storage layer cannot see) is caught by the per-array checksum."""
+  import vaes.checkpoint as ckpt
+  wd = str(tmp_path / 'run')
+  config = load_config('configs/vqvae.py', SHORT)
+  train_and_evaluate(config, wd)
+  real = ckpt._host
+
+  def altered(x):   # what a flipped mantissa bit in a stored float looks like
+    a = real(x).copy()
+    if a.dtype == np.float32 and a.size > 100:
+      a.reshape(-1)[7] = np.nextafter(a.reshape(-1)[7], np.float32(np.inf))
+    return a
+  monkeypatch.setattr(ckpt, '_host', altered)
+  capsys.readouterr()
+  with pytest.raises(CheckpointError, match='could be restored'):
+    _state(config, wd)
+  assert 'checksum mismatch' in capsys.readouterr().out
+  monkeypatch.setattr(ckpt, '_host', real)
+  # Every checkpoint was set aside: a restart from scratch says so loudly.
+  train_and_evaluate(config, wd)
+  err = capsys.readouterr().err
+  assert 'WARNING: starting from step 0' in err and 'set aside as damaged' in err
+
+
+def test_non_finite_parameters_are_never_saved(tmp_path):
+  config = load_config('configs/vqvae.py', SHORT)
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  poisoned = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+  checkpointer = Checkpointer(str(tmp_path / 'run'), async_save=False)
+  with pytest.raises(CheckpointError, match='non-finite parameter values.*not saved'):
+    checkpointer.save(1, poisoned, config)
+  assert checkpointer.all_steps() == []
+
+
+def test_update_into_non_finite_parameters_is_skipped():
+  # Finite loss and gradients, but a step size that overflows float32.
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, learning_rate=3e38))
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  for step in range(3):
+    state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))
+  params = jax.device_get(state.params)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+  assert int(state.skipped_updates) >= 1
+
+
+def test_finished_run_with_other_fields_is_refused_by_name(tmp_path, capsys):
+  wd = str(tmp_path / 'run')
+  train_and_evaluate(load_config('configs/vqvae.py', SHORT), wd)
+  with pytest.raises(ConfigError, match=r'already holds a finished run of 4 steps with other '
+                     r'settings \(learning_rate: checkpoint 0.001 vs config 0.0003\)'):
+    train_and_evaluate(load_config('configs/vqvae.py', dict(SHORT, learning_rate=3e-4)), wd)
+  capsys.readouterr()
+  assert train_and_evaluate(load_config('configs/vqvae.py', SHORT), wd) == {}
+  assert 'already holds a finished run of 4 steps' in capsys.readouterr().out
+
+
+def test_resume_drops_metric_rows_past_the_checkpoint(tmp_path):
+  import shutil
+  wd = str(tmp_path / 'run')
+  config = load_config('configs/vqvae.py', SHORT)
+  train_and_evaluate(config, wd)
+  shutil.rmtree(os.path.join(wd, 'checkpoints', '4'))   # as if killed after logging step 4
+  train_and_evaluate(config, wd)
+  with open(os.path.join(wd, 'metrics.jsonl'), encoding='utf-8') as f:
+    steps = [json.loads(line)['step'] for line in f]
+  assert steps == [1, 2, 3, 4]
+
+
+def test_memory_estimate_refuses_what_cannot_fit():
+  config = load_config('configs/vqvae.py', {'model.num_codes': 1_000_000_000})
+  splits = data_lib.get_datasets(config)
+  with pytest.raises(ConfigError, match=r'needs at least .* GiB on one device.*Reduce .*'
+                     r'config\.model\.num_codes=1000000000'):
+    build_trainer(config, splits.info, splits.train.element_spec)
+
+
+def test_disk_full_with_the_real_checkpoint_writer(tmp_path):
+  """A small tmpfs that fills up after the first checkpoint: Orbax's writer raises
+  ValueError('RESOURCE_EXHAUSTED ...'), reported as one line; step 2 stays intact."""
+  mount = tmp_path / 'small'
+  mount.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(mount)],
+                    capture_output=True).returncode != 0:
+    pytest.fail('this test needs root to mount a small tmpfs (CI runs as root)')
+  try:
+    wd = str(mount / 'run')
+    config = load_config('configs/vqvae.py', SHORT)
+    import orbax.checkpoint as ocp
+    real_save = ocp.CheckpointManager.save
+
+    def fill_then_save(self, step, *a, **k):
+      if step == 4:   # once step 2 is on disk, fill the disk
+        self.wait_until_finished()
+        with open(mount / 'filler', 'wb') as f:
+          try:
+            while True:
+              f.write(b'\0' * 65536)
+          except OSError:
+            pass
+      return real_save(self, step, *a, **k)
+    ocp.CheckpointManager.save = fill_then_save
+    try:
+      with pytest.raises(CheckpointError) as e:
+        train_and_evaluate(config, wd)
+      proc_err = str(e.value)
+    finally:
+      ocp.CheckpointManager.save = real_save
+    assert 'No space left on device' in proc_err or 'RESOURCE_EXHAUSTED' in proc_err
+    assert 'Earlier checkpoints are intact' in proc_err
+    os.remove(mount / 'filler')
+    state, step = _state(config, wd)
+    assert step == 2 and int(state.step) == 2
+  finally:
+    subprocess.run(['umount', str(mount)], check=False)
+
+
+# ----------------------------------------------------------------------------
+# One line, not a traceback: the command line.
+# ----------------------------------------------------------------------------
+
+BAD_CLI = [
+    (['--config.batchsize=8'], None, {},
+     "--config.batchsize: configs/vqvae.py has no field 'batchsize'; did you mean "
+     '--config.batch_size?'),
+    ([], 'configs/no_such_config.py', {}, 'configs/no_such_config.py: no such file'),
+    ([], 'SYNTAX', {}, 'syntax error at line 2'),
+    ([], 'LOCKED', {}, 'a field that does not exist: Key "nonexistent" does not exist'),
+    ([], None, {'SLURM_JOB_ID': '1234'}, 'pass --jax_distributed=off'),
+]
+
+
+@pytest.mark.parametrize('args,config,env,message', BAD_CLI,
+                         ids=['typo', 'missing', 'syntax', 'locked', 'slurm'])
+def test_bad_command_line_is_one_line(tmp_path, args, config, env, message):
+  if config == 'SYNTAX':
+    config = str(tmp_path / 'bad.py')
+    with open(config, 'w') as f:
+      f.write('def get_config():\n  return dict(a=\n')
+  elif config == 'LOCKED':
+    config = str(tmp_path / 'locked.py')
+    with open(config, 'w') as f:
+      f.write('from configs import vqvae\n\ndef get_config():\n  c = vqvae.get_config()\n'
+              '  c.lock()\n  c.model.nonexistent = 1\n  return c\n')
+  cmd = [PYTHON, os.path.join(REPO, 'train.py'), f'--config={config or "configs/vqvae.py"}',
+         f'--workdir={tmp_path / "run"}'] + args
+  proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(1, env), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith('ERROR')]
+  assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  # --verbose brings the traceback back.
+  proc = subprocess.run(cmd + ['--verbose'], cwd=REPO, env=subprocess_env(1, env),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and 'Traceback' in proc.stderr
+
+
+def test_eval_of_a_missing_workdir_creates_nothing(tmp_path):
+  wd = tmp_path / 'never_trained'
+  proc = run_cli('eval.py', 'configs/vqvae.py', str(wd), check=False)
+  assert proc.returncode == 2
+  assert 'No checkpoint in' in proc.stderr and 'train first' in proc.stderr
+  assert not wd.exists()
+
+
+# ----------------------------------------------------------------------------
+# Bad sequence data and caches: one clear DataError.
+# ----------------------------------------------------------------------------
+
+
+def _pickle(tmp_path, train):
+  import pickle
+  path = tmp_path / 'music.pkl'
+  with open(path, 'wb') as f:
+    pickle.dump({'train': train, 'valid': [[(60,)]], 'test': [[(60,)]]}, f)
+  return str(path)
+
+
+@pytest.mark.parametrize('train,message', [
+    ([[(60, 'C4')]], "frame 0 holds 'C4', not a MIDI pitch number"),
+    ([[(60,), (float('nan'),)]], 'frame 1 holds nan, not a MIDI pitch number'),
+    ([[60, 62]], 'frame 0 is 60, not a list of MIDI pitches'),
+])
+def test_bad_pitches_in_a_pickle(tmp_path, train, message):
+  from vaes.data.music import load_polyphonic_pickle
+  with pytest.raises(DataError) as e:
+    load_polyphonic_pickle(_pickle(tmp_path, train))
+  assert message in str(e.value)
+
+
+def test_pickle_path_that_is_a_directory(tmp_path):
+  from vaes.data.music import load_polyphonic_pickle
+  with pytest.raises(DataError, match='is a directory, not the pickle file'):
+    load_polyphonic_pickle(str(tmp_path))
+
+
+def test_unwritable_cache_dir():
+  config = load_config('configs/vrae.py', {'data.cache_dir': '/proc/vaes_cache'})
+  with pytest.raises(DataError, match=r"config.data.cache_dir='/proc/vaes_cache' is not a "
+                     'writable folder'):
+    data_lib.get_datasets(config)

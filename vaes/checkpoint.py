@@ -2,10 +2,20 @@
 
 The train state holds the step, so the data position (batches are a pure
 function of (seed, step)) and the per-step randomness (fold_in(rng, step)) are
-restored with it. Each checkpoint also stores a JSON `meta` item with the model
-and data config, used to refuse a restart whose shapes would not match.
+restored with it. Each checkpoint also stores a JSON `meta` item: the whole
+resolved config and a checksum of every saved array.
+
+What a restore tells apart:
+- a different model/data config, or a state of another structure (an optimiser
+  field changed): refused with the differing fields named; nothing is moved;
+- damage (half-written, unreadable, checksum mismatch, non-finite parameters):
+  the checkpoint is reported, moved to WORKDIR/corrupted_checkpoints/ (never
+  deleted) and the previous one is tried.
+Evaluation restores the parameters and model state only, whatever the
+optimiser fields say.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -13,7 +23,7 @@ import shutil
 import time
 
 import jax
-
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vaes.registry import ConfigError
@@ -27,41 +37,145 @@ class CheckpointError(RuntimeError):
 # run may resume with other values.
 IMPLEMENTATION_FIELDS = frozenset({'model.unroll', 'model.remat', 'model.upsample'})
 
+# Fields that change neither the state nor the trained function: a finished run
+# re-run with other values of these is still the same run.
+_CADENCE_FIELDS = frozenset({'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+                             'max_checkpoints_to_keep', 'steps_per_dispatch'})
 
-def _shape_fields(config):
-  """The config fields that determine parameter shapes (model.* and data.*)."""
-  return {'model': config.model.to_dict(), 'data': config.data.to_dict()}
+
+def config_dict(config):
+  """The config as plain JSON values (tuples become lists)."""
+  return json.loads(config.to_json_best_effort())
 
 
-def _flatten(d, prefix=''):
+def flatten(d, prefix=''):
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
   out = {}
   for k, v in d.items():
     key = f'{prefix}{k}'
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + '.'))
+    if isinstance(v, dict) and v:
+      out.update(flatten(v, key + '.'))
     else:
       out[key] = v
   return out
 
 
-class Checkpointer:
-  """Thin wrapper over `ocp.CheckpointManager` in `workdir/checkpoints`."""
+def config_diff(then, now, ignore=IMPLEMENTATION_FIELDS):
+  """Sorted [(field, checkpoint value, config value)] of the fields that differ."""
+  then, now = flatten(then), flatten(now)
+  return [(k, then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
+          if then.get(k) != now.get(k) and k not in ignore]
 
-  def __init__(self, workdir, max_to_keep=3, async_save=True):
+
+def describe_diff(diff, limit=12):
+  text = ', '.join(f'{k}: checkpoint {a!r} vs config {b!r}' for k, a, b in diff[:limit])
+  return text + (f' (and {len(diff) - limit} more)' if len(diff) > limit else '')
+
+
+def finished_run_diff(then, now):
+  """The differing fields that would make a finished run a different run."""
+  return [(k, a, b) for k, a, b in config_diff(then, now)
+          if k not in _CADENCE_FIELDS and not k.startswith('eval.')]
+
+
+# ----------------------------------------------------------------------------
+# Trees: paths, host copies, checksums.
+# ----------------------------------------------------------------------------
+
+
+def _key_name(k):
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _path(path):
+  return '/'.join(_key_name(k) for k in path)
+
+
+def _leaves(tree):
+  """{path: leaf} with path strings that agree between a TrainState and the
+  dict/list tree Orbax keeps in its metadata."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {_path(p): x for p, x in flat}
+
+
+def _host(x):
+  """A numpy copy of this process's replica of a (replicated) array."""
+  if isinstance(x, jax.Array):
+    x = x.addressable_shards[0].data
+  return np.asarray(x)
+
+
+def _checksum(a):
+  h = hashlib.blake2b(digest_size=16)
+  h.update(f'{a.dtype.str}{a.shape}'.encode())
+  h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def checksums(host_leaves):
+  return {p: _checksum(a) for p, a in host_leaves.items()}
+
+
+def nonfinite_parameters(host_leaves):
+  """(number of non-finite values, number of values) under params/ and model_state/."""
+  bad = total = 0
+  for p, a in host_leaves.items():
+    if p.split('/')[0] in ('params', 'model_state', 'ema_params') and \
+        np.issubdtype(a.dtype, np.floating):
+      bad += int(a.size - np.count_nonzero(np.isfinite(a)))
+      total += a.size
+  return bad, total
+
+
+def _signature(leaf):
+  return tuple(int(d) for d in leaf.shape), np.dtype(leaf.dtype).name
+
+
+class _Damaged(Exception):
+  """A checkpoint that does not read back as it was written."""
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` in `workdir/checkpoints`.
+
+  `read_only=True` (evaluation, code extraction) creates nothing: a workdir
+  without checkpoints is an error naming the command that makes them."""
+
+  def __init__(self, workdir, max_to_keep=3, async_save=True, read_only=False):
+    self.workdir = workdir
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-    try:
-      os.makedirs(self.directory, exist_ok=True)
-    except OSError as e:
-      raise CheckpointError(f'Cannot create the checkpoint directory {self.directory}: {e}. '
-                            'Choose a writable --workdir.') from e
-    if not os.access(self.directory, os.W_OK):
-      raise CheckpointError(f'The checkpoint directory {self.directory} is not writable; '
-                            'choose a writable --workdir.')
     self.corrupted_dir = os.path.join(os.path.dirname(self.directory), 'corrupted_checkpoints')
+    if not isinstance(max_to_keep, int) or max_to_keep < 1:
+      raise ConfigError(f'config.max_checkpoints_to_keep={max_to_keep!r}: must be a positive '
+                        'integer (1 keeps only the latest checkpoint).')
+    if read_only:
+      if not os.path.isdir(self.directory):
+        raise CheckpointError(f'No checkpoint in {self.directory}: train first with '
+                              f'`python train.py --config=... --workdir={workdir}`.')
+    else:
+      try:
+        os.makedirs(self.directory, exist_ok=True)
+      except OSError as e:
+        raise CheckpointError(f'Cannot create the checkpoint directory {self.directory}: {e}. '
+                              'Choose a writable --workdir.') from e
+      if not os.access(self.directory, os.W_OK):
+        raise CheckpointError(f'The checkpoint directory {self.directory} is not writable; '
+                              'choose a writable --workdir.')
     self.options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=self.options,
-                                         item_names=('state', 'meta'))
+        max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=async_save,
+        read_only=read_only)
+    self.manager = self._manager()
+
+  def _manager(self):
+    # Handlers named up front, so that `item_metadata` reads the saved tree of a
+    # checkpoint before anything is restored.
+    return ocp.CheckpointManager(
+        self.directory, options=self.options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -69,82 +183,173 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
+  def corrupted(self):
+    """Checkpoints set aside earlier in WORKDIR/corrupted_checkpoints/."""
+    return sorted(os.listdir(self.corrupted_dir)) if os.path.isdir(self.corrupted_dir) else []
+
+  # --------------------------------------------------------------------------
+  # Save.
+  # --------------------------------------------------------------------------
+
   def save(self, step, state, config, force=False):
-    meta = {'step': int(step), **_shape_fields(config)}
+    """Saves `state` with its config and per-array checksums. A state whose
+    parameters hold NaN/inf is never saved (CheckpointError)."""
+    host = {p: _host(x) for p, x in _leaves(state).items()}
+    bad, total = nonfinite_parameters(host)
+    if bad:
+      raise CheckpointError(
+          f'The state at step {step} has {bad:,} non-finite parameter values (of {total:,}); '
+          f'it was not saved and the earlier checkpoints in {self.directory} are intact. Lower '
+          'config.learning_rate or set config.grad_clip_norm, then rerun.')
+    meta = {'step': int(step), 'config': config_dict(config), 'checksums': checksums(host)}
     try:
       return self.manager.save(
           int(step), force=force,
           args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave(json.loads(json.dumps(meta)))))
-    except OSError as e:
-      raise CheckpointError(f'Saving the checkpoint of step {step} in {self.directory} failed: '
-                            f'{e}. Earlier checkpoints are intact; free disk space or choose '
-                            'another --workdir, then rerun the same command to resume.') from e
+                                  meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(f'Saving the checkpoint of step {step}', e) from e
 
   def wait(self):
     try:
       self.manager.wait_until_finished()
-    except OSError as e:
-      raise CheckpointError(f'Finishing a checkpoint in {self.directory} failed: {e}. Earlier '
-                            'checkpoints are intact; free disk space or choose another '
-                            '--workdir, then rerun the same command to resume.') from e
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error('Finishing a checkpoint', e) from e
 
-  def check_compatible(self, step, config):
-    """Refuses to resume when model/data fields differ from those of the checkpoint."""
-    try:
-      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-      saved = meta['meta']
-    except Exception:  # older or partial meta: the restore itself will check shapes
-      return
-    now = _flatten(json.loads(json.dumps(_shape_fields(config))))
-    then = _flatten({k: saved[k] for k in ('model', 'data') if k in saved})
-    diff = sorted(k for k in set(now) | set(then)
-                  if now.get(k) != then.get(k) and k not in IMPLEMENTATION_FIELDS)
-    if diff:
-      details = ', '.join(f'{k}: checkpoint {then.get(k)!r} vs config {now.get(k)!r}'
-                          for k in diff)
-      raise ConfigError(
-          f'The workdir {os.path.dirname(self.directory)} holds a checkpoint (step {step}) of '
-          f'a different model/data config ({details}). Use the original config, or a fresh '
-          '--workdir to start a new run.')
+  def _write_error(self, what, e):
+    # Orbax's writer (tensorstore) reports a full disk as ValueError('RESOURCE_EXHAUSTED: ...
+    # No space left on device'), not as OSError.
+    first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    return CheckpointError(f'{what} in {self.directory} failed: {first}. Earlier checkpoints are '
+                           'intact; free disk space or choose another --workdir, then rerun '
+                           'the same command to resume.')
+
+  # --------------------------------------------------------------------------
+  # Restore.
+  # --------------------------------------------------------------------------
+
+  def read_meta(self, step):
+    """The JSON meta item of `step` ({} for checkpoints written without one)."""
+    return self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta'] or {}
 
   def restore_latest(self, abstract_state, config):
-    """Restores the newest checkpoint that reads back completely.
+    """The newest checkpoint that reads back whole -> (state, step, saved config),
+    or (None, None, None) when there is none. See the module docstring."""
+    return self._restore(abstract_state, config, variables_only=False)
 
-    A checkpoint that fails to restore (half-written, corrupted) is reported by
-    path, moved aside to WORKDIR/corrupted_checkpoints/ (never deleted), and the
-    previous one is used. Returns (state, step), or (None, None) when there is
-    no checkpoint.
-    """
+  def restore_variables(self, abstract_state, config):
+    """As `restore_latest`, for evaluation: only params and model_state must match
+    the config; the optimiser state is read as it was saved. -> (state, step, saved
+    config); the returned state's opt_state is the saved tree (dicts and lists)."""
+    return self._restore(abstract_state, config, variables_only=True)
+
+  def _restore(self, abstract_state, config, variables_only):
     steps = self.all_steps()
     if not steps:
-      return None, None
-    self.check_compatible(steps[-1], config)
+      return None, None, None
+    now = config_dict(config)
     moved = False
     try:
       for step in reversed(steps):
         try:
-          restored = self.manager.restore(
-              step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-          return restored['state'], step
-        except Exception as e:  # pylint: disable=broad-except
-          moved |= self._set_aside(step, e)
+          state, saved = self._restore_step(step, abstract_state, now, variables_only)
+          return state, step, saved
+        except _Damaged as e:
+          moved |= self._set_aside(step, str(e))
     finally:
       if moved:  # the manager caches its list of steps
-        self.manager = ocp.CheckpointManager(self.directory, options=self.options,
-                                             item_names=('state', 'meta'))
+        self.manager = self._manager()
     raise CheckpointError(f'No checkpoint in {self.directory} could be restored '
                           f'(tried steps {steps}); they were moved to '
                           f'{self.corrupted_dir}. Start afresh or restore them by hand.')
 
-  def _set_aside(self, step, error):
+  def _restore_step(self, step, abstract_state, now, variables_only):
+    try:
+      meta = self.read_meta(step)
+      saved_tree = self.manager.item_metadata(step)['state']
+      saved_tree = getattr(saved_tree, 'tree', saved_tree)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Damaged(_reason(e)) from e
+    if not saved_tree:
+      raise _Damaged('no array metadata')
+    saved = meta.get('config') or {k: meta[k] for k in ('model', 'data') if k in meta}
+    self._check_model_data(step, saved, now)
+    full = meta.get('config') or {}
+
+    ours = {p: _signature(x) for p, x in _leaves(abstract_state).items()}
+    theirs = {p: _signature(x) for p, x in _leaves(saved_tree).items()}
+    if variables_only:
+      keep = lambda p: p.split('/')[0] in ('params', 'model_state', 'ema_params')
+      ours = {p: s for p, s in ours.items() if keep(p)}
+      mismatch = sorted(p for p in set(ours) if ours[p] != theirs.get(p))
+    else:
+      mismatch = sorted(p for p in set(ours) | set(theirs) if ours.get(p) != theirs.get(p))
+    if mismatch:
+      raise self._structure_error(step, full, now, mismatch, ours, theirs, variables_only)
+
+    if variables_only:
+      replicated = jax.tree.leaves(abstract_state)[0].sharding
+      target = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), saved_tree)
+      mine = {'params': abstract_state.params, 'model_state': abstract_state.model_state}
+      target = {**target, **{k: v for k, v in mine.items() if k in target}}
+    else:
+      target = abstract_state
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Damaged(_reason(e)) from e
+    host = {p: _host(x) for p, x in _leaves(restored).items()}
+    expected = meta.get('checksums')
+    if expected is not None:
+      wrong = sorted(p for p, a in host.items() if expected.get(p) != _checksum(a))
+      if wrong:
+        raise _Damaged(f'checksum mismatch in {len(wrong)} array(s), e.g. {wrong[0]}')
+    bad, total = nonfinite_parameters(host)
+    if bad:
+      raise _Damaged(f'{bad:,} of {total:,} parameter values are NaN/inf')
+    if variables_only:
+      restored = type(abstract_state)(**restored)
+    return restored, saved
+
+  def _check_model_data(self, step, saved, now):
+    """Refuses a checkpoint of different model/data fields (nothing is moved)."""
+    if not saved:
+      return
+    pick = lambda d: {k: d[k] for k in ('model', 'data') if k in d}
+    diff = config_diff(pick(saved), pick(now))
+    if diff:
+      raise ConfigError(
+          f'The workdir {os.path.dirname(self.directory)} holds a checkpoint (step {step}) of '
+          f'a different model/data config ({describe_diff(diff)}). Use the original config, or '
+          'a fresh --workdir to start a new run.')
+
+  def _structure_error(self, step, saved, now, mismatch, ours, theirs, variables_only):
+    diff = config_diff(saved, now) if saved else []
+    paths = ', '.join(f'{p} (checkpoint {theirs.get(p)}, config {ours.get(p)})'
+                      for p in mismatch[:3])
+    fields = (f'fields that differ: {describe_diff(diff)}' if diff else
+              'no config field is recorded as different')
+    hint = ('' if variables_only else
+            ' eval.py reads only the parameters and works with any optimiser fields.')
+    return ConfigError(
+        f'The checkpoint of step {step} in {self.directory} holds a train state of another '
+        f'structure than this config builds ({fields}; arrays: {paths}). Nothing was moved: '
+        f'rerun with the original values, or use a fresh --workdir for a new run.{hint}')
+
+  def _set_aside(self, step, reason):
     path = os.path.join(self.directory, str(step))
-    os.makedirs(self.corrupted_dir, exist_ok=True)
     target = os.path.join(self.corrupted_dir, f'{step}-{int(time.time())}')
-    reason = f'{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ""}'
     logging.warning('Checkpoint %s could not be restored (%s).', path, reason)
     if jax.process_index() == 0 and os.path.exists(path):
+      os.makedirs(self.corrupted_dir, exist_ok=True)
       shutil.move(path, target)
     print(f'WARNING: checkpoint {path} is incomplete or corrupted ({reason}); moved it to '
           f'{target} and falling back to the previous checkpoint.', flush=True)
     return True
+
+
+def _reason(e):
+  return f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'

@@ -1,6 +1,14 @@
-"""Flags shared by train.py and eval.py, and multi-host start-up."""
+"""Flags shared by train.py and eval.py, multi-host start-up, and one-line errors.
+
+Expected failures (a bad flag, config, data, checkpoint or path) print one line
+naming the field, the value and the fix, and exit with status 2; `--verbose` (or
+VAES_VERBOSE=1) prints the traceback as well."""
 
 import os
+import re
+import sys
+import threading
+import traceback
 
 from absl import flags
 from ml_collections import config_flags
@@ -16,28 +24,136 @@ flags.DEFINE_enum('jax_distributed', 'auto', ['auto', 'on', 'off'],
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
 flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
+flags.DEFINE_bool('verbose', False, 'Print tracebacks of expected errors too.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _CLUSTER_ENV = ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES', 'SLURM_JOB_ID',
                 'OMPI_COMM_WORLD_SIZE', 'MEGASCALE_COORDINATOR_ADDRESS')
+
+EXIT_ERROR = 2
+
+
+class StartupError(RuntimeError):
+  """A failure before training starts (multi-host set-up)."""
+
+
+def verbose(argv=None):
+  if os.environ.get('VAES_VERBOSE', '') not in ('', '0'):
+    return True
+  if argv is not None:
+    return '--verbose' in argv
+  try:
+    return bool(FLAGS.verbose)
+  except flags.UnparsedFlagAccessError:
+    return '--verbose' in sys.argv
+
+
+def fail(message, argv=None):
+  """Prints `ERROR: message` (and the traceback in verbose mode); exits with 2."""
+  if verbose(argv) and sys.exc_info()[0] is not None:
+    traceback.print_exc()
+  print(f'ERROR: {message}', file=sys.stderr, flush=True)
+  sys.exit(EXIT_ERROR)
+
+
+def _config_arg(argv):
+  for a in argv:
+    if a.startswith('--config='):
+      return a.split('=', 1)[1]
+  return None
+
+
+def _flag_error_message(e, argv):
+  """One line for what went wrong while reading --config and its overrides."""
+  text = str(e).strip().strip('\'"')
+  path = _config_arg(argv)
+  m = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text.replace('\\"', '"'))
+  if m:
+    override = next((a for a in argv if a.startswith('--config.') and m.group(2) in a), None)
+    shown = override.split('=', 1)[0] if override else f'--config...{m.group(2)}'
+    return (f'{shown}: {path} has no field {m.group(2)!r}; did you mean '
+            f'{shown.rsplit(".", 1)[0]}.{m.group(1)}?')
+  if isinstance(e, SyntaxError):
+    return (f'--config={path}: syntax error at line {e.lineno}: {e.msg}. Fix the file.')
+  if path and not os.path.exists(path):
+    return (f'--config={path}: no such file. Give the path of a config file, e.g. '
+            '--config=configs/vqvae.py (relative to the current directory).')
+  first = text.splitlines()[0] if text else type(e).__name__
+  first = first.replace('\\n', ' ').replace('\\"', '"').split(' Other fields present')[0]
+  if 'does not exist' in first or "has no attribute" in first or isinstance(
+      e, (AttributeError, KeyError)):
+    return (f'--config={path}: a field that does not exist: {first[:300].rstrip(".")}. Check the field '
+            'names in the config file and the --config.* overrides.')
+  return f'Reading --config={path} and its overrides failed: {type(e).__name__}: {first[:300]}'
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with one line instead of a traceback for a bad --config,
+  override or flag."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.to_dict()  # a config file that failed to load raises only when used
+    return rest
+  except flags.Error as e:
+    fail(f'{e}. See --helpfull for the flags.', argv)
+  except Exception as e:  # pylint: disable=broad-except  (config files run arbitrary code)
+    fail(_flag_error_message(e, argv), argv)
+
+
+def _quiet_thread_errors():
+  """Errors in background threads (Orbax's asynchronous checkpoint writer) reach the
+  main thread as exceptions; print one line for them there, not a second traceback."""
+  if verbose():
+    return
+  def hook(args):
+    print(f'(background thread {args.thread.name}: {args.exc_type.__name__}: '
+          f'{str(args.exc_value).splitlines()[0][:200] if str(args.exc_value) else ""})',
+          file=sys.stderr, flush=True)
+  threading.excepthook = hook
 
 
 def maybe_initialize_distributed():
   """jax.distributed.initialize() before any computation, when asked or on a cluster."""
   import jax
   explicit = FLAGS.coordinator_address is not None
-  auto = FLAGS.jax_distributed == 'auto' and (
-      explicit or any(k in os.environ for k in _CLUSTER_ENV))
+  detected = [k for k in _CLUSTER_ENV if k in os.environ]
+  auto = FLAGS.jax_distributed == 'auto' and (explicit or detected)
   if FLAGS.jax_distributed == 'on' or auto:
     kwargs = {}
     if explicit:
       kwargs = dict(coordinator_address=FLAGS.coordinator_address,
                     num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    jax.distributed.initialize(**kwargs)
+    try:
+      jax.distributed.initialize(**kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      why = (f'{", ".join(detected)} is set, so a multi-process job was assumed'
+             if detected and not explicit else 'multi-process start-up was asked for')
+      raise StartupError(
+          f'jax.distributed.initialize() failed ({why}): '
+          f'{str(e).splitlines()[0][:200].rstrip(".")}. '
+          'For a single process (e.g. a salloc or interactive shell) pass '
+          '--jax_distributed=off; for several, give --coordinator_address=host:port '
+          '--num_processes=N --process_id=i.') from e
 
 
-def report_error(e):
-  """One clear line for expected failures (bad config, data, checkpoint) instead of a trace."""
-  import sys
-  print(f'ERROR ({type(e).__name__}): {e}', file=sys.stderr, flush=True)
-  return 2
+def run(body):
+  """Runs `body()` (the work of train.py / eval.py) with the shared error handling:
+  expected errors become one line and exit 2; `Preempted` exits 128 + signal."""
+  _quiet_thread_errors()
+  from vaes.checkpoint import CheckpointError
+  from vaes.data import DataError
+  from vaes.registry import ConfigError
+  from vaes import train
+  try:
+    maybe_initialize_distributed()
+    body()
+  except train.Preempted as e:
+    print(str(e), flush=True)
+    sys.exit(e.exit_code)
+  except (ConfigError, DataError, CheckpointError, train.TrainingError, StartupError) as e:
+    fail(str(e))
+  except KeyboardInterrupt:
+    print('\nInterrupted before training started: nothing was saved.', file=sys.stderr,
+          flush=True)
+    sys.exit(130)
+  return 0

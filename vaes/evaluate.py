@@ -15,8 +15,10 @@ from vaes.train import build_trainer, run_evaluation
 def evaluate(config, workdir):
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep, async_save=False)
-  state, step = checkpointer.restore_latest(trainer.abstract_state, config)
+  checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep, async_save=False,
+                              read_only=True)
+  # Parameters and model state only: the optimiser fields need not match the run's.
+  state, step, _ = checkpointer.restore_variables(trainer.abstract_state, config)
   if state is None:
     raise CheckpointError(f'No checkpoint in {checkpointer.directory}: train first with '
                           f'`python train.py --config=... --workdir={workdir}`.')

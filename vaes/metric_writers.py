@@ -13,17 +13,41 @@ def _fmt(v):
   return str(v)
 
 
+def drop_rows_after(path, step):
+  """Rewrites the JSON-lines file `path` without its rows of steps > `step`."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] <= step:
+        keep.append(line if line.endswith('\n') else line + '\n')
+    except (ValueError, KeyError, TypeError):
+      pass  # a line cut short by a kill
+  if len(keep) != len(lines):
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+
+
 class MetricWriter:
   """Writes only on process 0; every other process is silent."""
 
-  def __init__(self, workdir, enabled=True, tensorboard=True):
+  def __init__(self, workdir, enabled=True, tensorboard=True, resume_step=0):
+    """Appends to WORKDIR/metrics.jsonl after dropping its rows past `resume_step`
+    (logged after the checkpoint a resumed run starts from, and logged again)."""
     self.enabled = enabled
     self.tb = None
     self.jsonl = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    drop_rows_after(path, resume_step)
+    self.jsonl = open(path, 'a', encoding='utf-8')
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter

@@ -10,8 +10,10 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -23,7 +25,8 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vaes import data as data_lib
-from vaes.checkpoint import Checkpointer
+from vaes.checkpoint import (Checkpointer, config_diff, config_dict, describe_diff,
+                             finished_run_diff)
 from vaes.metric_writers import MetricWriter, Progress
 from vaes.registry import ConfigError, EvalContext, get_family
 
@@ -33,7 +36,13 @@ class TrainingError(RuntimeError):
 
 
 class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint of the current step was saved."""
+  """SIGTERM or SIGINT arrived; a checkpoint of the current step was saved. The
+  process should exit with `exit_code` (128 + the signal number): an unfinished
+  run must not look finished to `train.py && eval.py`."""
+
+  def __init__(self, message, signum):
+    super().__init__(message)
+    self.exit_code = 128 + signum
 
 
 @flax.struct.dataclass
@@ -52,13 +61,27 @@ class TrainState:
 # ----------------------------------------------------------------------------
 
 
+def _nonfinite_fields(node, prefix=''):
+  """Dotted names of the float fields of `node` that hold NaN or inf."""
+  out = []
+  for k, v in node.items():
+    if hasattr(v, 'items'):
+      out += _nonfinite_fields(v, f'{prefix}{k}.')
+    elif isinstance(v, float) and not math.isfinite(v):
+      out.append((f'{prefix}{k}', v))
+  return out
+
+
 def validate_config(config, family=None, num_devices=None):
   """Engine-level checks that must fail before any compilation."""
-  for field in ('batch_size', 'log_every_steps', 'checkpoint_every_steps'):
+  for field, v in _nonfinite_fields(config):
+    raise ConfigError(f'config.{field}={v!r}: must be a finite number.')
+  for field in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
+                'max_checkpoints_to_keep'):
     v = config[field]
     if not isinstance(v, int) or v <= 0:
       raise ConfigError(f'config.{field}={v!r}: must be a positive integer.')
-  for field in ('num_train_steps', 'eval_every_steps'):
+  for field in ('eval_every_steps', 'lr_warmup_steps', 'seed'):
     v = config[field]
     if not isinstance(v, int) or v < 0:
       raise ConfigError(f'config.{field}={v!r}: must be a non-negative integer.')
@@ -66,6 +89,16 @@ def validate_config(config, family=None, num_devices=None):
     raise ConfigError(f'config.learning_rate={config.learning_rate!r}: must be positive.')
   if config.optimizer not in ('adam', 'adamw'):
     raise ConfigError(f"config.optimizer='{config.optimizer}': choose 'adam' or 'adamw'.")
+  for field in ('adam_b1', 'adam_b2'):
+    if not 0.0 <= config[field] < 1.0:
+      raise ConfigError(f'config.{field}={config[field]!r}: must be in [0, 1).')
+  for field in ('weight_decay', 'grad_clip_norm', 'skip_grad_norm_above'):
+    if not config[field] >= 0:
+      raise ConfigError(f'config.{field}={config[field]!r}: must be >= 0 (0 disables it).')
+  if config.weight_decay > 0 and config.optimizer != 'adamw':
+    raise ConfigError(f'config.weight_decay={config.weight_decay!r} has no effect with '
+                      f"config.optimizer='{config.optimizer}': use --config.optimizer=adamw "
+                      '(decoupled weight decay) or weight_decay=0.')
   if config.lr_schedule not in ('constant', 'cosine'):
     raise ConfigError(f"config.lr_schedule='{config.lr_schedule}': choose 'constant' or "
                       "'cosine'.")
@@ -219,6 +252,7 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
     if max_skip_norm > 0:
       ok &= grad_norm <= max_skip_norm
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    ok &= jnp.isfinite(optax.tree.norm(updates))   # never step into NaN/inf parameters
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     skipped = 1 - ok.astype(jnp.int32)
@@ -234,6 +268,7 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
     metrics['skipped_update'] = skipped.astype(jnp.float32)
     return new_state, metrics
 
+  check_memory(config, abstract, train_step, example, len(mesh.devices.flat))
   step_fn = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   stacked_sharding = NamedSharding(mesh, P(None, 'data'))
@@ -242,6 +277,86 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
                           out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   return Trainer(config, family, model, data_info, mesh, tx, state_sharding, batch_sharding,
                  init_fn, step_fn, abstract_state, multi_step_fn, stacked_sharding)
+
+
+def _available_bytes(device):
+  """Memory one device can hold: the accelerator's limit, or the host's free RAM."""
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    stats = {}
+  if stats.get('bytes_limit'):
+    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES')
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _largest_intermediate(jaxpr):
+  """(bytes, shape, dtype) of the largest array a jaxpr (or any jaxpr inside it) makes."""
+  best = (0, (), None)
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      aval = getattr(v, 'aval', None)
+      if hasattr(aval, 'shape') and isinstance(getattr(aval, 'dtype', None), np.dtype):
+        size = math.prod(aval.shape) * aval.dtype.itemsize
+        best = max(best, (size, tuple(aval.shape), str(aval.dtype)), key=lambda t: t[0])
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          best = max(best, _largest_intermediate(inner), key=lambda t: t[0])
+  return best
+
+
+def check_memory(config, abstract_state, train_step, example, num_devices):
+  """Refuses, before anything is allocated or compiled, a config whose train state
+  (parameters, gradients, optimiser moments: 4x the parameters, plus the rest of the
+  state) and largest intermediate array cannot fit on one device. The message names
+  the config fields whose values appear in the offending shapes."""
+  available = _available_bytes(jax.local_devices()[0])
+  if available is None:
+    return
+  nbytes = lambda x: math.prod(x.shape) * np.dtype(x.dtype).itemsize
+  params = sum(nbytes(x) for x in jax.tree.leaves(abstract_state.params))
+  leaves = jax.tree_util.tree_flatten_with_path(
+      {'params': abstract_state.params, 'model_state': abstract_state.model_state})[0]
+  state = sum(nbytes(x) for x in jax.tree.leaves(abstract_state))
+  need = state + 2 * params      # the state, the gradients and the updated parameters
+  biggest_path, biggest = max(leaves, key=lambda t: nbytes(t[1]), default=(None, None))
+  shapes = [('/'.join(str(getattr(k, 'key', k)) for k in biggest_path), tuple(biggest.shape))
+            ] if biggest else []
+  if need <= available:
+    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        (a.shape[0] // num_devices,) + a.shape[1:], a.dtype), example)
+    jaxpr = jax.make_jaxpr(train_step)(abstract_state, spec).jaxpr
+    size, shape, dtype = _largest_intermediate(jaxpr)
+    need += size
+    shapes.append((f'an intermediate {dtype} array', shape))
+  if need <= available:
+    return
+  gib = lambda b: f'{b / 2**30:.1f} GiB'
+  values = {f'config.model.{k}={v}' for k, v in flatten_ints(config.model)
+            for _, shape in shapes if v in shape} | {
+                f'config.batch_size={config.batch_size}' for _, shape in shapes
+                if config.batch_size // num_devices in shape[:1]}
+  raise ConfigError(
+      f'This config needs at least {gib(need)} on one device (train state {gib(state)}; '
+      + '; '.join(f'{name} of shape {shape}' for name, shape in shapes)
+      + f') but {jax.local_devices()[0].platform} has {gib(available)} free. Reduce '
+      + (', '.join(sorted(values)) if values else 'the model or batch size') + '.')
+
+
+def flatten_ints(node, prefix=''):
+  """(dotted name, value) of the integer fields (> 1) of a ConfigDict."""
+  out = []
+  for k, v in node.items():
+    if hasattr(v, 'items'):
+      out += flatten_ints(v, f'{prefix}{k}.')
+    elif isinstance(v, int) and not isinstance(v, bool) and v > 1:
+      out.append((f'{prefix}{k}', v))
+  return out
 
 
 def dispatch_sizes(start_step, config):
@@ -300,26 +415,41 @@ def evaluate_family(family, ctx):
 
 
 class _Preemption:
-  """SIGTERM sets a flag; the loop saves a checkpoint at the current step and exits."""
+  """SIGTERM or SIGINT (Ctrl-C) sets a flag; the loop saves a checkpoint at the
+  current step and stops with `Preempted`. A second Ctrl-C exits at once."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self.previous = None
+    self.signum = None
+    self.previous = {}
+
+  @property
+  def requested(self):
+    return self.signum is not None
 
   def __enter__(self):
-    try:
-      self.previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread
-      self.previous = None
+    for signum in self.SIGNALS:
+      try:
+        self.previous[signum] = signal.signal(signum, self._handle)
+      except ValueError:  # not the main thread
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.signum == signal.SIGINT:
+      print('\nSecond Ctrl-C: exiting now without a checkpoint of this step.', flush=True)
+      os._exit(128 + signum)
+    if self.signum is None:
+      self.signum = signum
+      if signum == signal.SIGINT:
+        print('\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again to exit '
+              'at once).', flush=True)
 
   def __exit__(self, *exc):
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
+    for signum, previous in self.previous.items():
+      signal.signal(signum, previous)
 
 
 def train_and_evaluate(config, workdir):
@@ -332,15 +462,40 @@ def train_and_evaluate(config, workdir):
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
 
   checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep)
-  state, restored_step = checkpointer.restore_latest(trainer.abstract_state, config)
+  state, restored_step, saved_config = checkpointer.restore_latest(trainer.abstract_state,
+                                                                   config)
   if state is None:
+    set_aside = checkpointer.corrupted()
+    if set_aside and is_main:
+      banner = '!' * 78
+      print(f'{banner}\nWARNING: starting from step 0, but {checkpointer.corrupted_dir} holds '
+            f'{len(set_aside)} checkpoint(s) set aside as damaged ({", ".join(set_aside)}). '
+            f'If they are yours, stop now and move them back.\n{banner}', flush=True,
+            file=sys.stderr)
     state = trainer.init_fn()
     start_step = 0
   else:
     start_step = int(restored_step)
+    now = config_dict(config)
+    if start_step >= config.num_train_steps:
+      differ = finished_run_diff(saved_config or {}, now) if saved_config else []
+      if differ:
+        raise ConfigError(
+            f'The workdir {workdir} already holds a finished run of {start_step} steps with '
+            f'other settings ({describe_diff(differ)}). Use a fresh --workdir for a new run '
+            '(or the original config to evaluate this one).')
+      if is_main:
+        print(f'The workdir {workdir} already holds a finished run of {start_step} steps '
+              f'(config.num_train_steps={config.num_train_steps}): nothing to train. Evaluate '
+              f'it with `python eval.py --config=... --workdir={workdir}`.', flush=True)
+      return {}
     if is_main:
       print(f'Resuming from the checkpoint of step {start_step} in {checkpointer.directory}.',
             flush=True)
+      changed = config_diff(saved_config, now) if saved_config else []
+      if changed:
+        print(f'Note: resuming with fields changed since that checkpoint: '
+              f'{describe_diff(changed)}.', flush=True)
   if int(jax.device_get(state.step)) != start_step:
     raise TrainingError(f'Checkpoint step {start_step} holds state.step={int(state.step)}.')
 
@@ -354,7 +509,7 @@ def train_and_evaluate(config, workdir):
             'runs weight-gradient convolutions inside loops through a slow generic kernel '
             '(measured 15-35x slower per step); 1 is faster there.', flush=True)
 
-  writer = MetricWriter(workdir, enabled=is_main)
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = Progress(start_step, config.num_train_steps, enabled=is_main)
   host_batches = splits.train.iterate(start_step)
   first = next(host_batches)
@@ -413,9 +568,11 @@ def train_and_evaluate(config, workdir):
           checkpointer.save(step, state, config, force=True)
 
         if preempt.requested and not last_step:
-          msg = (f'SIGTERM received: saved a checkpoint at step {step} in '
-                 f'{checkpointer.directory}; rerun the same command to resume.')
-          raise Preempted(msg)
+          checkpointer.wait()
+          name = signal.Signals(preempt.signum).name
+          raise Preempted(f'{name} received: saved a checkpoint at step {step} in '
+                          f'{checkpointer.directory}; rerun the same command to resume.',
+                          preempt.signum)
   finally:
     checkpointer.wait()  # finish checkpoints in flight, also when stopping on an error
     writer.close()

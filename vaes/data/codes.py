@@ -44,10 +44,14 @@ def load_first_stage(config):
   if not workdir:
     raise DataError('config.data.vqvae_workdir is empty: name the workdir of a trained '
                     'VQ-VAE, e.g. --config.data.vqvae_workdir=runs/vqvae.')
-  checkpointer = Checkpointer(workdir, async_save=False)
-  step = checkpointer.latest_step()
+  from vaes.checkpoint import CheckpointError
+  try:
+    checkpointer = Checkpointer(workdir, async_save=False, read_only=True)
+    step = checkpointer.latest_step()
+  except CheckpointError:
+    step = None
   if step is None:
-    raise DataError(f'No VQ-VAE checkpoint in {checkpointer.directory}. Train the first stage '
+    raise DataError(f'No VQ-VAE checkpoint in {os.path.join(workdir, "checkpoints")}. Train the first stage '
                     f'first: python train.py --config=<its config> --workdir={workdir} '
                     '(see the docstring of the prior config).')
   key = (os.path.abspath(workdir), int(step))
@@ -55,7 +59,7 @@ def load_first_stage(config):
     return _LOADED[key]
   splits = data_lib.get_datasets(vq_config)
   trainer = build_trainer(vq_config, splits.info, splits.train.element_spec)
-  state, step = checkpointer.restore_latest(trainer.abstract_state, vq_config)
+  state, step, _ = checkpointer.restore_variables(trainer.abstract_state, vq_config)
   family = importlib.import_module(CODE_FAMILIES[name])
   interface = family.prior_interface(vq_config, trainer.model, splits.info)
   loaded = dict(model=trainer.model, variables={'params': state.params, **state.model_state},

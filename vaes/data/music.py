@@ -41,8 +41,18 @@ def pitches_to_roll(frames, where=''):
   """A sequence of frames, each an iterable of active MIDI pitches -> (T, 88) float32 {0,1}."""
   roll = np.zeros((len(frames), NUM_KEYS), np.float32)
   for t, frame in enumerate(frames):
+    if not isinstance(frame, (list, tuple, set, frozenset, np.ndarray)):
+      raise DataError(f'{where}: frame {t} is {frame!r}, not a list of MIDI pitches (an empty '
+                      'list is a rest).')
     for pitch in frame:
-      key = int(round(float(pitch))) - LOWEST_MIDI
+      try:
+        value = float(pitch)
+      except (TypeError, ValueError):
+        value = float('nan')
+      if not np.isfinite(value):
+        raise DataError(f'{where}: frame {t} holds {pitch!r}, not a MIDI pitch number '
+                        f'({LOWEST_MIDI}..{LOWEST_MIDI + NUM_KEYS - 1}).')
+      key = int(round(value)) - LOWEST_MIDI
       if not 0 <= key < NUM_KEYS:
         raise DataError(f'{where}: MIDI pitch {pitch} at frame {t} is outside the 88 piano '
                         f'keys {LOWEST_MIDI}..{LOWEST_MIDI + NUM_KEYS - 1}.')
@@ -125,7 +135,14 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
 
 def _cache_dir(config):
   d = config.data.get('cache_dir', '') or os.path.join(os.path.expanduser('~'), '.cache', 'vaes')
-  os.makedirs(d, exist_ok=True)
+  try:
+    os.makedirs(d, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=d)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise DataError(f"config.data.cache_dir='{d}' is not a writable folder ({e.strerror or e}); "
+                    'set --config.data.cache_dir to one, e.g. ~/.cache/vaes.') from e
   return d
 
 
@@ -226,6 +243,9 @@ def load_polyphonic_pickle(path):
                     'polyphonic-music pickle. ' + PICKLE_HELP)
   if not os.path.exists(path):
     raise DataError(f"config.data.path='{path}' does not exist. " + PICKLE_HELP)
+  if not os.path.isfile(path):
+    raise DataError(f"config.data.path='{path}' is a directory, not the pickle file: name the "
+                    'file itself. ' + PICKLE_HELP)
   with open(path, 'rb') as f:
     try:
       data = pickle.load(f)
