@@ -19,6 +19,7 @@ units 16 / 6 / 3.
 """
 
 from configs import base
+from vaes.families import ladder as ladder_family
 
 
 def get_config():
@@ -31,19 +32,7 @@ def get_config():
   c.learning_rate = 2e-3
   c.lr_schedule = 'cosine'
 
-  c.model.name = 'lvae'
-  c.model.inference = 'ladder'        # 'ladder' | 'hierarchical' (configs/hvae.py)
-  c.model.latent_sizes = (16, 8, 4)   # z_1 .. z_L
-  c.model.hidden_sizes = (128, 64, 32)  # d_1 .. d_L (and the top-down block into z_l)
-  c.model.block = 'mlp'               # 'mlp' | 'conv'
-  c.model.block_depth = 2             # layers per deterministic block
-  c.model.strides = ()                # conv only: one stride (1 or 2) per layer
-  c.model.batch_norm = True
-  c.model.activation = 'leaky_relu'
-  c.model.likelihood = 'bernoulli'    # 'bernoulli' | 'logistic' (8-bit / grey levels) | 'gaussian'
-  c.model.kl_warmup_steps = 1500      # beta = min(1, step / N); 0 = no warm-up
-  c.model.kl_warmup_epochs = 0.0      # > 0 overrides kl_warmup_steps (epochs of the train split)
-  c.model.free_bits = 0.0             # lambda nats per layer; 0 disables
+  c.model = ladder_family.model_config()   # every model field and its default
 
   c.data.name = 'digits'
   c.data.image_size = 8

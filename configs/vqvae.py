@@ -11,6 +11,7 @@ perplexity >= 16, codebook usage >= 0.25, normalised MSE <= 0.1.
 """
 
 from configs import base
+from vaes.families import vqvae as vqvae_family
 
 
 def get_config():
@@ -22,23 +23,7 @@ def get_config():
   c.checkpoint_every_steps = 1000
   c.learning_rate = 1e-3
 
-  c.model.name = 'vqvae'
-  c.model.hidden = 64
-  c.model.res_hidden = 32
-  c.model.num_res_blocks = 2
-  c.model.num_downsamples = 1
-  c.model.num_codes = 64
-  c.model.code_dim = 16
-  c.model.beta = 0.25
-  c.model.use_ema = True
-  c.model.ema_decay = 0.99
-  c.model.ema_eps = 1e-5
-  c.model.likelihood = 'gaussian'   # 'gaussian' (MSE / train variance) | 'logistic'
-  # Implementation of the decoder's 4x4 stride-2 transposed convolutions, the same
-  # function and parameters (vaes/models/layers.py): 'transpose' (lax.conv_transpose)
-  # | 'phases' | 'subpixel'. 'subpixel' measured 1.9x (32x32 VQ-VAE) and 2.9x
-  # (VQ-VAE-2 256) faster train steps than 'transpose' on the CPU (benchmarks/README.md).
-  c.model.upsample = 'subpixel'
+  c.model = vqvae_family.model_config()   # every model field and its default
 
   c.data.name = 'digits'
   c.data.image_size = 8

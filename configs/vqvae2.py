@@ -20,24 +20,11 @@ Samples are less often recognisable digits than the one-level model's.
 """
 
 from configs import vqvae
+from vaes.families import vqvae2 as vqvae2_family
 
 
 def get_config():
   """The one-level digits config (configs/vqvae.py) with two levels of codes."""
   c = vqvae.get_config()
-  c.model.name = 'vqvae2'
-  del c.model['num_downsamples']      # per level: bottom_downsamples, then one per level
-  c.model.num_levels = 2
-  c.model.bottom_downsamples = 1
-  c.model.likelihood = 'logistic'
-  # Quantiser and codebook health (see vaes/quantizers.py).
-  c.model.quantizer = 'vq'            # 'vq' | 'fsq' | 'rvq' (not for VQ-VAE-2)
-  c.model.fsq_levels = (8, 5, 5, 5)
-  c.model.rvq_stages = 1
-  c.model.kmeans_init = False
-  c.model.kmeans_iters = 10
-  c.model.kmeans_points = 16384
-  c.model.restart_after = 0           # >0: re-seed codes unused for this many steps
-  c.model.cosine = False
-  c.model.lookup_dim = 0
+  c.model = vqvae2_family.model_config()   # every model field and its default
   return c

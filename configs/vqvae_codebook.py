@@ -32,15 +32,11 @@ def get_config(variant='restarts'):
   c.checkpoint_every_steps = 1500
   c.model.num_codes = 1024
   c.model.code_dim = 16
-  c.model.quantizer = 'vq'            # 'vq' | 'fsq' | 'rvq'
+  # Quantiser fields: vaes/quantizers.py QuantizerSpec (defaults there).
   c.model.fsq_levels = (8, 8, 4, 4)   # 1024 implicit codes for 'fsq'
   c.model.rvq_stages = 2
   c.model.kmeans_init = True
-  c.model.kmeans_iters = 10
-  c.model.kmeans_points = 16384
   c.model.restart_after = 20          # steps unused before a code is re-seeded
-  c.model.cosine = False
-  c.model.lookup_dim = 0
   if variant == 'plain':
     c.model.kmeans_init = False
     c.model.restart_after = 0

@@ -27,6 +27,7 @@ training sequences and 5.5 on the test ones: the data is small.)
 
 from configs import base
 from configs import vqvae
+from vaes.families import vq_prior as vq_prior_family
 
 
 def get_vqvae_config():
@@ -51,14 +52,7 @@ def get_config(stage='prior'):
   c.lr_schedule = 'cosine'
   c.lr_warmup_steps = 100
 
-  c.model.name = 'vq_prior'
-  c.model.channels = 32
-  c.model.num_layers = 4
-  c.model.kernel_size = 3
-  c.model.embed_dim = 16
-  c.model.out_hidden = 64
-  c.model.dropout = 0.3
-  c.model.cond_channels = 32          # only used by levels below a top level (VQ-VAE-2)
+  c.model = vq_prior_family.model_config()   # every model field and its default
 
   c.data.name = 'vq_codes'
   c.data.vqvae = get_vqvae_config()   # the first stage's config, as it was trained

@@ -19,6 +19,7 @@ kl 2.47), baseline_nll_per_frame 11.56, i.e. nll / baseline = 0.65.
 """
 
 from configs import base
+from vaes.families import vrae as vrae_family
 
 
 def get_config():
@@ -33,17 +34,7 @@ def get_config():
   c.lr_warmup_steps = 50
   c.grad_clip_norm = 5.0
 
-  c.model.name = 'vrae'
-  c.model.prior = 'latent'          # 'latent' p(z_t|z_<t) | 'vrnn' p(z_t|z_<t,x_<t) | 'global'
-  c.model.likelihood = 'bernoulli'  # 'bernoulli' | 'gaussian' | 'categorical' | '' (dataset's)
-  c.model.hidden = 64
-  c.model.latent = 8
-  c.model.mlp_hidden = 64
-  c.model.unroll = 1
-  c.model.remat = False
-  c.model.kl_warmup_start = 0.1
-  c.model.kl_warmup_steps = 500
-  c.model.free_bits = 0.0
+  c.model = vrae_family.model_config()   # every model field and its default
 
   c.data.name = 'chorales'
   c.data.eval_split = 'test'        # 'valid' | 'test'

@@ -91,11 +91,13 @@ def test_vqvae2_wires_the_upsample_choice_into_every_transposed_convolution():
   use the chosen implementation, with the same variables (the layer tests above check
   that the implementations are the same function)."""
   from vaes.models.vqvae2 import VQVAE2
+  from vaes.quantizers import QuantizerSpec
   x = jnp.zeros((2, 16, 16, 3))
 
   def make(upsample):
     return VQVAE2(image_channels=3, hidden=8, res_hidden=4, num_levels=3,
-                  bottom_downsamples=1, num_codes=8, code_dim=4, upsample=upsample)
+                  bottom_downsamples=1, vq=QuantizerSpec(num_codes=8, code_dim=4),
+                  upsample=upsample)
   v = jax.eval_shape(make('transpose').init, jax.random.PRNGKey(1), x)
   convs = {}
   for implementation in ('transpose', 'phases', 'subpixel'):

@@ -10,6 +10,7 @@ from tests.helpers import load_config
 from vaes import data as data_lib
 from vaes.families import vqvae2 as family
 from vaes.models.vqvae2 import VQVAE2
+from vaes.quantizers import QuantizerSpec
 from vaes.train import build_trainer
 
 TINY = {'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16, 'batch_size': 32}
@@ -33,7 +34,7 @@ def test_paper_config_has_64x64_bottom_and_32x32_top_codes():
 def test_decoding_the_codes_reproduces_the_forward_pass():
   for levels in (2, 3):
     model = VQVAE2(image_channels=1, hidden=16, res_hidden=8, num_levels=levels,
-                   bottom_downsamples=1, num_codes=8, code_dim=4, use_ema=True)
+                   bottom_downsamples=1, vq=QuantizerSpec(num_codes=8, code_dim=4, use_ema=True))
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 1))
     variables = model.init(jax.random.PRNGKey(1), x)
     out = model.apply(variables, x)

@@ -2,7 +2,9 @@
 
 Every function returns *per-element* values (no reduction) so that callers can
 mask padded frames, sum over the right axes and weight by `valid` examples.
-Inputs of any float dtype (bf16 included) are upcast to float32 first.
+Inputs of any float dtype (bf16 included) are upcast to float32 first. Bounds built
+from them (KL warm-up, free bits, the importance-weighted bound, bits/dim) are in
+vaes/objectives.py.
 """
 
 import math
@@ -37,12 +39,6 @@ def gaussian_kl(mean_q, logvar_q, mean_p=0.0, logvar_p=0.0):
   return 0.5 * (logvar_p - logvar_q
                 + (jnp.exp(logvar_q) + jnp.square(mean_q - mean_p)) * jnp.exp(-logvar_p)
                 - 1.0)
-
-
-def gaussian_sample(rng, mean, logvar):
-  """Reparameterised sample mean + exp(logvar / 2) * eps, eps ~ N(0, I)."""
-  eps = jax.random.normal(rng, jnp.shape(mean), jnp.float32)
-  return gaussian_reparam(mean, logvar, eps)
 
 
 def gaussian_reparam(mean, logvar, eps):
@@ -111,15 +107,3 @@ def discretized_logistic_log_prob(x, mean, log_scale, num_bins=256):
                       log_pdf_mid + jnp.log(2.0 * half))
   return jnp.where(x < -1.0 + half, log_cdf_plus,
                    jnp.where(x > 1.0 - half, log_one_minus_cdf_min, log_mid))
-
-
-def bits_per_dim(nll_nats, num_dims):
-  """bits/dim = NLL_nats / (D ln 2)."""
-  return nll_nats / (num_dims * math.log(2.0))
-
-
-def iw_log_likelihood(log_weights, axis=0):
-  """Importance-weighted bound logsumexp_k(log w_k) - log k over `axis`."""
-  log_weights = jnp.asarray(log_weights, jnp.float32)
-  k = log_weights.shape[axis]
-  return jax.nn.logsumexp(log_weights, axis=axis) - jnp.log(float(k))

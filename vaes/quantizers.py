@@ -12,25 +12,56 @@ whose gradient w.r.t. z_e is the identity.
 Distances and argmin are always computed in float32 (half precision ties and
 overflows are the most common source of dead codes and NaNs). The lookup is
 `one_hot(k*) @ codebook`, a matmul, whose backward is a matmul too, instead of
-a gather whose backward is a collision-heavy scatter-add (50x slower on GPU, see
-REFERENCE.md).
+a gather whose backward is a collision-heavy scatter-add (much slower on GPUs).
 
-Behind the same interface (`__call__(z_e, update_ema) -> dict(z_q, indices,
-one_hot, codebook_loss, commitment_loss, perplexity, restarted_codes)` and
-`embed(indices) -> z_q`): `VectorQuantizer` (with k-means initialisation,
-dead-code restarts, cosine codes and a projected lookup space), `FSQ` and
-`ResidualVQ`; `build_quantizer` / `make_quantizer` choose one by config.
+The three equations above are `codebook_loss`, `commitment_loss` and
+`straight_through`, used by every quantiser. Behind the same interface
+(`__call__(z_e, update_ema) -> dict(z_q, indices, one_hot, codebook_loss,
+commitment_loss, codebook_loss_per_example, commitment_loss_per_example (B,),
+perplexity, restarted_codes)` and `embed(indices) -> z_q`): `VectorQuantizer` (with
+k-means initialisation, dead-code restarts, cosine codes and a projected lookup
+space), `FSQ` and `ResidualVQ`. `QuantizerSpec` declares every quantiser field once
+(the `config.model` fields of the VQ families, `quantizer_config`);
+`build_quantizer(spec)` builds the one it names.
 """
 
+import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 sg = jax.lax.stop_gradient
+
+
+# ----------------------------------------------------------------------------
+# The VQ objective (van den Oord et al. 2017, eq. 3), one function per term.
+# `axis=None` gives the mean over every latent vector and dimension (the batch
+# term of the loss); axis=(1, ..) the per-example terms (B,).
+# ----------------------------------------------------------------------------
+
+
+def codebook_loss(z_e, z_q, axis=None):
+  """||sg[z_e] - e_{k*}||^2: moves the codes towards the encoder outputs."""
+  return jnp.mean(jnp.square(sg(z_e) - z_q), axis=axis)
+
+
+def commitment_loss(z_e, z_q, beta, axis=None):
+  """beta ||z_e - sg[e_{k*}]||^2: keeps the encoder outputs near their codes."""
+  return beta * jnp.mean(jnp.square(z_e - sg(z_q)), axis=axis)
+
+
+def straight_through(z_e, z_q):
+  """z_e + sg[z_q - z_e]: the value of z_q with the identity gradient w.r.t. z_e."""
+  return z_e + sg(z_q - z_e)
+
+
+def per_example_axes(x):
+  """The axes of one example's latents: all but the leading batch axis."""
+  return tuple(range(1, x.ndim))
 
 
 def nearest_code(z, codebook):
@@ -148,6 +179,40 @@ def restart_dead_codes(rng, codebook, steps_unused, counts, z, restart_after):
   return codebook, jnp.where(dead, 0, steps_unused), dead
 
 
+def kmeans_once(initialized, codebook, cluster_size, embed_sum, flat_z, rng, num_iters,
+                max_points):
+  """k-means initialisation at the first training call: when `initialized` is 0 the
+  codebook becomes the `kmeans` centres of flat_z, with N_k = max(n_k, 1) and
+  m_k = N_k e_k; otherwise everything is kept (`jax.lax.cond`).
+  Returns (codebook, cluster_size, embed_sum)."""
+  num_codes = codebook.shape[0]
+
+  def from_kmeans(operand):
+    _, _, _, key = operand
+    centres, counts = kmeans(key, flat_z, num_codes, num_iters, max_points)
+    counts = jnp.maximum(counts, 1.0)
+    return centres, counts, centres * counts[:, None]
+
+  def keep(operand):
+    c, n, s, _ = operand
+    return c, n, s
+
+  return jax.lax.cond(initialized == 0, from_kmeans, keep,
+                      (codebook, cluster_size, embed_sum, rng))
+
+
+def restart_and_reset(rng, codebook, cluster_size, embed_sum, steps_unused, counts, flat_z,
+                      restart_after):
+  """`restart_dead_codes`, then the EMA statistics of each restarted code reset to
+  N_k = 1, m_k = e_k. Returns (codebook, steps_unused, cluster_size, embed_sum,
+  number of restarted codes)."""
+  codebook, steps_unused, dead = restart_dead_codes(rng, codebook, steps_unused, counts,
+                                                    flat_z, restart_after)
+  cluster_size = jnp.where(dead, 1.0, cluster_size)
+  embed_sum = jnp.where(dead[:, None], codebook, embed_sum)
+  return codebook, steps_unused, cluster_size, embed_sum, jnp.sum(dead.astype(jnp.float32))
+
+
 class VectorQuantizer(nn.Module):
   """Nearest-neighbour quantiser with a gradient- or EMA-updated codebook.
 
@@ -189,12 +254,14 @@ class VectorQuantizer(nn.Module):
 
   @nn.compact
   def __call__(self, z_e, update_ema: bool = False):
-    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
-    d = self.space_dim
-    shape = (self.num_codes, d)
+    """z_e (B, ..., code_dim) -> dict(z_q = z_e + sg[e_{k*} - z_e], indices k*, one_hot,
+    codebook_loss, commitment_loss (batch means), *_per_example (B,), perplexity,
+    restarted_codes). With `update_ema` (training) the EMA codebook takes one step."""
     if (self.kmeans_init or self.restart_after) and not self.use_ema:
       raise ValueError('k-means initialisation and dead-code restarts rewrite the codebook '
                        'inside the train step: they need use_ema=True.')
+    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
+    shape = (self.num_codes, self.space_dim)
     if self.use_ema:
       key = self.make_rng('params') if self.is_initializing() else None
       codebook_var = self.variable('vq_ema', 'codebook', lambda: init(key, shape, jnp.float32))
@@ -216,61 +283,44 @@ class VectorQuantizer(nn.Module):
     if self.cosine:
       z32 = l2_normalize(z32)
     training = self.use_ema and update_ema and not self.is_initializing()
-    flat_z = z32.reshape(-1, d)
+    flat_z = z32.reshape(-1, self.space_dim)
 
     if training and self.kmeans_init:
-      def from_kmeans(operand):
-        _, _, key = operand
-        centres, counts = kmeans(key, flat_z, self.num_codes, self.kmeans_iters,
-                                 self.kmeans_points)
-        counts = jnp.maximum(counts, 1.0)
-        return centres, counts, centres * counts[:, None]
-
-      def keep(operand):
-        c, n, _ = operand
-        return c, n, sum_var.value
-
-      codebook, cluster, embed_sum = jax.lax.cond(
-          init_flag.value == 0, from_kmeans, keep,
-          (codebook, cluster_var.value, self.make_rng('vq')))
-      codebook_var.value, cluster_var.value, sum_var.value = codebook, cluster, embed_sum
+      codebook, cluster_var.value, sum_var.value = kmeans_once(
+          init_flag.value, codebook, cluster_var.value, sum_var.value, flat_z,
+          self.make_rng('vq'), self.kmeans_iters, self.kmeans_points)
+      codebook_var.value = codebook
       init_flag.value = jnp.ones((), jnp.int32)
 
     lookup_book = l2_normalize(codebook) if self.cosine else codebook
     indices, _ = nearest_code(sg(z32), lookup_book)
     z_q, one_hot = lookup(indices, lookup_book)
 
-    commitment = self.beta * jnp.mean(jnp.square(z32 - sg(z_q)))
+    axes = per_example_axes(z32)
+    terms = dict(commitment_loss=commitment_loss(z32, z_q, self.beta),
+                 commitment_loss_per_example=commitment_loss(z32, z_q, self.beta, axes))
     restarted = jnp.zeros((), jnp.float32)
-    if self.use_ema:
-      codebook_loss = jnp.zeros((), jnp.float32)
+    if self.use_ema:  # the codebook term is replaced by the EMA update
+      terms.update(codebook_loss=jnp.zeros((), jnp.float32),
+                   codebook_loss_per_example=jnp.zeros(z32.shape[:1], jnp.float32))
       if training:
         flat_oh = one_hot.reshape(-1, self.num_codes)
-        c, s, e = ema_update(cluster_var.value, sum_var.value, flat_oh, flat_z,
-                             self.ema_decay, self.ema_eps)
+        cluster, embed_sum, codebook = ema_update(cluster_var.value, sum_var.value, flat_oh,
+                                                  flat_z, self.ema_decay, self.ema_eps)
         if self.restart_after:
-          e, unused, dead = restart_dead_codes(self.make_rng('vq'), e, unused_var.value,
-                                               jnp.sum(flat_oh, 0), flat_z, self.restart_after)
-          c = jnp.where(dead, 1.0, c)
-          s = jnp.where(dead[:, None], e, s)
-          unused_var.value = unused
-          restarted = jnp.sum(dead.astype(jnp.float32))
-        cluster_var.value, sum_var.value, codebook_var.value = c, s, e
+          codebook, unused_var.value, cluster, embed_sum, restarted = restart_and_reset(
+              self.make_rng('vq'), codebook, cluster, embed_sum, unused_var.value,
+              jnp.sum(flat_oh, 0), flat_z, self.restart_after)
+        cluster_var.value, sum_var.value, codebook_var.value = cluster, embed_sum, codebook
     else:
-      codebook_loss = jnp.mean(jnp.square(sg(z32) - z_q))
+      terms.update(codebook_loss=codebook_loss(z32, z_q),
+                   codebook_loss_per_example=codebook_loss(z32, z_q, axes))
 
-    z_q_st = z32 + sg(z_q - z32)  # straight-through estimator
+    z_q_st = straight_through(z32, z_q)
     if self.lookup_dim:
       z_q_st = nn.Dense(self.code_dim, name='proj_out', dtype=jnp.float32)(z_q_st)
-    return dict(
-        z_q=z_q_st.astype(z_e.dtype),
-        indices=indices,
-        one_hot=one_hot,
-        codebook_loss=codebook_loss,
-        commitment_loss=commitment,
-        perplexity=code_perplexity(one_hot),
-        restarted_codes=restarted,
-    )
+    return dict(z_q=z_q_st.astype(z_e.dtype), indices=indices, one_hot=one_hot,
+                perplexity=code_perplexity(one_hot), restarted_codes=restarted, **terms)
 
   def embed(self, indices):
     """z_q for given code indices (..., ) -> (..., code_dim), without the encoder."""
@@ -335,10 +385,11 @@ class FSQ(nn.Module):
     indices = jnp.sum(digits * self._basis(), axis=-1)
     one_hot = jax.nn.one_hot(indices, self.codebook_size, dtype=jnp.float32)
     z_q = self.proj_out(rounded / half_width)
-    zero = jnp.zeros((), jnp.float32)
+    zero, zeros = jnp.zeros((), jnp.float32), jnp.zeros(z_e.shape[:1], jnp.float32)
     return dict(z_q=z_q.astype(z_e.dtype), indices=indices, one_hot=one_hot,
-                codebook_loss=zero, commitment_loss=zero,
-                perplexity=code_perplexity(one_hot), restarted_codes=zero)
+                codebook_loss=zero, commitment_loss=zero, codebook_loss_per_example=zeros,
+                commitment_loss_per_example=zeros, perplexity=code_perplexity(one_hot),
+                restarted_codes=zero)
 
   def embed(self, indices):
     levels = jnp.asarray(self.levels, jnp.int32)
@@ -381,47 +432,74 @@ class ResidualVQ(nn.Module):
       outs.append(out)
     one_hot = jnp.stack([o['one_hot'] for o in outs], axis=-2)
     return dict(
-        z_q=(z32 + sg(total - z32)).astype(z_e.dtype),
+        z_q=straight_through(z32, total).astype(z_e.dtype),
         indices=jnp.stack([o['indices'] for o in outs], axis=-1),
         one_hot=one_hot,
-        codebook_loss=sum(o['codebook_loss'] for o in outs),
-        commitment_loss=sum(o['commitment_loss'] for o in outs),
         perplexity=code_perplexity(one_hot),
-        restarted_codes=sum(o['restarted_codes'] for o in outs))
+        **{k: sum(o[k] for o in outs) for k in LOSS_TERMS + ('restarted_codes',)})
 
   def embed(self, indices):
     return sum(stage.embed(indices[..., s]) for s, stage in enumerate(self.stages))
 
 
 QUANTIZERS = ('vq', 'fsq', 'rvq')
+LOSS_TERMS = ('codebook_loss', 'commitment_loss', 'codebook_loss_per_example',
+              'commitment_loss_per_example')
 
 
-def build_quantizer(kind='vq', *, num_codes, code_dim, fsq_levels=(), rvq_stages=1, **vq_kw):
-  """'vq' -> VectorQuantizer, 'fsq' -> FSQ(fsq_levels), 'rvq' -> ResidualVQ(rvq_stages);
-  `vq_kw` are VectorQuantizer fields (beta, use_ema, ..., lookup_dim)."""
-  if kind == 'vq':
-    return VectorQuantizer(num_codes=num_codes, code_dim=code_dim, **vq_kw)
-  if kind == 'fsq':
-    return FSQ(levels=tuple(fsq_levels), code_dim=code_dim)
-  if kind == 'rvq':
-    return ResidualVQ(num_stages=rvq_stages, num_codes=num_codes, code_dim=code_dim,
-                      vq_kwargs=tuple(sorted(vq_kw.items())))
-  raise ValueError(f"quantizer='{kind}': choose one of {QUANTIZERS}.")
+@dataclasses.dataclass(frozen=True)
+class QuantizerSpec:
+  """Every quantiser field, declared once: the `config.model` fields of the VQ families
+  (`quantizer_config`) and the one argument the VQ models take."""
+  quantizer: str = 'vq'              # 'vq' | 'fsq' | 'rvq'
+  num_codes: int = 64                # K, codes per codebook ('vq', 'rvq')
+  code_dim: int = 16                 # D of z_e and e_k
+  beta: float = 0.25                 # commitment weight
+  use_ema: bool = True               # EMA codebook updates instead of the codebook loss
+  ema_decay: float = 0.99            # EMA decay of N_k and m_k
+  ema_eps: float = 1e-5              # Laplace smoothing of N_k
+  fsq_levels: tuple = (8, 5, 5, 5)   # 'fsq': levels L_i per channel (prod L_i codes)
+  rvq_stages: int = 1                # 'rvq': number of residual stages S
+  kmeans_init: bool = False          # k-means codebook at the first training step (EMA)
+  kmeans_iters: int = 10             # Lloyd iterations of that k-means
+  kmeans_points: int = 16384         # encoder outputs it clusters at most (0 = all)
+  restart_after: int = 0             # >0: re-seed codes unused for this many steps (EMA)
+  cosine: bool = False               # l2-normalised z_e and e_k (cosine codes)
+  lookup_dim: int = 0                # >0: quantise in a projected space of this size
+
+  @classmethod
+  def from_config(cls, m):
+    """The spec of a `config.model` group (which holds every field of `quantizer_config`)."""
+    return cls(**{f.name: (tuple(m[f.name]) if f.name == 'fsq_levels' else m[f.name])
+                  for f in dataclasses.fields(cls)})
+
+  @property
+  def codebook_size(self):
+    """Distinct codes per latent (per stage for residual VQ)."""
+    return int(math.prod(self.fsq_levels)) if self.quantizer == 'fsq' else self.num_codes
+
+  @property
+  def stages(self):
+    return self.rvq_stages if self.quantizer == 'rvq' else 1
 
 
-def quantizer_options(cfg: Any) -> dict:
-  """build_quantizer keyword arguments from a `config.model` group (defaults keep
-  the plain VQ of van den Oord et al.)."""
-  return dict(
-      kind=cfg.get('quantizer', 'vq'), fsq_levels=tuple(cfg.get('fsq_levels', ())),
-      rvq_stages=cfg.get('rvq_stages', 1), beta=cfg.beta, use_ema=cfg.get('use_ema', False),
-      ema_decay=cfg.get('ema_decay', 0.99), ema_eps=cfg.get('ema_eps', 1e-5),
-      kmeans_init=cfg.get('kmeans_init', False), kmeans_iters=cfg.get('kmeans_iters', 10),
-      kmeans_points=cfg.get('kmeans_points', 16384), restart_after=cfg.get('restart_after', 0),
-      cosine=cfg.get('cosine', False), lookup_dim=cfg.get('lookup_dim', 0))
+def quantizer_config():
+  """The quantiser fields of `config.model`, with their defaults (`QuantizerSpec`)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(QuantizerSpec()))
 
 
-def make_quantizer(cfg: Any):
-  """Quantiser from a `config.model` group (num_codes, code_dim, quantizer, ...)."""
-  return build_quantizer(num_codes=cfg.num_codes, code_dim=cfg.code_dim,
-                         **quantizer_options(cfg))
+def build_quantizer(spec: QuantizerSpec):
+  """'vq' -> VectorQuantizer, 'fsq' -> FSQ(fsq_levels), 'rvq' -> ResidualVQ(rvq_stages)."""
+  vq_kw = dict(beta=spec.beta, use_ema=spec.use_ema, ema_decay=spec.ema_decay,
+               ema_eps=spec.ema_eps, kmeans_init=spec.kmeans_init,
+               kmeans_iters=spec.kmeans_iters, kmeans_points=spec.kmeans_points,
+               restart_after=spec.restart_after, cosine=spec.cosine,
+               lookup_dim=spec.lookup_dim)
+  if spec.quantizer == 'vq':
+    return VectorQuantizer(num_codes=spec.num_codes, code_dim=spec.code_dim, **vq_kw)
+  if spec.quantizer == 'fsq':
+    return FSQ(levels=tuple(spec.fsq_levels), code_dim=spec.code_dim)
+  if spec.quantizer == 'rvq':
+    return ResidualVQ(num_stages=spec.rvq_stages, num_codes=spec.num_codes,
+                      code_dim=spec.code_dim, vq_kwargs=tuple(sorted(vq_kw.items())))
+  raise ValueError(f"quantizer='{spec.quantizer}': choose one of {QUANTIZERS}.")

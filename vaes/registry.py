@@ -31,11 +31,19 @@ evaluate(ctx: EvalContext) -> dict[str, float]
     `ctx.image_dir` is set, writes PNG grids there (prefixed by ctx.image_prefix).
 
 validate_config(config) -> None  (optional)
-    Raise `ConfigError` naming the field, the value and what is allowed.
+    Raise `ConfigError` naming the field, the value and what is allowed. The engine
+    calls it once per run, before building anything.
+
+implementation_fields: tuple of dotted config names (optional)
+    Fields that change only how the same function is computed (`model.unroll`,
+    `model.remat`, `model.upsample`); a checkpoint may be resumed with other values.
+
+Each family module also declares its whole `config.model` group once, with defaults
+and meanings, in `model_config()`; the configs in configs/ start from it.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 
 class ConfigError(ValueError):
@@ -66,6 +74,9 @@ class ModelFamily:
   make_loss_fn: Callable
   evaluate: Callable
   validate_config: Optional[Callable] = None
+  # Config fields ('model.unroll', ...) that choose how the same function is computed
+  # (speed and memory only): a run may resume from a checkpoint with other values.
+  implementation_fields: Tuple[str, ...] = ()
 
 
 _FAMILIES: Dict[str, ModelFamily] = {}
@@ -88,8 +99,3 @@ def get_family(name: str) -> ModelFamily:
     raise ConfigError(f"config.model.name='{name}' is not a known model; choose one of "
                       f'{sorted(_FAMILIES)}.')
   return _FAMILIES[name]
-
-
-def family_names():
-  _import_families()
-  return sorted(_FAMILIES)

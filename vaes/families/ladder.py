@@ -35,9 +35,11 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vaes import distributions as dist
+from vaes import objectives
 from vaes.models import ladder as ladder_model
 from vaes.plotting import save_image_grid
 from vaes.registry import ConfigError, ModelFamily, register_family
@@ -51,9 +53,29 @@ _NAME_TO_INFERENCE = {'hvae': 'hierarchical', 'lvae': 'ladder'}
 # -----------------------------------------------------------------------------
 
 
+def model_config():
+  """Every `config.model` field of the family, with its default and meaning (the values
+  of configs/lvae.py); configs start from it and override."""
+  m = ml_collections.ConfigDict()
+  m.name = 'lvae'                     # 'lvae' | 'hvae' | 'ladder_vae' (any inference)
+  m.inference = 'ladder'              # 'ladder' | 'hierarchical' (configs/hvae.py)
+  m.latent_sizes = (16, 8, 4)         # z_1 .. z_L
+  m.hidden_sizes = (128, 64, 32)      # d_1 .. d_L (and the top-down block into z_l)
+  m.block = 'mlp'                     # 'mlp' | 'conv'
+  m.block_depth = 2                   # layers per deterministic block
+  m.strides = ()                      # conv only: one stride (1 or 2) per layer
+  m.batch_norm = True                 # batch normalisation in the deterministic blocks
+  m.activation = 'leaky_relu'         # one of ladder_model.ACTIVATIONS
+  m.likelihood = 'bernoulli'          # 'bernoulli' | 'logistic' (8-bit / grey levels) | 'gaussian'
+  m.kl_warmup_steps = 1500            # beta = min(1, step / N); 0 = no warm-up
+  m.kl_warmup_epochs = 0.0            # > 0 overrides kl_warmup_steps (epochs of the train split)
+  m.free_bits = 0.0                   # lambda nats per layer; 0 disables
+  return m
+
+
 def validate_config(config):
   m = config.model
-  inference = m.get('inference', '')
+  inference = m.inference
   if inference not in ladder_model.INFERENCE_MODES:
     raise ConfigError(f"config.model.inference='{inference}' is not one of "
                       f'{ladder_model.INFERENCE_MODES}.')
@@ -82,7 +104,7 @@ def validate_config(config):
   if m.likelihood not in ladder_model.LIKELIHOODS:
     raise ConfigError(f"config.model.likelihood='{m.likelihood}' is not one of "
                       f'{ladder_model.LIKELIHOODS}.')
-  if m.free_bits < 0 or m.kl_warmup_steps < 0 or m.get('kl_warmup_epochs', 0) < 0:
+  if m.free_bits < 0 or m.kl_warmup_steps < 0 or m.kl_warmup_epochs < 0:
     raise ConfigError('config.model.free_bits, kl_warmup_steps and kl_warmup_epochs must be >= 0.')
   if config.eval.num_importance_samples < 1 or config.eval.iw_chunk_size < 1:
     raise ConfigError('config.eval.num_importance_samples and config.eval.iw_chunk_size must be '
@@ -90,7 +112,6 @@ def validate_config(config):
 
 
 def build_model(config, data_info):
-  validate_config(config)
   m = config.model
   x_shape = tuple(data_info['shape'])
   if m.likelihood == 'bernoulli' and data_info.get('num_levels') != 2:
@@ -172,15 +193,8 @@ def log_weight(layers, log_px):
   return lw
 
 
-def kl_weight(step, warmup_steps):
-  """KL warm-up beta = min(1, step / N), linear from 0; 1 when N = 0."""
-  if warmup_steps <= 0:
-    return jnp.float32(1.0)
-  return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / float(warmup_steps))
-
-
 def _warmup_steps(config, data_info):
-  epochs = config.model.get('kl_warmup_epochs', 0)
+  epochs = config.model.kl_warmup_epochs
   if not epochs:
     return int(config.model.kl_warmup_steps)
   if 'num_train' not in data_info:
@@ -199,7 +213,6 @@ def make_loss_fn(config, model, data_info):
 
   loss = -mean_B log p(x | z_1) + beta(step) sum_l max(free_bits, mean_B KL_l).
   """
-  validate_config(config)
   inference = config.model.inference
   likelihood = config.model.likelihood
   num_levels = int(data_info.get('num_levels', 256))
@@ -222,12 +235,12 @@ def make_loss_fn(config, model, data_info):
     log_px = log_likelihood(likelihood, x, out['x'], num_levels)
     kls = layer_kls(inference, out['layers'])              # (L, B)
     kl_means = kls.mean(axis=1)                            # (L,)
-    beta = kl_weight(step, warmup)
+    beta = objectives.kl_warmup_weight(step, warmup)
     rec = -log_px.mean()
-    loss = rec + beta * jnp.maximum(kl_means, free_bits).sum()
+    loss = rec + beta * objectives.free_bits_kl(kl_means, free_bits)
     neg_elbo = rec + kl_means.sum()
     metrics = {'loss': loss, 'neg_elbo': neg_elbo, 'recon_nll': rec, 'kl': kl_means.sum(),
-               'kl_weight': beta, 'bits_per_dim': dist.bits_per_dim(neg_elbo, num_dims)}
+               'kl_weight': beta, 'bits_per_dim': objectives.bits_per_dim(neg_elbo, num_dims)}
     for l in range(num_layers):
       metrics[f'kl_layer_{l + 1}'] = kl_means[l]
     return loss, (metrics, new_state)
@@ -251,28 +264,24 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
   available), so neg_elbo and nll are computed from one set of samples.
   """
   chunk = min(chunk_size, num_samples)
-  num_chunks = -(-num_samples // chunk)
 
   def fn(variables, batch, rng):
     x = batch['image']
     valid = batch['valid'].astype(jnp.float32)
     x_shape = x.shape[1:]
 
-    def one_chunk(c):
+    def one_chunk(c, w):
       noise = ladder_model.draw_noise(model, jax.random.fold_in(rng, c), (chunk, x.shape[0]),
                                       x_shape)
       out = jax.vmap(lambda eps: model.apply(variables, x, eps, train=False))(noise)
       log_px = jax.vmap(lambda p: log_likelihood(likelihood, x, p, num_levels))(out['x'])
       kls = jax.vmap(lambda ls: layer_kls(inference, ls))(out['layers'])   # (chunk, L, B)
       lw = jax.vmap(log_weight)(out['layers'], log_px)                      # (chunk, B)
-      in_k = (c * chunk + jnp.arange(chunk)) < num_samples                  # mask beyond k
-      w = in_k.astype(jnp.float32)
-      lse = jax.nn.logsumexp(jnp.where(in_k[:, None], lw, -jnp.inf), axis=0)
       means = [jnp.einsum('s,sb...->b...', w, layer['q_mean']) for layer in out['layers']]
-      return (lse, jnp.einsum('s,sb->b', w, log_px), jnp.einsum('s,slb->lb', w, kls), means)
+      return lw, (jnp.einsum('s,sb->b', w, log_px), jnp.einsum('s,slb->lb', w, kls), means)
 
-    lses, log_px_sum, kl_sum, mean_sums = jax.lax.map(one_chunk, jnp.arange(num_chunks))
-    iw = jax.nn.logsumexp(lses, axis=0) - math.log(num_samples)           # (B,)
+    iw, (log_px_sum, kl_sum, mean_sums) = objectives.chunked_iw_bound(
+        one_chunk, num_samples, chunk)                                     # (B,)
     rec = -log_px_sum.sum(0) / num_samples                                 # (B,)
     kls = kl_sum.sum(0) / num_samples                                      # (L, B)
     out = {
@@ -337,7 +346,7 @@ def evaluate(ctx):
       'kl': totals['kl_layers'].sum() / count,
       'num_importance_samples': int(config.eval.num_importance_samples),
   }
-  metrics['bits_per_dim'] = float(dist.bits_per_dim(metrics['nll'], int(np.prod(x_shape))))
+  metrics['bits_per_dim'] = float(objectives.bits_per_dim(metrics['nll'], int(np.prod(x_shape))))
   total_active = 0
   for l in range(1, num_layers + 1):
     metrics[f'kl_layer_{l}'] = totals['kl_layers'][l - 1] / count

@@ -17,6 +17,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vaes import distributions, plotting
@@ -24,12 +25,27 @@ from vaes.models.pixelcnn import CodePrior, sample_level
 from vaes.registry import ConfigError, ModelFamily, register_family
 
 
+def model_config():
+  """Every `config.model` field of the prior, with its default and meaning (the values of
+  configs/vqvae_prior.py); configs start from it and override."""
+  m = ml_collections.ConfigDict()
+  m.name = 'vq_prior'
+  m.channels = 32             # channels of the gated PixelCNN stacks
+  m.num_layers = 4            # gated layers per level
+  m.kernel_size = 3           # odd size of the masked convolutions
+  m.embed_dim = 16            # embedding size of a code index
+  m.out_hidden = 64           # hidden units of the output head
+  m.dropout = 0.3             # dropout in the gated layers (training only)
+  m.cond_channels = 32        # conditioning channels from the level above (VQ-VAE-2)
+  return m
+
+
 def validate_config(config):
   m = config.model
   for field in ('channels', 'num_layers', 'embed_dim', 'out_hidden', 'cond_channels'):
     if m[field] <= 0:
       raise ConfigError(f'config.model.{field}={m[field]}: must be a positive integer.')
-  if not 0.0 <= m.get('dropout', 0.0) < 1.0:
+  if not 0.0 <= m.dropout < 1.0:
     raise ConfigError(f'config.model.dropout={m.dropout}: must be in [0, 1).')
   if m.kernel_size < 2 or m.kernel_size % 2 == 0:
     raise ConfigError(f'config.model.kernel_size={m.kernel_size}: must be odd and >= 3.')
@@ -48,7 +64,7 @@ def build_model(config, data_info):
       num_codes=tuple(data_info['num_codes']), grids=tuple(data_info['grids']),
       channels=m.channels, num_layers=m.num_layers, kernel_size=m.kernel_size,
       embed_dim=m.embed_dim, out_hidden=m.out_hidden, cond_channels=m.cond_channels,
-      dropout=m.get('dropout', 0.0), dtype=jnp.dtype(config.get('compute_dtype', 'float32')))
+      dropout=m.dropout, dtype=jnp.dtype(config.compute_dtype))
 
 
 def _codes(batch, n_levels):
@@ -150,7 +166,7 @@ def evaluate(ctx):
     from vaes.data import codes as codes_data
     first = codes_data.load_first_stage(config)
     decode = jax.jit(first['interface']['decode'])
-    num = int(config.eval.get('num_images', 64))
+    num = int(config.eval.num_images)
     for t in config.eval.temperatures:
       sampler = jax.jit(lambda p, r, t=float(t): sample_codes(model, p, r, num, t))
       codes = sampler(params, jax.random.fold_in(ctx.rng, int(round(1000 * t))))

@@ -22,11 +22,28 @@ from vaes.registry import ConfigError, ModelFamily, register_family
 LIKELIHOODS = ('gaussian', 'logistic')
 
 
+def model_config():
+  """Every `config.model` field of the VQ-VAE, with its default and meaning (the values
+  of configs/vqvae.py); configs start from it and override."""
+  m = quantizers.quantizer_config()   # quantizer, num_codes, code_dim, beta, EMA, ...
+  m.name = 'vqvae'
+  m.hidden = 64                       # channels of the convolutions
+  m.res_hidden = 32                   # channels inside each residual block
+  m.num_res_blocks = 2                # residual blocks in the encoder and the decoder
+  m.num_downsamples = 1               # 4x4 stride-2 convolutions: latents are 2^n smaller
+  m.likelihood = 'gaussian'           # 'gaussian' (MSE / train variance) | 'logistic'
+  # Implementation of the decoder's 4x4 stride-2 transposed convolutions, the same
+  # function and parameters (vaes/models/layers.py): 'transpose' | 'phases' | 'subpixel'.
+  m.upsample = 'subpixel'
+  return m
+
+
+# Fields that choose how the same function is computed; a run may resume with others.
+IMPLEMENTATION_FIELDS = ('model.upsample',)
+
+
 def compute_dtype(config):
-  name = config.get('compute_dtype', 'float32')
-  if name not in ('float32', 'bfloat16'):
-    raise ConfigError(f"config.compute_dtype='{name}': choose 'float32' or 'bfloat16'.")
-  return jnp.dtype(name)
+  return jnp.dtype(config.compute_dtype)
 
 
 def validate_config(config):
@@ -39,53 +56,33 @@ def validate_config(config):
     raise ConfigError('config.model.num_res_blocks and num_downsamples must be >= 0.')
   if m.likelihood not in LIKELIHOODS:
     raise ConfigError(f"config.model.likelihood='{m.likelihood}': choose one of {LIKELIHOODS}.")
-  if not 0.0 <= m.get('ema_decay', 0.99) < 1.0:
-    raise ConfigError(f'config.model.ema_decay={m.ema_decay}: must be in [0, 1).')
   validate_quantizer_config(m)
 
 
 def validate_upsample(m):
-  if m.get('upsample', 'transpose') not in UPSAMPLE_IMPLEMENTATIONS:
+  if m.upsample not in UPSAMPLE_IMPLEMENTATIONS:
     raise ConfigError(f"config.model.upsample='{m.upsample}': choose one of "
                       f'{UPSAMPLE_IMPLEMENTATIONS} (the same function; see vaes/models/layers.py).')
 
 
 def validate_quantizer_config(m):
   """Checks of the quantiser kind and codebook-health options of `config.model`."""
-  kind = m.get('quantizer', 'vq')
-  if kind not in quantizers.QUANTIZERS:
-    raise ConfigError(f"config.model.quantizer='{kind}': choose one of "
+  if m.quantizer not in quantizers.QUANTIZERS:
+    raise ConfigError(f"config.model.quantizer='{m.quantizer}': choose one of "
                       f'{quantizers.QUANTIZERS}.')
-  if kind == 'fsq' and (not m.get('fsq_levels') or min(m.fsq_levels) < 2):
-    raise ConfigError(f'config.model.fsq_levels={m.get("fsq_levels")}: FSQ needs a list of '
+  if not 0.0 <= m.ema_decay < 1.0:
+    raise ConfigError(f'config.model.ema_decay={m.ema_decay}: must be in [0, 1).')
+  if m.quantizer == 'fsq' and (not m.fsq_levels or min(m.fsq_levels) < 2):
+    raise ConfigError(f'config.model.fsq_levels={m.fsq_levels}: FSQ needs a list of '
                       'levels >= 2 per channel, e.g. (8, 5, 5, 5).')
-  if kind == 'rvq' and m.get('rvq_stages', 1) < 1:
+  if m.quantizer == 'rvq' and m.rvq_stages < 1:
     raise ConfigError(f'config.model.rvq_stages={m.rvq_stages}: must be >= 1.')
   for field in ('kmeans_init', 'restart_after'):
-    if m.get(field, 0) and not m.get('use_ema', False):
+    if m[field] and not m.use_ema:
       raise ConfigError(f'config.model.{field}={m[field]} rewrites the codebook inside the '
                         'train step and needs config.model.use_ema=True.')
-  if m.get('restart_after', 0) < 0 or m.get('lookup_dim', 0) < 0:
+  if m.restart_after < 0 or m.lookup_dim < 0:
     raise ConfigError('config.model.restart_after and lookup_dim must be >= 0.')
-
-
-def quantizer_kw(m):
-  """VQVAE.quantizer_kw from `config.model` (hashable (name, value) pairs)."""
-  kw = quantizers.quantizer_options(m)
-  for k in ('beta', 'use_ema', 'ema_decay', 'ema_eps'):
-    kw.pop(k)
-  return tuple(sorted(kw.items()))
-
-
-def codebook_size(m):
-  """Number of distinct codes per latent (per stage for residual VQ)."""
-  if m.get('quantizer', 'vq') == 'fsq':
-    return int(np.prod(m.fsq_levels))
-  return m.num_codes
-
-
-def code_stages(m):
-  return m.get('rvq_stages', 1) if m.get('quantizer', 'vq') == 'rvq' else 1
 
 
 def build_model(config, data_info):
@@ -99,10 +96,17 @@ def build_model(config, data_info):
   return VQVAE(
       image_channels=c, hidden=m.hidden, res_hidden=m.res_hidden,
       num_res_blocks=m.num_res_blocks, num_downsamples=m.num_downsamples,
-      num_codes=m.num_codes, code_dim=m.code_dim, beta=m.beta,
-      use_ema=m.use_ema, ema_decay=m.get('ema_decay', 0.99), ema_eps=m.get('ema_eps', 1e-5),
-      likelihood=m.likelihood, dtype=compute_dtype(config), quantizer_kw=quantizer_kw(m),
-      upsample=m.get('upsample', 'transpose'))
+      vq=quantizers.QuantizerSpec.from_config(m), likelihood=m.likelihood,
+      dtype=compute_dtype(config), upsample=m.upsample)
+
+
+def codebook_size(m):
+  """Number of distinct codes per latent (per stage for residual VQ)."""
+  return quantizers.QuantizerSpec.from_config(m).codebook_size
+
+
+def code_stages(m):
+  return quantizers.QuantizerSpec.from_config(m).stages
 
 
 def init_variables(model, rng, batch):
@@ -185,20 +189,12 @@ def evaluate(ctx):
     out = model.apply(variables, x, train=False)
     nll, sq_err, mean = _recon_terms(out, x, likelihood, variance, levels)
     codes = out['one_hot'].reshape(x.shape[0], -1, out['one_hot'].shape[-1])
-    per_example_loss = nll + out['codebook_loss'] + out['commitment_loss']
-    # Per-example commitment (the batch value above is a mean over the batch).
-    z_e = out['z_e'].astype(jnp.float32)
-    z_q = out['z_q'].astype(jnp.float32)
-    if m.get('quantizer', 'vq') == 'vq' and not m.get('lookup_dim', 0) and not m.get('cosine'):
-      commit = m.beta * jnp.mean(jnp.square(z_e - z_q), axis=(1, 2, 3))
-    else:  # FSQ / RVQ / projected or cosine codes: the batch value (losses differ per kind)
-      commit = jnp.broadcast_to(out['commitment_loss'], nll.shape)
+    codebook, commit = out['codebook_loss_per_example'], out['commitment_loss_per_example']
     sums = dict(
-        loss=jnp.sum(w * (nll + commit * (1.0 if m.use_ema else (1.0 + 1.0 / m.beta)))),
+        loss=jnp.sum(w * (nll + codebook + commit)),
         recon_nll=jnp.sum(w * nll), sq_err=jnp.sum(w * sq_err),
         commitment_loss=jnp.sum(w * commit), count=jnp.sum(w),
         code_counts=jnp.einsum('b,bnk->k', w, codes))
-    del per_example_loss
     return sums, mean
 
   totals, first = None, None
@@ -231,7 +227,7 @@ def evaluate(ctx):
         + latents * np.log2(codebook_size(m)) / (h * w_ * c))
 
   if ctx.image_dir and first is not None:
-    k = min(config.eval.get('num_images', 64) // 2, len(first[0]))
+    k = min(config.eval.num_images // 2, len(first[0]))
     x, xr = first[0][:k], first[1][:k]
     pairs = np.stack([x, xr], 1).reshape((-1,) + x.shape[1:])  # original, reconstruction
     plotting.save_image_grid(
@@ -276,4 +272,5 @@ def prior_interface(config, model, data_info):
 
 register_family(ModelFamily(
     name='vqvae', build_model=build_model, init_variables=init_variables,
-    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config))
+    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config,
+    implementation_fields=IMPLEMENTATION_FIELDS))

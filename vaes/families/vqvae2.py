@@ -16,10 +16,22 @@ import numpy as np
 from vaes import plotting
 from vaes.families import vqvae as _vqvae_family
 from vaes.families.vqvae import (LIKELIHOODS, _recon_terms, code_stages, codebook_size,
-                                 compute_dtype, quantizer_kw, validate_quantizer_config,
-                                 validate_upsample)
+                                 compute_dtype, validate_quantizer_config, validate_upsample)
+from vaes.quantizers import QuantizerSpec
 from vaes.models.vqvae2 import VQVAE2
 from vaes.registry import ConfigError, ModelFamily, register_family
+
+
+def model_config():
+  """Every `config.model` field of VQ-VAE-2: the VQ-VAE's (vaes.families.vqvae
+  .model_config) but num_downsamples, plus the hierarchy; the values of configs/vqvae2.py."""
+  m = _vqvae_family.model_config()
+  m.name = 'vqvae2'
+  del m['num_downsamples']            # per level: bottom_downsamples, then one per level
+  m.num_levels = 2                    # latent maps, each one stride-2 step above the last
+  m.bottom_downsamples = 1            # stride 2^n of the bottom level
+  m.likelihood = 'logistic'
+  return m
 
 
 def validate_config(config):
@@ -56,11 +68,8 @@ def build_model(config, data_info):
   return VQVAE2(
       image_channels=c, hidden=m.hidden, res_hidden=m.res_hidden,
       num_res_blocks=m.num_res_blocks, num_levels=m.num_levels,
-      bottom_downsamples=m.bottom_downsamples, num_codes=m.num_codes, code_dim=m.code_dim,
-      beta=m.beta, use_ema=m.use_ema, ema_decay=m.get('ema_decay', 0.99),
-      ema_eps=m.get('ema_eps', 1e-5), likelihood=m.likelihood, dtype=compute_dtype(config),
-      quantizer_kw=quantizer_kw(m),
-      upsample=m.get('upsample', 'transpose'))
+      bottom_downsamples=m.bottom_downsamples, vq=QuantizerSpec.from_config(m),
+      likelihood=m.likelihood, dtype=compute_dtype(config), upsample=m.upsample)
 
 
 def init_variables(model, rng, batch):
@@ -88,7 +97,9 @@ def evaluate(ctx):
     out = model.apply(variables, x, train=False)
     nll, sq_err, mean = _recon_terms(out, x, m.likelihood, variance, num_levels)
     sums = dict(count=jnp.sum(w), recon_nll=jnp.sum(w * nll), sq_err=jnp.sum(w * sq_err),
-                commitment_loss=jnp.sum(w) * out['commitment_loss'],
+                commitment_loss=jnp.sum(w * out['commitment_loss_per_example']),
+                loss=jnp.sum(w * (nll + out['codebook_loss_per_example']
+                                  + out['commitment_loss_per_example'])),
                 code_counts=[jnp.einsum('b,bnk->k', w,
                                         o['one_hot'].reshape(x.shape[0], -1, k))
                              for o in out['levels']])
@@ -104,7 +115,7 @@ def evaluate(ctx):
   mse = totals['sq_err'] / n
   metrics = {'recon_mse': mse, 'normalized_mse': mse / variance,
              'commitment_loss': totals['commitment_loss'] / n,
-             'loss': (totals['recon_nll'] + totals['commitment_loss']) / n}
+             'loss': totals['loss'] / n}
   for l, counts in enumerate(totals['code_counts']):
     probs = counts / counts.sum()
     metrics[f'perplexity_level_{l}'] = float(np.exp(-np.sum(probs * np.log(probs + 1e-10))))
@@ -117,7 +128,7 @@ def evaluate(ctx):
     metrics['bits_per_dim_uniform_prior'] = (
         metrics['decoder_nll_bits_per_dim'] + latents * np.log2(k) / (h * w_ * c))
   if ctx.image_dir and first is not None:
-    num = min(config.eval.get('num_images', 64) // 2, len(first[0]))
+    num = min(config.eval.num_images // 2, len(first[0]))
     pairs = np.stack([first[0][:num], first[1][:num]], 1).reshape((-1,) + first[0].shape[1:])
     plotting.save_image_grid(
         os.path.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs,
@@ -151,4 +162,5 @@ def prior_interface(config, model, data_info):
 
 register_family(ModelFamily(
     name='vqvae2', build_model=build_model, init_variables=init_variables,
-    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config))
+    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config,
+    implementation_fields=_vqvae_family.IMPLEMENTATION_FIELDS))

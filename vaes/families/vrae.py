@@ -29,9 +29,11 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vaes import distributions as dist
+from vaes import objectives
 from vaes.models import vrae as vrae_model
 from vaes.registry import ConfigError, ModelFamily, register_family
 
@@ -43,31 +45,52 @@ F32 = jnp.float32
 # ----------------------------------------------------------------------------
 
 
+def model_config():
+  """Every `config.model` field of the family, with its default and meaning (the values
+  of configs/vrae.py); configs start from it and override."""
+  m = ml_collections.ConfigDict()
+  m.name = 'vrae'
+  m.prior = 'latent'          # 'latent' p(z_t|z_<t) | 'vrnn' p(z_t|z_<t,x_<t) | 'global'
+  m.likelihood = 'bernoulli'  # 'bernoulli' | 'gaussian' | 'categorical' | '' (dataset's)
+  m.num_classes = 0           # categorical only, when the dataset does not say (> 0)
+  m.hidden = 64               # LSTM units
+  m.latent = 8                # dimensions of z_t
+  m.mlp_hidden = 64           # units of the prior, posterior and decoder MLPs
+  m.unroll = 1                # scan unroll (speed only)
+  m.remat = False             # rematerialise each step in the backward pass (memory only)
+  m.kl_warmup_start = 0.1     # beta_0
+  m.kl_warmup_steps = 500     # N; 0 = no warm-up
+  m.free_bits = 0.0           # nats per latent dimension per frame; 0 disables
+  return m
+
+
+# Fields that choose how the same function is computed; a run may resume with others.
+IMPLEMENTATION_FIELDS = ('model.unroll', 'model.remat')
+
+
 def _likelihood(config, data_info=None):
-  lik = config.model.get('likelihood', '') or (data_info or {}).get('likelihood', 'bernoulli')
-  return lik
+  return config.model.likelihood or (data_info or {}).get('likelihood', 'bernoulli')
 
 
 def validate_config(config):
   m = config.model
-  prior = m.get('prior', 'latent')
-  if prior not in vrae_model.PRIORS:
-    raise ConfigError(f"config.model.prior='{prior}' is not one of {vrae_model.PRIORS}.")
-  lik = m.get('likelihood', '')
+  if m.prior not in vrae_model.PRIORS:
+    raise ConfigError(f"config.model.prior='{m.prior}' is not one of {vrae_model.PRIORS}.")
+  lik = m.likelihood
   if lik and lik not in vrae_model.LIKELIHOODS:
     raise ConfigError(f"config.model.likelihood='{lik}' is not one of {vrae_model.LIKELIHOODS} "
                       "(or '' to take the dataset's).")
   for field in ('hidden', 'latent', 'mlp_hidden', 'unroll'):
-    v = m.get(field, 1)
+    v = m[field]
     if not isinstance(v, int) or v <= 0:
       raise ConfigError(f'config.model.{field}={v!r}: must be a positive integer.')
-  if m.get('free_bits', 0.0) < 0 or m.get('kl_warmup_steps', 0) < 0:
+  if m.free_bits < 0 or m.kl_warmup_steps < 0:
     raise ConfigError('config.model.free_bits and config.model.kl_warmup_steps must be >= 0, got '
-                      f"{m.get('free_bits', 0.0)} and {m.get('kl_warmup_steps', 0)}.")
-  if not 0.0 <= m.get('kl_warmup_start', 0.0) <= 1.0:
-    raise ConfigError(f"config.model.kl_warmup_start={m.get('kl_warmup_start')}: must lie in "
+                      f'{m.free_bits} and {m.kl_warmup_steps}.')
+  if not 0.0 <= m.kl_warmup_start <= 1.0:
+    raise ConfigError(f'config.model.kl_warmup_start={m.kl_warmup_start}: must lie in '
                       '[0, 1].')
-  k, chunk = config.eval.get('num_importance_samples', 1), config.eval.get('iw_chunk_size', 1)
+  k, chunk = config.eval.num_importance_samples, config.eval.iw_chunk_size
   if k < 1 or chunk < 1 or k % min(chunk, k):
     raise ConfigError(f'config.eval.num_importance_samples={k} must be a positive multiple of '
                       f'config.eval.iw_chunk_size={chunk} (or smaller than it).')
@@ -81,7 +104,7 @@ def build_model(config, data_info):
                       f"'{config.data.name}', whose frames call for '{data_lik}'; set "
                       f"config.model.likelihood='{data_lik}' (or '').")
   if lik == 'categorical':
-    features = int(data_info.get('num_classes', config.model.get('num_classes', 0)))
+    features = int(data_info.get('num_classes', config.model.num_classes))
     if features <= 0:
       raise ConfigError('A categorical likelihood needs data_info["num_classes"] or '
                         'config.model.num_classes > 0.')
@@ -89,9 +112,9 @@ def build_model(config, data_info):
     features = int(data_info['shape'][-1])
   m = config.model
   return vrae_model.VRAE(
-      features=features, likelihood=lik, prior=m.get('prior', 'latent'), hidden=m.hidden,
-      latent=m.latent, mlp_hidden=m.get('mlp_hidden', m.hidden), unroll=m.get('unroll', 1),
-      remat=bool(m.get('remat', False)), dtype=jnp.dtype(config.compute_dtype))
+      features=features, likelihood=lik, prior=m.prior, hidden=m.hidden, latent=m.latent,
+      mlp_hidden=m.mlp_hidden, unroll=m.unroll, remat=bool(m.remat),
+      dtype=jnp.dtype(config.compute_dtype))
 
 
 def init_variables(model, rng, batch):
@@ -104,14 +127,6 @@ def init_variables(model, rng, batch):
 # ----------------------------------------------------------------------------
 # Loss.
 # ----------------------------------------------------------------------------
-
-
-def kl_weight(step, warmup_steps, start=0.0):
-  """beta(step) = min(1, start + (1 - start) * step / N), linear from `start` to 1; 1 if N = 0."""
-  if warmup_steps <= 0:
-    return jnp.ones((), F32)
-  frac = jnp.asarray(step, F32) / float(warmup_steps)
-  return jnp.minimum(1.0, start + (1.0 - start) * frac)
 
 
 def latent_noise(model, rng, mask):
@@ -132,9 +147,9 @@ def elbo_terms(model, variables, x, mask, rng):
 def make_loss_fn(config, model, data_info):
   """loss = recon + beta(step) * sum_d max(free_bits, KL_d), per real frame (module doc)."""
   del data_info
-  free_bits = float(config.model.get('free_bits', 0.0))
-  warmup = int(config.model.get('kl_warmup_steps', 0))
-  start = float(config.model.get('kl_warmup_start', 0.0))
+  free_bits = float(config.model.free_bits)
+  warmup = int(config.model.kl_warmup_steps)
+  start = float(config.model.kl_warmup_start)
 
   def loss_fn(params, model_state, batch, rng, step):
     variables = {'params': params, **model_state}
@@ -142,8 +157,8 @@ def make_loss_fn(config, model, data_info):
     frames = jnp.maximum(frames, 1.0)
     recon, kl_dims = recon / frames, kl_dims / frames
     kl = kl_dims.sum()
-    kl_pen = jnp.maximum(kl_dims, free_bits).sum() if free_bits > 0 else kl
-    beta = kl_weight(step, warmup, start)
+    kl_pen = objectives.free_bits_kl(kl_dims, free_bits) if free_bits > 0 else kl
+    beta = objectives.kl_warmup_weight(step, warmup, start)
     loss = recon + beta * kl_pen
     metrics = {'loss': loss, 'neg_elbo_per_frame': recon + kl, 'recon_per_frame': recon,
                'kl_per_frame': kl, 'kl_weight': beta}
@@ -167,11 +182,11 @@ def iw_log_likelihood(model, variables, x, mask, rng, num_samples, chunk_size):
   keys = jax.random.split(rng, num_samples)
   keys = keys.reshape((num_samples // chunk, chunk) + keys.shape[1:])
 
-  def one(key):
-    return elbo_terms(model, variables, x, mask, key)[3]
+  def one_chunk(chunk_keys, weights):
+    del weights  # num_samples is a multiple of the chunk (validate_config)
+    return jax.vmap(lambda key: elbo_terms(model, variables, x, mask, key)[3])(chunk_keys), ()
 
-  log_w = jax.lax.map(jax.vmap(one), keys).reshape(num_samples, -1)
-  return dist.iw_log_likelihood(log_w, axis=0)
+  return objectives.chunked_iw_bound(one_chunk, num_samples, chunk, keys)[0]
 
 
 def fit_baseline(likelihood, train_arrays, num_classes=None):
@@ -222,8 +237,8 @@ def evaluate(ctx):
   """Metrics over the whole eval split (module docstring) and, if ctx.image_dir, PNGs."""
   config, model = ctx.config, ctx.model
   likelihood = model.likelihood
-  k = int(config.eval.get('num_importance_samples', 1))
-  chunk = int(config.eval.get('iw_chunk_size', k))
+  k = int(config.eval.num_importance_samples)
+  chunk = int(config.eval.iw_chunk_size)
   batch_fn = make_eval_batch_fn(model, likelihood, k, chunk)
   base = None
   if ctx.train_source is not None and getattr(ctx.train_source, 'arrays', None) is not None:
@@ -323,7 +338,7 @@ def save_images(ctx, host_batch):
       lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, ctx.variables)
   valid = np.asarray(host_batch.get('valid', np.ones(len(host_batch['mask']), bool)))
   host_batch = {k: np.asarray(v)[valid] for k, v in host_batch.items() if k in ('x', 'mask')}
-  n = max(1, min(int(ctx.config.eval.get('num_plot_sequences', 6)), len(host_batch['mask'])))
+  n = max(1, min(int(ctx.config.eval.num_plot_sequences), len(host_batch['mask'])))
   length = host_batch['mask'].shape[1]
   rng = jax.random.fold_in(ctx.rng, 0x1A6E)
   prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
@@ -370,4 +385,5 @@ def save_images(ctx, host_batch):
 
 register_family(ModelFamily(name='vrae', build_model=build_model, init_variables=init_variables,
                             make_loss_fn=make_loss_fn, evaluate=evaluate,
-                            validate_config=validate_config))
+                            validate_config=validate_config,
+                            implementation_fields=IMPLEMENTATION_FIELDS))

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vaes.models.layers import ConvTranspose4x4
-from vaes.quantizers import build_quantizer
+from vaes.quantizers import QuantizerSpec, build_quantizer
 
 
 class ResidualStack(nn.Module):
@@ -76,15 +76,6 @@ class Decoder(nn.Module):
     return h.astype(jnp.float32)
 
 
-def quantizer_from_fields(model):
-  """The quantiser that a VQ model's fields describe (num_codes, code_dim, beta, the
-  EMA settings and `quantizer_kw`); call it in `setup`, once per codebook."""
-  kw = dict(beta=model.beta, use_ema=model.use_ema, ema_decay=model.ema_decay,
-            ema_eps=model.ema_eps)
-  kw.update(dict(model.quantizer_kw))
-  return build_quantizer(num_codes=model.num_codes, code_dim=model.code_dim, **kw)
-
-
 class VQVAE(nn.Module):
   """x -> z_e(x) -> z_q = e_{k*} -> decoder output (likelihood parameters).
 
@@ -96,22 +87,15 @@ class VQVAE(nn.Module):
   res_hidden: int = 32
   num_res_blocks: int = 2
   num_downsamples: int = 2
-  num_codes: int = 512
-  code_dim: int = 64
-  beta: float = 0.25
-  use_ema: bool = False
-  ema_decay: float = 0.99
-  ema_eps: float = 1e-5
+  vq: QuantizerSpec = QuantizerSpec()   # the quantiser: kind, K, D, beta, EMA, ...
   likelihood: str = 'gaussian'
   dtype: Any = jnp.float32
-  # Quantiser kind and codebook-health options (vaes.quantizers.quantizer_options).
-  quantizer_kw: tuple = ()
   upsample: str = 'transpose'   # ConvTranspose4x4 implementation: same function, speed only
 
   def setup(self):
     self.encoder = Encoder(self.hidden, self.res_hidden, self.num_res_blocks,
-                           self.num_downsamples, self.code_dim, self.dtype)
-    self.quantizer = quantizer_from_fields(self)
+                           self.num_downsamples, self.vq.code_dim, self.dtype)
+    self.quantizer = build_quantizer(self.vq)
     out = self.image_channels * (2 if self.likelihood == 'logistic' else 1)
     self.decoder = Decoder(self.hidden, self.res_hidden, self.num_res_blocks,
                            self.num_downsamples, out, self.dtype, self.upsample)
@@ -123,10 +107,6 @@ class VQVAE(nn.Module):
     vq['z_e'] = z_e
     vq['decoder_out'] = out
     return vq
-
-  def encode(self, x):
-    """Code indices k* of x, shape (B, h, w)."""
-    return self.quantizer(self.encoder(x))['indices']
 
   def decode_indices(self, indices):
     """Decoder output for a grid of code indices (B, h, w) (or (B, h, w, S) for RVQ)."""

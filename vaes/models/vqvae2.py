@@ -11,8 +11,8 @@ top 32x32, the paper's sizes). With L levels, l = 0..L-1:
                        z_q,l = e^{(l)}_{k*}   (own codebook per level)
   decoder:             x_hat = Dec([z_q,0, Up_1(z_q,1), ..., Up_{L-1}(z_q,{L-1})])
 
-The blocks are those of the VQ-VAE (vaes/models/vqvae.py), as in the reference
-PyTorch implementation (rosinality/vq-vae-2-pytorch). Loss per level as in the
+The blocks are those of the VQ-VAE (vaes/models/vqvae.py), as in the paper's
+figure 2a. Loss per level as in the
 VQ-VAE; quantisation in float32 with one-hot matmul lookups; compute in `dtype`.
 """
 
@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vaes.models.layers import ConvTranspose4x4
-from vaes.models.vqvae import Decoder, Encoder, quantizer_from_fields
+from vaes.models.vqvae import Decoder, Encoder
+from vaes.quantizers import LOSS_TERMS, QuantizerSpec, build_quantizer
 
 
 class Upsample(nn.Module):
@@ -49,15 +50,9 @@ class VQVAE2(nn.Module):
   num_res_blocks: int = 2
   num_levels: int = 2
   bottom_downsamples: int = 2
-  num_codes: int = 512
-  code_dim: int = 64
-  beta: float = 0.25
-  use_ema: bool = False
-  ema_decay: float = 0.99
-  ema_eps: float = 1e-5
+  vq: QuantizerSpec = QuantizerSpec()   # one quantiser of this kind per level
   likelihood: str = 'gaussian'
   dtype: Any = jnp.float32
-  quantizer_kw: tuple = ()
   upsample: str = 'transpose'   # ConvTranspose4x4 implementation: same function, speed only
 
   def setup(self):
@@ -66,11 +61,11 @@ class VQVAE2(nn.Module):
         Encoder(self.hidden, self.res_hidden, self.num_res_blocks,
                 self.bottom_downsamples if l == 0 else 1, self.hidden, self.dtype)
         for l in range(n)]
-    self.pre_quant = [nn.Conv(self.code_dim, (1, 1), dtype=self.dtype) for _ in range(n)]
-    self.quantizers = [quantizer_from_fields(self) for _ in range(n)]
+    self.pre_quant = [nn.Conv(self.vq.code_dim, (1, 1), dtype=self.dtype) for _ in range(n)]
+    self.quantizers = [build_quantizer(self.vq) for _ in range(n)]
     self.top_down = [Decoder(self.hidden, self.res_hidden, self.num_res_blocks, 1,
-                             self.code_dim, self.dtype, self.upsample) for _ in range(n - 1)]
-    self.upsamplers = [Upsample(self.code_dim, l, self.dtype, self.upsample)
+                             self.vq.code_dim, self.dtype, self.upsample) for _ in range(n - 1)]
+    self.upsamplers = [Upsample(self.vq.code_dim, l, self.dtype, self.upsample)
                        for l in range(1, n)]
     out = self.image_channels * (2 if self.likelihood == 'logistic' else 1)
     self.decoder = Decoder(self.hidden, self.res_hidden, self.num_res_blocks,
@@ -101,9 +96,7 @@ class VQVAE2(nn.Module):
     return dict(
         levels=levels,
         decoder_out=self._decode([o['z_q'] for o in levels]),
-        codebook_loss=sum(o['codebook_loss'] for o in levels),
-        commitment_loss=sum(o['commitment_loss'] for o in levels),
-        restarted_codes=sum(o['restarted_codes'] for o in levels))
+        **{k: sum(o[k] for o in levels) for k in LOSS_TERMS + ('restarted_codes',)})
 
   def decode_indices(self, codes):
     """Decoder output for code grids [k*_0 (B, h_0, w_0), ..., k*_{L-1}]."""

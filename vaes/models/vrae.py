@@ -1,6 +1,7 @@
 """VRAE: a sequential VAE with one latent z_t per frame (Flax Linen).
 
-Generative model and posterior (seed section 1, REFERENCE.md "VRAE"):
+Generative model and posterior (Fabius & van Amersfoort 2015, with the per-step latents
+and prior p(z_t | z_<t) of Chung et al. 2015):
 
     p(x_1:T, z_1:T) = prod_t p(z_t | z_<t) p(x_t | z_<=t, x_<t)
     q(z_1:T | x_1:T) = prod_t q(z_t | z_<t, x_<=t)
