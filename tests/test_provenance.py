@@ -78,3 +78,15 @@ def test_only_process_zero_writes(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
   assert provenance.write_config_json(str(tmp_path / 'run'), load_config('configs/lvae.py')) is None
   assert not os.path.exists(tmp_path / 'run' / 'config.json')
+
+
+def test_collect_reads_what_write_config_json_writes(tmp_path, capsys):
+  from vaes import collect
+  for name, lr in (('a', 1e-3), ('b', 3e-4)):
+    workdir = str(tmp_path / name)
+    provenance.write_config_json(workdir, load_config('configs/lvae.py', {'learning_rate': lr}))
+    with open(os.path.join(workdir, 'eval_metrics.json'), 'w') as f:
+      json.dump({'nll': 22.5 if name == 'a' else 23.0}, f)
+  assert collect.main(['--csv', str(tmp_path / 'a'), str(tmp_path / 'b')]) == 0
+  assert capsys.readouterr().out.splitlines() == [
+      'run,learning_rate,nll', f'{tmp_path / "a"},0.001,22.5', f'{tmp_path / "b"},0.0003,23']
