@@ -1,15 +1,17 @@
-"""VRNN-prior VRAE on the standard JSB Chorales pickle (Boulanger-Lewandowski et al. 2012:
-382 chorales split 229/76/77, 88 keys, quarter-note frames), full sequences, test split.
+"""VRNN-prior VRAE on JSB Chorales (Boulanger-Lewandowski et al. 2012: 382 chorales split
+229/76/77, 88 keys, quarter-note frames), full sequences, test split.
 
-Get "JSB Chorales.pickle" from http://www-etud.iro.umontreal.ca/~boulanni/icml2012 (no
-download happens here), then:
+The data ships with the project (data.name='jsb_chorales': vaes/data/files/
+jsb_chorales_quarter.pkl, no download, no TensorFlow):
 
-  python train.py --config=configs/vrnn_jsb.py --workdir=/tmp/vrnn_jsb \\
-      --config.data.path=/path/to/JSB_Chorales.pickle
-  python eval.py  --config=configs/vrnn_jsb.py --workdir=/tmp/vrnn_jsb \\
-      --config.data.path=/path/to/JSB_Chorales.pickle
+  python train.py --config=configs/vrnn_jsb.py --workdir=/tmp/vrnn_jsb
+  python eval.py  --config=configs/vrnn_jsb.py --workdir=/tmp/vrnn_jsb
 
-The same pickle format serves Nottingham, MuseData and Piano-midi.de (only data.path changes).
+data.eval_split='valid' while tuning, 'test' to report. Your own pickle of the same format
+(Nottingham, MuseData, Piano-midi.de, or "JSB Chorales.pickle" from
+http://www-etud.iro.umontreal.ca/~boulanni/icml2012):
+--config.data.name=polyphonic_pickle --config.data.path=/path/to/file.pickle.
+
 Model: prior p(z_t | z_<t, x_<t) (VRNN, Chung et al. 2015), posterior q(z_t | z_<t, x_<=t),
 Bernoulli decoder p(x_t | z_<=t, x_<t); eval.py reports nll_per_frame from 500 importance
 samples, nats per real frame over the whole test split.
@@ -18,7 +20,7 @@ Published test NLL per frame on JSB (nats, lower is better; REFERENCE.md, "recal
 are approximate): RNN 8.71 / LSTM 8.45 (recalled), STORN 6.91 (recalled), DMM 6.39, SRNN
 4.74, RNN-NADE 5.19 (recalled); Pyro's DMM example reaches test -ELBO 6.87 per frame.
 A run of this config should be compared with STORN / DMM (6.4-6.9): it has not been run in
-this repository (the pickle is not available offline), so no number of ours is claimed.
+this repository yet, so no number of ours is claimed.
 Hardware and time: about 20k steps of batch 16 at T ~ 160 frames; a CPU does a few steps a
 second at this size, a GPU is preferable.
 """
@@ -48,8 +50,8 @@ def get_config():
   c.model.free_bits = 0.0
 
   c.data = base.get_base_config().data   # drop the chorale fields
-  c.data.name = 'polyphonic_pickle'
-  c.data.path = ''                  # required: --config.data.path=/path/to/JSB_Chorales.pickle
+  c.data.name = 'jsb_chorales'      # the bundled copy; 'polyphonic_pickle' reads data.path
+  c.data.path = ''                  # polyphonic_pickle only: --config.data.path=/path/to/file.pickle
   c.data.eval_split = 'test'
   c.data.max_len = 0                # whole sequences, padded to the longest (standard protocol)
 

@@ -113,7 +113,7 @@ def test_mock_binarize_and_other_datasets():
     x = next(get_datasets(make_config('cifar10', image_size=16), 0, 1).train.iterate(0))['image']
     assert x.shape == (4, 16, 16, 3)
   with tfds.testing.mock_data(num_examples=10, max_value=2):  # binarized_mnist stores {0, 1}
-    splits = get_datasets(make_config('binarized_mnist'), 0, 1)
+    splits = get_datasets(make_config('binarized_mnist', source='tfds'), 0, 1)
     x = next(splits.train.iterate(0))['image']
     assert splits.info['num_levels'] == 2 and set(np.unique(x)) == {0.0, 1.0}
   with tfds.testing.mock_data(num_examples=10, max_value=1):  # all-black omniglot pages

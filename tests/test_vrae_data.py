@@ -30,6 +30,12 @@ def test_chorale_to_roll_samples_sounding_pitches_on_the_quarter_grid():
   assert active == [[48, 60], [48, 60], [48, 62], [], [21, 108]]
 
 
+def pickle_config(overrides=None):
+  """configs/vrnn_jsb.py reading a user's pickle (data.path) instead of the bundled JSB."""
+  return load_config('configs/vrnn_jsb.py',
+                     dict({'data.name': 'polyphonic_pickle'}, **(overrides or {})))
+
+
 def test_pickle_rolls_padding_masks_and_splits(tmp_path):
   rng = np.random.default_rng(0)
   def seq(n):
@@ -39,7 +45,7 @@ def test_pickle_rolls_padding_masks_and_splits(tmp_path):
   with open(path, 'wb') as f:
     pickle.dump(raw, f)
   overrides = {'data.path': str(path), 'batch_size': 2, 'eval.batch_size': 4}
-  splits = data_lib.get_datasets(load_config('configs/vrnn_jsb.py', overrides), 0, 1)
+  splits = data_lib.get_datasets(pickle_config(overrides), 0, 1)
   info = splits.info
   assert info['likelihood'] == 'bernoulli' and info['shape'] == (12, 88)   # longest anywhere
   assert info['num_train'] == 4 and info['num_eval'] == 2 and info['eval_split'] == 'test'
@@ -54,7 +60,7 @@ def test_pickle_rolls_padding_masks_and_splits(tmp_path):
   train = next(splits.train.iterate(0))
   assert train['x'].shape == (2, 12, 88) and set(np.unique(train['x'])) <= {0.0, 1.0}
   # eval_split chooses the split; max_len cuts into pieces of at most max_len frames.
-  valid = data_lib.get_datasets(load_config('configs/vrnn_jsb.py', dict(
+  valid = data_lib.get_datasets(pickle_config(dict(
       overrides, **{'data.eval_split': 'valid', 'data.max_len': 4})), 0, 1)
   assert valid.info['shape'] == (4, 88) and valid.info['num_eval'] == 2   # 6 frames -> 4 + 2
   assert valid.info['train_frames'] == 25 and valid.info['num_train'] == 2 + 3 + 2 + 1
@@ -62,19 +68,19 @@ def test_pickle_rolls_padding_masks_and_splits(tmp_path):
 
 def test_missing_or_bad_pickle_gives_a_clear_error(tmp_path):
   missing = str(tmp_path / 'nope' / 'JSB_Chorales.pickle')
-  config = load_config('configs/vrnn_jsb.py', {'data.path': missing})
+  config = pickle_config({'data.path': missing})
   with pytest.raises(DataError, match='does not exist') as err:
     data_lib.get_datasets(config, 0, 1)
   assert missing in str(err.value) and 'icml2012' in str(err.value)
   with pytest.raises(DataError, match='data.path is empty'):
-    data_lib.get_datasets(load_config('configs/vrnn_jsb.py'), 0, 1)
+    data_lib.get_datasets(pickle_config(), 0, 1)
   bad = tmp_path / 'bad.pickle'
   with open(bad, 'wb') as f:
     pickle.dump({'train': [[[200]]], 'valid': [[[60]]], 'test': [[[60]]]}, f)
   with pytest.raises(DataError, match='outside the 88 piano keys'):
-    data_lib.get_datasets(load_config('configs/vrnn_jsb.py', {'data.path': str(bad)}), 0, 1)
+    data_lib.get_datasets(pickle_config({'data.path': str(bad)}), 0, 1)
   with pytest.raises(DataError, match="eval_split='train'"):
-    data_lib.get_datasets(load_config('configs/vrnn_jsb.py', {
+    data_lib.get_datasets(pickle_config({
         'data.path': str(bad), 'data.eval_split': 'train'}), 0, 1)
 
 

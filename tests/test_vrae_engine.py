@@ -46,7 +46,7 @@ def test_cli_train_then_eval_writes_metrics_and_piano_rolls(tmp_path):
 
 
 def test_pickle_vrnn_and_gaussian_series_configs_run(tmp_path):
-  """configs/vrnn_jsb.py trains from a pickle at data.path; configs/vrae_series.py trains
+  """configs/vrnn_jsb.py trains from a pickle at data.path (polyphonic_pickle); configs/vrae_series.py trains
   and evaluates in the loop (Gaussian likelihood, line plots)."""
   from vaes.train import train_and_evaluate
   rng = np.random.default_rng(0)
@@ -60,7 +60,8 @@ def test_pickle_vrnn_and_gaussian_series_configs_run(tmp_path):
            'checkpoint_every_steps': 2, 'model.hidden': 8, 'model.latent': 2,
            'model.mlp_hidden': 8, 'eval.batch_size': 8, 'eval.num_importance_samples': 2,
            'eval.iw_chunk_size': 2, 'eval.num_plot_sequences': 2}
-  config = load_config('configs/vrnn_jsb.py', dict(small, **{'data.path': str(path)}))
+  config = load_config('configs/vrnn_jsb.py', dict(small, **{'data.name': 'polyphonic_pickle',
+                                                           'data.path': str(path)}))
   last = train_and_evaluate(config, str(tmp_path / 'jsb'))
   assert config.model.prior == 'vrnn' and math.isfinite(last['neg_elbo_per_frame'])
 

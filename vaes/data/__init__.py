@@ -44,3 +44,4 @@ from vaes.data import images  # noqa: E402,F401
 from vaes.data import music  # noqa: E402,F401
 from vaes.data import tfds_data  # noqa: E402,F401
 from vaes.data import codes  # noqa: E402,F401
+from vaes.data import local  # noqa: E402,F401

@@ -32,6 +32,19 @@ class Splits:
   info: dict
 
 
+EVAL_SPLITS = ('valid', 'test')
+
+
+def eval_split_name(config):
+  """config.data.eval_split ('test' if unset) of the datasets split train / valid / test:
+  tune on 'valid', report on 'test'."""
+  split = config.data.get('eval_split', 'test')
+  if split not in EVAL_SPLITS:
+    raise DataError(f"config.data.eval_split='{split}' is not one of {EVAL_SPLITS}: "
+                    "use 'valid' while tuning and 'test' to report.")
+  return split
+
+
 def check_batch_split(global_batch_size: int, process_count: int, name='batch_size'):
   if global_batch_size <= 0:
     raise DataError(f'config.{name}={global_batch_size}: must be a positive integer.')

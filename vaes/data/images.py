@@ -60,27 +60,36 @@ def load_digits_arrays():
   return (images[train], d.target[train]), (images[test], d.target[test])
 
 
-@register('digits')
-def digits(config, process_index, process_count):
-  (x_train, _), (x_test, _) = load_digits_arrays()
-  size = config.data.get('image_size', 8)
+def array_image_splits(config, x_train, x_eval, num_levels, default_size, process_index,
+                       process_count, extra_info=None):
+  """In-memory float32 (N, H, W, C) images in [0, 1] -> Splits, after config.data.image_size
+  (default `default_size`), resize ('pad' | 'nearest') and binarize. `num_levels` is the
+  source's number of grey levels (2 once binarised)."""
+  size = config.data.get('image_size', default_size)
   mode = config.data.get('resize', 'pad')
-  x_train, x_test = resize_images(x_train, size, mode), resize_images(x_test, size, mode)
+  x_train, x_eval = resize_images(x_train, size, mode), resize_images(x_eval, size, mode)
   train_transform, static = binarize(config.data.get('binarize', 'none'))
-  x_train, x_test = static(x_train), static(x_test)
-  # Dynamic binarisation of the test set is drawn once, with a fixed seed.
+  x_train, x_eval = static(x_train), static(x_eval)
+  # Dynamic binarisation of the eval set is drawn once, with a fixed seed.
   eval_transform = train_transform
   binary = config.data.get('binarize', 'none') not in (None, '', 'none')
   info = {
       'kind': 'image',
       'shape': x_train.shape[1:],
-      'num_levels': 2 if binary else 17,
+      'num_levels': 2 if binary else num_levels,
       'train_variance': float(np.var(x_train)),
       'num_train': len(x_train),
-      'num_eval': len(x_test),
+      'num_eval': len(x_eval),
   }
+  info.update(extra_info or {})
   train = ArrayTrainSource({'image': x_train}, config.batch_size, config.seed,
                            process_index, process_count, transform=train_transform)
-  evals = ArrayEvalSource({'image': x_test}, config.eval.batch_size, process_index,
+  evals = ArrayEvalSource({'image': x_eval}, config.eval.batch_size, process_index,
                           process_count, transform=eval_transform, seed=1234)
   return Splits(train, evals, info)
+
+
+@register('digits')
+def digits(config, process_index, process_count):
+  (x_train, _), (x_test, _) = load_digits_arrays()
+  return array_image_splits(config, x_train, x_test, 17, 8, process_index, process_count)

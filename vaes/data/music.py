@@ -23,13 +23,12 @@ import tempfile
 import numpy as np
 
 from vaes.data import register
-from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits
+from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits, eval_split_name
 
 NUM_KEYS = 88
 LOWEST_MIDI = 21          # A0; the 88 keys are MIDI 21..108
 CHORALES_CACHE_VERSION = 1
 CHORALE_SPLIT_FRACTIONS = (0.6, 0.2, 0.2)   # by chorale, permutation with seed 0
-EVAL_SPLITS = ('valid', 'test')
 
 
 # ----------------------------------------------------------------------------
@@ -84,13 +83,6 @@ def pad_sequences(seqs, length):
   return x, mask
 
 
-def _eval_split_name(config):
-  split = config.data.get('eval_split', 'test')
-  if split not in EVAL_SPLITS:
-    raise DataError(f"config.data.eval_split='{split}' is not one of {EVAL_SPLITS}.")
-  return split
-
-
 def make_sequence_splits(config, splits, process_index, process_count, likelihood, extra_info=None):
   """splits: {'train'|'valid'|'test': list of (T_i, P) float32} -> Splits with padded arrays.
 
@@ -100,7 +92,7 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
   max_len = int(config.data.get('max_len', 0))
   if max_len < 0:
     raise DataError(f'config.data.max_len={max_len}: must be 0 (pad to the longest) or positive.')
-  eval_split = _eval_split_name(config)
+  eval_split = eval_split_name(config)
   pieces = {k: [s for s in cut_sequences(v, max_len) if len(s)] for k, v in splits.items()}
   for k in ('train', eval_split):
     if not pieces.get(k):
@@ -213,7 +205,7 @@ def split_by_chorale(rolls, fractions=CHORALE_SPLIT_FRACTIONS, seed=0):
 
 @register('chorales')
 def chorales(config, process_index, process_count):
-  _eval_split_name(config)
+  eval_split_name(config)
   limit = int(config.data.get('num_chorales', 0))
   if limit < 0 or 0 < limit < 5:
     raise DataError(f'config.data.num_chorales={limit}: use 0 (all) or at least 5, so that '
@@ -265,7 +257,7 @@ def load_polyphonic_pickle(path):
 
 @register('polyphonic_pickle')
 def polyphonic_pickle(config, process_index, process_count):
-  _eval_split_name(config)   # fail on a bad eval_split before reading anything
+  eval_split_name(config)   # fail on a bad eval_split before reading anything
   path = config.data.get('path', '')
   splits = load_polyphonic_pickle(path)
   return make_sequence_splits(config, splits, process_index, process_count, 'bernoulli',

@@ -1,6 +1,7 @@
 """TFDS image datasets behind the one iterator interface of `vaes.data.core`.
 
-Names: mnist, fashion_mnist, binarized_mnist, cifar10, svhn_cropped, omniglot,
+Names: mnist, fashion_mnist, binarized_mnist (with config.data.source='tfds'; by
+default vaes/data/local.py reads its bundled copy), cifar10, svhn_cropped, omniglot,
 celeb_a. Batches are {'image': float32 (B, H, W, C) in [0, 1]}, as for 'digits'.
 
 Config (`config.data.*`, all optional except `name`):
@@ -464,7 +465,9 @@ def train_variance(reader: Reader, split: str, limit: int = VARIANCE_EXAMPLES) -
   return float(max(total_sq / count - mean * mean, 0.0))
 
 
-@register(*SPECS)
+# binarized_mnist is registered by vaes/data/local.py, which reads its bundled copy by
+# default and calls tfds_images for config.data.source='tfds'.
+@register(*(name for name in SPECS if name != 'binarized_mnist'))
 def tfds_images(config, process_index, process_count):
   opts = read_options(config)
   reader = Reader(opts)

@@ -1,0 +1,147 @@
+"""`python -m vaes.collect` on workdirs and a results/ folder made here by hand (fake runs:
+the numbers below are inputs, not results)."""
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import PYTHON, REPO, subprocess_env
+from vaes import collect
+
+
+def make_run(workdir, config, metrics, devices=None):
+  os.makedirs(workdir, exist_ok=True)
+  record = {'config': config, 'versions': {'jax': '0.0'}, 'git': {'commit': 'abc'},
+            'devices': devices or {'kind': 'cpu', 'count': 1, 'process_count': 1},
+            'command': ['train.py'], 'time': '2026-01-01T00:00:00+00:00'}
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(record, f)
+  with open(os.path.join(workdir, 'eval_metrics.json'), 'w') as f:
+    json.dump(metrics, f)
+  return str(workdir)
+
+
+def config(lr, num_codes, sizes=(4, 2), seed=0):
+  return {'seed': seed, 'learning_rate': lr, 'batch_size': 64, 'num_train_steps': 100,
+          'model': {'name': 'vqvae', 'num_codes': num_codes, 'sizes': list(sizes)},
+          'data': {'name': 'digits'}}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+  return [make_run(tmp_path / 'a', config(1e-3, 32), {'nll': 80.123456, 'mse': 0.5, 'step': 100.0}),
+          make_run(tmp_path / 'b', config(1e-3, 64, (8, 4)), {'nll': 79.5, 'mse': 0.25}),
+          make_run(tmp_path / 'c', config(3e-4, 64), {'nll': 81.0, 'step': 100.0})]
+
+
+def run_main(capsys, argv):
+  rc = collect.main(argv)
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def test_markdown_table_has_the_differing_fields_then_all_metrics(sweep, capsys):
+  rc, out, err = run_main(capsys, sweep)
+  assert rc == 0 and err == ''
+  lines = out.strip().splitlines()
+  assert lines[0] == '| run | learning_rate | model.num_codes | model.sizes | mse | nll | step |'
+  assert lines[1] == '|---|---|---|---|---|---|---|'
+  assert lines[2] == f'| {sweep[0]} | 0.001 | 32 | [4, 2] | 0.5 | 80.123 | 100 |'
+  assert lines[3] == f'| {sweep[1]} | 0.001 | 64 | [8, 4] | 0.25 | 79.5 |  |'
+  assert lines[4] == f'| {sweep[2]} | 0.0003 | 64 | [4, 2] |  | 81 | 100 |'
+  assert len(lines) == 5
+
+
+def test_csv_and_chosen_metrics(sweep, capsys):
+  rc, out, _ = run_main(capsys, ['--csv', '--metrics', 'nll,mse'] + sweep)
+  rows = list(csv.reader(io.StringIO(out)))
+  assert rc == 0 and rows[0] == ['run', 'learning_rate', 'model.num_codes', 'model.sizes',
+                                 'nll', 'mse']
+  assert rows[1] == [sweep[0], '0.001', '32', '[4, 2]', '80.123456', '0.5']   # full precision
+  assert rows[3][-2:] == ['81', '']
+  # One run: no config columns; a field present in only some runs is a differing field.
+  rc, out, _ = run_main(capsys, ['--csv', sweep[0]])
+  assert out.splitlines()[0] == 'run,mse,nll,step'
+  c = config(1e-3, 32)
+  c['eval'] = {'k': 5}
+  extra = make_run(os.path.join(os.path.dirname(sweep[0]), 'd'), c, {'nll': 1.0})
+  rc, out, _ = run_main(capsys, ['--csv', '--metrics', 'nll', sweep[0], extra])
+  assert out.splitlines() == ['run,eval.k,nll', f'{sweep[0]},,80.123456', f'{extra},5,1']
+
+
+def test_missing_files_are_one_clear_line(sweep, tmp_path, capsys):
+  os.remove(os.path.join(sweep[1], 'eval_metrics.json'))
+  rc, out, err = run_main(capsys, sweep)
+  assert rc == 1 and out == ''
+  assert err.count('\n') == 1 and os.path.join(sweep[1], 'eval_metrics.json') in err
+  assert 'eval.py' in err
+  os.remove(os.path.join(sweep[0], 'config.json'))
+  rc, _, err = run_main(capsys, [sweep[0]])
+  assert rc == 1 and err.count('\n') == 1 and 'config.json does not exist' in err
+  with open(os.path.join(sweep[2], 'eval_metrics.json'), 'w') as f:
+    f.write('{"nll": ')
+  rc, _, err = run_main(capsys, [sweep[2]])
+  assert rc == 1 and err.count('\n') == 1 and 'not readable JSON' in err
+  rc, _, err = run_main(capsys, ['--metrics', 'bpd', sweep[0].replace('/a', '/c')])
+  assert rc == 1
+  # From the command line: the same one line, no traceback.
+  proc = subprocess.run([PYTHON, '-m', 'vaes.collect', str(tmp_path / 'nowhere')], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 1 and proc.stdout == ''
+  assert proc.stderr.splitlines() == [
+      f'vaes.collect: {tmp_path / "nowhere" / "eval_metrics.json"} does not exist: evaluate the '
+      f'run first (python eval.py --config=... --workdir={tmp_path / "nowhere"}).']
+
+
+def test_results_table_from_fake_rows(tmp_path, capsys):
+  results = tmp_path / 'results'
+  results.mkdir()
+  paper = {'row_a': {'metric': 'nll', 'paper': 79.24, 'paper_note': '(note)',
+                     'paper_schedule': '2000 epochs'},
+           'row_b': {'metric': 'nll_per_frame', 'paper': None},
+           'row_c': {'metric': 'nll', 'paper': 1.5, 'paper_schedule': '10 epochs'}}
+  with open(results / 'paper_numbers.json', 'w') as f:
+    json.dump(paper, f)
+  gpu = {'kind': 'NVIDIA H200', 'count': 1, 'process_count': 1}
+  make_run(results / 'row_a' / 'seed0', config(1e-3, 32, seed=0),
+           {'nll': 80.0, 'step': 5000.0, 'train_wall_time_s': 3725.0, 'eval_wall_time_s': 61.0},
+           gpu)
+  make_run(results / 'row_a' / 'seed1', config(1e-3, 32, seed=1),
+           {'nll': 81.0, 'step': 5000.0, 'train_wall_time_s': 3700.0, 'eval_wall_time_s': 59.0},
+           gpu)
+  make_run(results / 'row_b', config(1e-3, 32), {'nll_per_frame': 'nan'},
+           {'kind': 'TPU v4', 'count': 8, 'process_count': 2})
+  rc, out, err = run_main(capsys, ['--results', str(results)])
+  assert rc == 0 and err == ''
+  lines = out.strip().splitlines()
+  assert lines[0] == '| row | metric | paper | ours | schedule | hardware | wall time |'
+  assert lines[2] == ('| row_a | nll | 79.24 (note) | 80.5 (80, 81) | 5,000 steps x 64 '
+                      '(paper: 2000 epochs) | 1 x NVIDIA H200 | 1 h 02 min train + 1 min 01 s '
+                      'eval / 1 h 01 min train + 0 min 59 s eval |')
+  assert lines[3] == ('| row_b | nll_per_frame | - | nan | 100 steps x 64 | 8 x TPU v4, '
+                      '2 processes | not recorded |')
+  assert lines[4] == '| row_c | nll | 1.5 | not run | paper: 10 epochs |  |  |'
+  # A row whose run lacks its metric, and a folder that is not a row: one line each.
+  make_run(results / 'row_c', config(1e-3, 32), {'neg_elbo': 2.0})
+  rc, _, err = run_main(capsys, ['--results', str(results)])
+  assert rc == 1 and err.count('\n') == 1 and "no 'nll'" in err
+  shutil.rmtree(results / 'row_c')
+  os.makedirs(results / 'row_d')
+  rc, _, err = run_main(capsys, ['--results', str(results)])
+  assert rc == 1 and err.count('\n') == 1 and 'row_d' in err and 'paper_numbers.json' in err
+
+
+def test_the_projects_results_folder():
+  """results/paper_numbers.json: every row names an existing config and a metric."""
+  with open(os.path.join(REPO, 'results', 'paper_numbers.json')) as f:
+    rows = json.load(f)
+  for name, row in rows.items():
+    assert os.path.exists(os.path.join(REPO, row['config'])), name
+    assert row['metric'] and 'source' in row, name
+  header, table = collect.results_table(os.path.join(REPO, 'results'))
+  assert [r[0] for r in table] == list(rows)
