@@ -15,6 +15,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
 
   def body():
+    import vaes.families  # noqa: F401  (each family registers itself)
     from vaes import evaluate  # after jax.distributed.initialize
     evaluate.evaluate(cli.FLAGS.config, cli.FLAGS.workdir)
   return cli.run(body)

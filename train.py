@@ -14,6 +14,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
 
   def body():
+    import vaes.families  # noqa: F401  (each family registers itself)
     from vaes import train  # after jax.distributed.initialize
     train.train_and_evaluate(cli.FLAGS.config, cli.FLAGS.workdir)
   return cli.run(body)

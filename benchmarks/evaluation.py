@@ -32,6 +32,7 @@ def benchmark(config, num_examples):
   from benchmarks.common import synthetic_inputs
   from vaes.data.core import ArrayEvalSource, ArrayTrainSource
   from vaes.registry import EvalContext
+  import vaes.families  # noqa: F401  (each family registers itself)
   from vaes.train import build_trainer, evaluate_family
 
   info, spec, make_batch = synthetic_inputs(config)

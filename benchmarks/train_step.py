@@ -47,6 +47,7 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
   import jax
   import numpy as np
   from benchmarks.common import synthetic_inputs
+  import vaes.families  # noqa: F401  (each family registers itself)
   from vaes.train import build_trainer
 
   info, spec, make_batch = synthetic_inputs(config)

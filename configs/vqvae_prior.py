@@ -57,6 +57,7 @@ def get_config(stage='prior'):
   c.data.name = 'vq_codes'
   c.data.vqvae = get_vqvae_config()   # the first stage's config, as it was trained
   c.data.vqvae_workdir = ''           # its workdir (required)
+  c.data.codes_path = ''              # set by vaes.stages: the cache of the extracted codes
 
   c.eval.batch_size = 128
   c.eval.num_images = 64

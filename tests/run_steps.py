@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from tests.helpers import load_config
+import vaes.families  # noqa: F401  (each family registers itself)
 from vaes import data as data_lib
 from vaes.train import build_trainer
 

@@ -1,6 +1,7 @@
 """Learned prior over codes: causal masked convolutions, deterministic ancestral
 sampling, and the two-stage CLI (VQ-VAE -> cached codes -> prior -> bits/dim)."""
 
+import glob
 import os
 
 import jax
@@ -113,7 +114,7 @@ def test_cli_prior_stage_smoke(tmp_path):
   wd = str(tmp_path / 'prior')
   proc = run_cli('train.py', 'configs/vqvae_prior.py', wd, overrides)
   assert '[step 6]' in proc.stdout, proc.stdout
-  assert os.path.exists(os.path.join(vq_dir, 'codes_step4.npz'))
+  assert len(glob.glob(os.path.join(vq_dir, 'codes_*.npz'))) == 1
   run_cli('eval.py', 'configs/vqvae_prior.py', wd, overrides)
   m = read_eval_metrics(wd)
   for key in ('bits_per_dim', 'prior_nll_per_code', 'decoder_nll_bits_per_dim',
@@ -127,3 +128,31 @@ def test_cli_prior_stage_smoke(tmp_path):
                              16 * m['prior_nll_per_code'] / (64 * np.log(2)), rtol=1e-4)
   assert m['num_eval_images'] == 297
   assert os.path.exists(os.path.join(wd, 'eval_samples_t1.png'))
+
+
+def test_codes_cache_follows_the_checkpoint_content(tmp_path):
+  """Retraining the first stage in the same workdir (same step, other weights) or
+  changing the extraction fields gives a new cache; the same checkpoint reuses it."""
+  import shutil
+  from vaes import stages
+  vq_dir = str(tmp_path / 'vq')
+  stage1 = dict(TINY_VQ, num_train_steps=2, log_every_steps=1, eval_every_steps=0,
+                checkpoint_every_steps=2)
+  prior = lambda seed, **o: load_config('configs/vqvae_prior.py', dict(
+      {f'data.vqvae.{k}': v for k, v in dict(stage1, seed=seed, **o).items()},
+      **{'data.vqvae_workdir': vq_dir}))
+  train_and_evaluate(prior(0).data.vqvae, vq_dir)
+  first = stages.prepare_codes(prior(0))
+  assert stages.prepare_codes(prior(0)) == first          # cached: same content
+  first_codes = np.load(first)['eval_codes_0']
+  # Stage 1 retrained in the same workdir with another seed: same step, other weights.
+  shutil.rmtree(os.path.join(vq_dir, 'checkpoints'))
+  train_and_evaluate(prior(1).data.vqvae, vq_dir)
+  second = stages.prepare_codes(prior(1))
+  assert second != first and os.path.exists(second)
+  fresh = stages.extract_codes(stages.load_first_stage(prior(1)))['eval_codes_0']
+  np.testing.assert_array_equal(np.load(second)['eval_codes_0'], fresh)
+  assert not np.array_equal(first_codes, fresh)
+  # Other extraction fields (the first stage's batch size): another cache.
+  third = stages.prepare_codes(prior(1, batch_size=64))
+  assert third not in (first, second)

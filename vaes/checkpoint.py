@@ -26,16 +26,22 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vaes.registry import ConfigError
+from vaes.registry import ConfigError, get_family
 
 
 class CheckpointError(RuntimeError):
   pass
 
 
-# Fields that choose how the same function is computed (speed and memory only); a
-# run may resume with other values.
-IMPLEMENTATION_FIELDS = frozenset({'model.unroll', 'model.remat', 'model.upsample'})
+
+def implementation_fields(config):
+  """The family's fields that choose how the same function is computed (speed and
+  memory only): a run may resume with other values. `config` is a plain dict."""
+  name = config.get('model', {}).get('name', '')
+  try:
+    return frozenset(get_family(name).implementation_fields)
+  except ConfigError:
+    return frozenset()
 
 # Fields that change neither the state nor the trained function: a finished run
 # re-run with other values of these is still the same run.
@@ -60,10 +66,13 @@ def flatten(d, prefix=''):
   return out
 
 
-def config_diff(then, now, ignore=IMPLEMENTATION_FIELDS):
-  """Sorted [(field, checkpoint value, config value)] of the fields that differ."""
+def config_diff(then, now, ignore=None):
+  """Sorted [(field, checkpoint value, config value)] of the fields that differ
+  (implementation-only fields of the family aside, unless `ignore` is given)."""
+  ignore = implementation_fields(now) if ignore is None else ignore
   then, now = flatten(then), flatten(now)
-  return [(k, then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
+  # Fields added after the checkpoint was written (absent there) keep their defaults.
+  return [(k, then.get(k), now.get(k)) for k in sorted(then)
           if then.get(k) != now.get(k) and k not in ignore]
 
 
@@ -236,25 +245,40 @@ class Checkpointer:
   def restore_latest(self, abstract_state, config):
     """The newest checkpoint that reads back whole -> (state, step, saved config),
     or (None, None, None) when there is none. See the module docstring."""
-    return self._restore(abstract_state, config, variables_only=False)
+    found = self._restore(abstract_state, config, None)
+    return (found[0], found[1], found[2]['config']) if found else (None, None, None)
 
-  def restore_variables(self, abstract_state, config):
-    """As `restore_latest`, for evaluation: only params and model_state must match
-    the config; the optimiser state is read as it was saved. -> (state, step, saved
-    config); the returned state's opt_state is the saved tree (dicts and lists)."""
-    return self._restore(abstract_state, config, variables_only=True)
+  def restore_variables(self, abstract_variables, config, sharding=None):
+    """For evaluation and second stages: restores only what the model needs.
 
-  def _restore(self, abstract_state, config, variables_only):
+    `abstract_variables` = {'params': ..., 'model_state': ...} of ShapeDtypeStructs
+    (with shardings); only these must match the config, the optimiser state is read
+    as it was saved (placed with `sharding`, default that of the first variable).
+    Returns (variables, step, info) with info = {'config': the saved config,
+    'checksums': {path: checksum} of the restored variables}; (None, None, None)
+    without checkpoints."""
+    if sharding is None:
+      sharding = jax.tree.leaves(abstract_variables)[0].sharding
+    found = self._restore(abstract_variables, config, sharding)
+    if not found:
+      return None, None, None
+    restored, step, info = found
+    variables = {k: restored[k] for k in ('params', 'model_state')}
+    info['checksums'] = {p: c for p, c in info['checksums'].items()
+                         if p.split('/')[0] in variables}
+    return variables, step, info
+
+  def _restore(self, abstract, config, variables_sharding):
     steps = self.all_steps()
     if not steps:
-      return None, None, None
+      return None
     now = config_dict(config)
     moved = False
     try:
       for step in reversed(steps):
         try:
-          state, saved = self._restore_step(step, abstract_state, now, variables_only)
-          return state, step, saved
+          restored, info = self._restore_step(step, abstract, now, variables_sharding)
+          return restored, step, info
         except _Damaged as e:
           moved |= self._set_aside(step, str(e))
     finally:
@@ -264,7 +288,10 @@ class Checkpointer:
                           f'(tried steps {steps}); they were moved to '
                           f'{self.corrupted_dir}. Start afresh or restore them by hand.')
 
-  def _restore_step(self, step, abstract_state, now, variables_only):
+  def _restore_step(self, step, abstract, now, variables_sharding):
+    """Restores `step` into `abstract` (a TrainState), or, with `variables_sharding`,
+    the saved tree with `abstract`'s params and model_state in it."""
+    variables_only = variables_sharding is not None
     try:
       meta = self.read_meta(step)
       saved_tree = self.manager.item_metadata(step)['state']
@@ -277,11 +304,9 @@ class Checkpointer:
     self._check_model_data(step, saved, now)
     full = meta.get('config') or {}
 
-    ours = {p: _signature(x) for p, x in _leaves(abstract_state).items()}
+    ours = {p: _signature(x) for p, x in _leaves(abstract).items()}
     theirs = {p: _signature(x) for p, x in _leaves(saved_tree).items()}
     if variables_only:
-      keep = lambda p: p.split('/')[0] in ('params', 'model_state', 'ema_params')
-      ours = {p: s for p, s in ours.items() if keep(p)}
       mismatch = sorted(p for p in set(ours) if ours[p] != theirs.get(p))
     else:
       mismatch = sorted(p for p in set(ours) | set(theirs) if ours.get(p) != theirs.get(p))
@@ -289,30 +314,28 @@ class Checkpointer:
       raise self._structure_error(step, full, now, mismatch, ours, theirs, variables_only)
 
     if variables_only:
-      replicated = jax.tree.leaves(abstract_state)[0].sharding
       target = jax.tree.map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), saved_tree)
-      mine = {'params': abstract_state.params, 'model_state': abstract_state.model_state}
-      target = {**target, **{k: v for k, v in mine.items() if k in target}}
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=variables_sharding),
+          saved_tree)
+      target = {**target, **{k: v for k, v in abstract.items() if k in target}}
     else:
-      target = abstract_state
+      target = abstract
     try:
       restored = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
     except Exception as e:  # pylint: disable=broad-except
       raise _Damaged(_reason(e)) from e
     host = {p: _host(x) for p, x in _leaves(restored).items()}
+    sums = checksums(host)
     expected = meta.get('checksums')
     if expected is not None:
-      wrong = sorted(p for p, a in host.items() if expected.get(p) != _checksum(a))
+      wrong = sorted(p for p, c in sums.items() if expected.get(p) != c)
       if wrong:
         raise _Damaged(f'checksum mismatch in {len(wrong)} array(s), e.g. {wrong[0]}')
     bad, total = nonfinite_parameters(host)
     if bad:
       raise _Damaged(f'{bad:,} of {total:,} parameter values are NaN/inf')
-    if variables_only:
-      restored = type(abstract_state)(**restored)
-    return restored, saved
+    return restored, {'config': full or saved, 'checksums': sums}
 
   def _check_model_data(self, step, saved, now):
     """Refuses a checkpoint of different model/data fields (nothing is moved)."""

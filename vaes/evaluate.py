@@ -6,22 +6,30 @@ import math
 import os
 
 import jax
+import numpy as np
 
 from vaes import data as data_lib
 from vaes.checkpoint import Checkpointer, CheckpointError
+from vaes.registry import get_family
 from vaes.train import build_trainer, run_evaluation
 
 
 def evaluate(config, workdir):
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
   checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep, async_save=False,
                               read_only=True)
+  family = get_family(config.model.name)
+  if family.prepare is not None:
+    family.prepare(config)
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
   # Parameters and model state only: the optimiser fields need not match the run's.
-  state, step, _ = checkpointer.restore_variables(trainer.abstract_state, config)
-  if state is None:
+  abstract = trainer.abstract_state
+  variables, step, _ = checkpointer.restore_variables(
+      {'params': abstract.params, 'model_state': abstract.model_state}, config)
+  if variables is None:
     raise CheckpointError(f'No checkpoint in {checkpointer.directory}: train first with '
                           f'`python train.py --config=... --workdir={workdir}`.')
+  state = abstract.replace(step=np.int32(step), **variables)
   is_main = jax.process_index() == 0
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
   metrics = run_evaluation(trainer, state, splits, workdir, rng,

@@ -77,6 +77,12 @@ class ModelFamily:
   # Config fields ('model.unroll', ...) that choose how the same function is computed
   # (speed and memory only): a run may resume from a checkpoint with other values.
   implementation_fields: Tuple[str, ...] = ()
+  # prepare(config) -> None, before the data is read (e.g. a prior extracts the codes of
+  # its first stage and points config.data at them).
+  prepare: Optional[Callable] = None
+  # prior_interface(config, model, data_info) -> dict(levels, num_codes, encode, decode):
+  # what a learned prior over this family's discrete codes needs (VQ families).
+  prior_interface: Optional[Callable] = None
 
 
 _FAMILIES: Dict[str, ModelFamily] = {}
@@ -88,13 +94,9 @@ def register_family(family: ModelFamily, *aliases: str) -> ModelFamily:
   return family
 
 
-def _import_families():
-  # Each module calls register_family at import time.
-  import vaes.families  # noqa: F401
-
-
 def get_family(name: str) -> ModelFamily:
-  _import_families()
+  """The registered family; the entry points import `vaes.families`, whose modules
+  register themselves (the registry imports no family)."""
   if name not in _FAMILIES:
     raise ConfigError(f"config.model.name='{name}' is not a known model; choose one of "
                       f'{sorted(_FAMILIES)}.')

@@ -25,6 +25,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vaes import data as data_lib
+from vaes import provenance
 from vaes.checkpoint import (Checkpointer, config_diff, config_dict, describe_diff,
                              finished_run_diff)
 from vaes.metric_writers import MetricWriter, Progress
@@ -457,9 +458,10 @@ def train_and_evaluate(config, workdir):
   last logged training metrics (and the last evaluation's, prefixed 'eval/')."""
   is_main = jax.process_index() == 0
   family = get_family(config.model.name)
-  validate_config(config, family)
+  if family.prepare is not None:
+    family.prepare(config)
   splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)   # validates
 
   checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep)
   state, restored_step, saved_config = checkpointer.restore_latest(trainer.abstract_state,
@@ -496,6 +498,7 @@ def train_and_evaluate(config, workdir):
       if changed:
         print(f'Note: resuming with fields changed since that checkpoint: '
               f'{describe_diff(changed)}.', flush=True)
+  provenance.write_config_json(workdir, config)
   if int(jax.device_get(state.step)) != start_step:
     raise TrainingError(f'Checkpoint step {start_step} holds state.step={int(state.step)}.')
 

@@ -6,25 +6,10 @@ defines builders is imported below. A builder has the signature
 `config.data.*`, `config.batch_size`, `config.eval.batch_size` and `config.seed`.
 """
 
-from typing import Callable, Dict
-
 import jax
 
-from vaes.data.core import DataError, Splits, validate_batch  # noqa: F401
-
-_BUILDERS: Dict[str, Callable] = {}
-
-
-def register(*names):
-  def wrap(fn):
-    for name in names:
-      _BUILDERS[name] = fn
-    return fn
-  return wrap
-
-
-def dataset_names():
-  return sorted(_BUILDERS)
+from vaes.data.core import (BUILDERS as _BUILDERS, DataError, Splits, dataset_names,  # noqa: F401
+                            register, validate_batch)
 
 
 def get_datasets(config, process_index=None, process_count=None) -> Splits:

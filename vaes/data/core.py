@@ -16,9 +16,25 @@ Batches are dicts of numpy arrays whose leading axis is the (host-local) batch.
 """
 
 import dataclasses
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
 import numpy as np
+
+
+BUILDERS: Dict[str, Callable] = {}   # config.data.name -> builder
+
+
+def register(*names):
+  """Registers a builder(config, process_index, process_count) -> Splits."""
+  def wrap(fn):
+    for name in names:
+      BUILDERS[name] = fn
+    return fn
+  return wrap
+
+
+def dataset_names():
+  return sorted(BUILDERS)
 
 
 class DataError(ValueError):

@@ -7,7 +7,7 @@ digits, 256 for 8-bit images, 2 for binary ones).
 
 import numpy as np
 
-from vaes.data import register
+from vaes.data.core import register
 from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits
 
 DIGITS_TEST_SIZE = 297  # fixed split: 1500 train / 297 test, by a permutation with seed 0

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from vaes.data import register
+from vaes.data.core import register
 from vaes.data import music
 from vaes.data import tfds_data
 from vaes.data.core import DataError, eval_split_name

@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from vaes.data import register
+from vaes.data.core import register
 from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits, eval_split_name
 
 NUM_KEYS = 88

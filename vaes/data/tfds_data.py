@@ -64,7 +64,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from vaes.data import register
+from vaes.data.core import register
 from vaes.data.core import DataError, Splits, check_batch_split
 from vaes.data.images import binarize as make_binarize
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vaes import distributions, plotting
+from vaes import distributions, plotting, stages
 from vaes.models.pixelcnn import CodePrior, sample_level
 from vaes.registry import ConfigError, ModelFamily, register_family
 
@@ -163,14 +163,13 @@ def evaluate(ctx):
     metrics['bits_per_dim_uniform_prior'] = (decoder + uniform) / (dims * np.log(2.0))
 
   if ctx.image_dir:
-    from vaes.data import codes as codes_data
-    first = codes_data.load_first_stage(config)
-    decode = jax.jit(first['interface']['decode'])
+    first = stages.load_first_stage(config)
+    decode = jax.jit(first.interface['decode'])
     num = int(config.eval.num_images)
     for t in config.eval.temperatures:
       sampler = jax.jit(lambda p, r, t=float(t): sample_codes(model, p, r, num, t))
       codes = sampler(params, jax.random.fold_in(ctx.rng, int(round(1000 * t))))
-      images = np.asarray(jax.device_get(decode(first['variables'], codes)))
+      images = np.asarray(jax.device_get(decode(first.variables, codes)))
       plotting.save_image_grid(
           os.path.join(ctx.image_dir, f'{ctx.image_prefix}samples_t{t:g}.png'), images,
           ncols=int(np.ceil(np.sqrt(num))))
@@ -179,4 +178,5 @@ def evaluate(ctx):
 
 register_family(ModelFamily(
     name='vq_prior', build_model=build_model, init_variables=init_variables,
-    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config))
+    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config,
+    prepare=stages.prepare_codes))

@@ -163,4 +163,4 @@ def prior_interface(config, model, data_info):
 register_family(ModelFamily(
     name='vqvae2', build_model=build_model, init_variables=init_variables,
     make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config,
-    implementation_fields=_vqvae_family.IMPLEMENTATION_FIELDS))
+    implementation_fields=_vqvae_family.IMPLEMENTATION_FIELDS, prior_interface=prior_interface))

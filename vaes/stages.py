@@ -1,0 +1,158 @@
+"""Second stages: what a learned prior over codes needs from a trained first stage.
+
+As big_vision's UViM loads its oracle by path, a prior restores the first stage's
+*variables* (parameters and model state) from `config.data.vqvae_workdir`, not a
+trainer, and never from inside the data layer:
+
+  load_first_stage(config) -> FirstStage(model, variables, interface, step, key)
+  prepare_codes(config)    -> path of the cached codes; sets config.data.codes_path
+
+The codes of the train split (one epoch in the order of step 0, drop remainder) and
+of the whole evaluation split are extracted once with one jitted encoder pass per
+batch and cached as `{vqvae_workdir}/codes_{key}.npz`. The key is a hash of the
+checkpoint's content (the per-array checksums of its parameters and model state)
+and of the extraction fields (the first stage's data fields, batch size and seed),
+so a retrained first stage, or other extraction fields, never reuse stale codes.
+The 'vq_codes' data source (vaes/data/codes.py) only reads that file.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from vaes import data as data_lib
+from vaes.checkpoint import Checkpointer, CheckpointError, config_dict
+from vaes.data import DataError
+from vaes.data import codes as codes_data
+from vaes.registry import get_family
+
+CODES_FORMAT = 2     # bump when the cached arrays change meaning
+
+
+@dataclasses.dataclass
+class FirstStage:
+  model: Any
+  variables: dict            # {'params': ..., other collections}
+  interface: dict            # levels, num_codes, encode, decode (family.prior_interface)
+  step: int
+  key: str                   # content + extraction hash, names the codes cache
+  splits: Any
+  workdir: str
+
+
+_LOADED = {}
+
+
+def _first_stage_config(config):
+  vq_config = config.data.vqvae
+  workdir = config.data.vqvae_workdir
+  family = get_family(vq_config.model.name)
+  if family.prior_interface is None:
+    raise DataError(f"config.data.vqvae.model.name='{vq_config.model.name}': a prior needs the "
+                    'codes of a VQ model (vqvae or vqvae2).')
+  if not workdir:
+    raise DataError('config.data.vqvae_workdir is empty: name the workdir of a trained '
+                    'VQ-VAE, e.g. --config.data.vqvae_workdir=runs/vqvae.')
+  return vq_config, workdir, family
+
+
+def _checkpointer(workdir):
+  try:
+    checkpointer = Checkpointer(workdir, async_save=False, read_only=True)
+    step = checkpointer.latest_step()
+  except CheckpointError:
+    step = None
+  if step is None:
+    raise DataError(f'No VQ-VAE checkpoint in {os.path.join(workdir, "checkpoints")}. Train the '
+                    f'first stage first: python train.py --config=<its config> '
+                    f'--workdir={workdir} (see the docstring of the prior config).')
+  return checkpointer
+
+
+def _key(variables_checksums, vq_config):
+  fields = {'format': CODES_FORMAT, 'data': config_dict(vq_config.data),
+            'batch_size': vq_config.batch_size, 'seed': vq_config.seed,
+            'variables': sorted(variables_checksums.items())}
+  return hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(),
+                         digest_size=8).hexdigest()
+
+
+def load_first_stage(config) -> FirstStage:
+  """Restores the first stage's variables named by `config.data` (cached per
+  checkpoint within a process). Every process reads the whole splits."""
+  vq_config, workdir, family = _first_stage_config(config)
+  checkpointer = _checkpointer(workdir)
+  splits = data_lib.get_datasets(vq_config, process_index=0, process_count=1)
+  model = family.build_model(vq_config, splits.info)
+  example = {k: np.zeros((1,) + tuple(s), d) for k, (s, d) in splits.train.element_spec.items()}
+  abstract = dict(jax.eval_shape(lambda r, b: family.init_variables(model, r, b),
+                                 jax.random.PRNGKey(0), example))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          abstract)
+  params = abstract.pop('params')
+  variables, step, info = checkpointer.restore_variables(
+      {'params': params, 'model_state': abstract}, vq_config, sharding=device)
+  key = _key(info['checksums'], vq_config)
+  cache = (os.path.abspath(workdir), key)
+  if cache not in _LOADED:
+    _LOADED[cache] = FirstStage(
+        model=model, variables={'params': variables['params'], **variables['model_state']},
+        interface=family.prior_interface(vq_config, model, splits.info), step=int(step),
+        key=key, splits=splits, workdir=workdir)
+  return _LOADED[cache]
+
+
+def extract_codes(first: FirstStage):
+  """Encodes one epoch of the train split and the whole eval split (jitted)."""
+  encode = jax.jit(first.interface['encode'])
+  n_levels = len(first.interface['levels'])
+  train, out = first.splits.train, {}
+  it = train.iterate(0)
+  parts = [[] for _ in range(n_levels)]
+  for _ in range(train.steps_per_epoch):
+    codes, _ = jax.device_get(encode(first.variables, next(it)['image']))
+    for l in range(n_levels):
+      parts[l].append(np.asarray(codes[l]))
+  for l in range(n_levels):
+    out[f'train_codes_{l}'] = np.concatenate(parts[l]).astype(np.int32)
+  parts, nlls = [[] for _ in range(n_levels)], []
+  for batch in first.splits.eval:
+    valid = np.asarray(batch['valid'])
+    codes, nll = jax.device_get(encode(first.variables, batch['image']))
+    for l in range(n_levels):
+      parts[l].append(np.asarray(codes[l])[valid])
+    nlls.append(np.asarray(nll)[valid])
+  for l in range(n_levels):
+    out[f'eval_codes_{l}'] = np.concatenate(parts[l]).astype(np.int32)
+  out['eval_decoder_nll'] = np.concatenate(nlls).astype(np.float32)
+  info = {
+      'grids': [list(g) for g in first.interface['levels']],
+      'num_codes': [int(k) for k in first.interface['num_codes']],
+      'image_shape': list(first.splits.info['shape']),
+      'vqvae_step': first.step, 'key': first.key,
+  }
+  out['info_json'] = np.array(json.dumps(info))
+  return out
+
+
+def prepare_codes(config):
+  """Extracts (once) the codes of the first stage named by `config.data` and points
+  `config.data.codes_path` at the cache. Returns the path."""
+  first = load_first_stage(config)
+  path = os.path.join(first.workdir, f'codes_{first.key}.npz')
+  if not os.path.exists(path):
+    arrays = extract_codes(first)
+    if jax.process_index() == 0:
+      tmp = path + f'.tmp{os.getpid()}.npz'
+      np.savez(tmp, **arrays)
+      os.replace(tmp, path)
+    else:   # the other processes use their own (identical) extraction
+      codes_data.IN_MEMORY[path] = arrays
+  config.data.codes_path = path
+  return path
