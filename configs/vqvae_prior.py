@@ -11,7 +11,8 @@ that bits/dim is defined); `--config=configs/vqvae_prior.py:vqvae` selects it:
       --config.data.vqvae_workdir=runs/digits_vq
 
 The first run of the prior extracts the codes of the VQ-VAE's latest checkpoint
-once (one jitted encoder pass) into runs/digits_vq/codes_step{N}.npz.
+once (one jitted encoder pass) into runs/digits_vq/codes_{key}.npz, the key a hash of
+the checkpoint's content and the extraction fields (a retrained VQ-VAE gets new codes).
 eval.py writes bits_per_dim, prior_nll_per_code, decoder_nll_bits_per_dim and
 bits_per_dim_uniform_prior (same decoder, uniform prior over the K codes) to
 eval_metrics.json, and sample grids eval_samples_t{T}.png decoded by the VQ-VAE.
