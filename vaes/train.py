@@ -62,21 +62,20 @@ class TrainState:
 # ----------------------------------------------------------------------------
 
 
-def _nonfinite_fields(node, prefix=''):
-  """Dotted names of the float fields of `node` that hold NaN or inf."""
-  out = []
+def config_leaves(node, prefix=''):
+  """(dotted name, value) of every leaf field of a ConfigDict."""
   for k, v in node.items():
     if hasattr(v, 'items'):
-      out += _nonfinite_fields(v, f'{prefix}{k}.')
-    elif isinstance(v, float) and not math.isfinite(v):
-      out.append((f'{prefix}{k}', v))
-  return out
+      yield from config_leaves(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
 
 
 def validate_config(config, family=None, num_devices=None):
   """Engine-level checks that must fail before any compilation."""
-  for field, v in _nonfinite_fields(config):
-    raise ConfigError(f'config.{field}={v!r}: must be a finite number.')
+  for field, v in config_leaves(config):
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f'config.{field}={v!r}: must be a finite number.')
   for field in ('batch_size', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps',
                 'max_checkpoints_to_keep'):
     v = config[field]
@@ -338,7 +337,8 @@ def check_memory(config, abstract_state, train_step, example, num_devices):
   if need <= available:
     return
   gib = lambda b: f'{b / 2**30:.1f} GiB'
-  values = {f'config.model.{k}={v}' for k, v in flatten_ints(config.model)
+  values = {f'config.model.{k}={v}' for k, v in config_leaves(config.model)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 1
             for _, shape in shapes if v in shape} | {
                 f'config.batch_size={config.batch_size}' for _, shape in shapes
                 if config.batch_size // num_devices in shape[:1]}
@@ -347,17 +347,6 @@ def check_memory(config, abstract_state, train_step, example, num_devices):
       + '; '.join(f'{name} of shape {shape}' for name, shape in shapes)
       + f') but {jax.local_devices()[0].platform} has {gib(available)} free. Reduce '
       + (', '.join(sorted(values)) if values else 'the model or batch size') + '.')
-
-
-def flatten_ints(node, prefix=''):
-  """(dotted name, value) of the integer fields (> 1) of a ConfigDict."""
-  out = []
-  for k, v in node.items():
-    if hasattr(v, 'items'):
-      out += flatten_ints(v, f'{prefix}{k}.')
-    elif isinstance(v, int) and not isinstance(v, bool) and v > 1:
-      out.append((f'{prefix}{k}', v))
-  return out
 
 
 def dispatch_sizes(start_step, config):
