@@ -30,10 +30,9 @@ FLAGS = flags.FLAGS
 def benchmark(config, num_examples):
   import jax
   from benchmarks.common import synthetic_inputs
-  from vaes.data.core import ArrayEvalSource, ArrayTrainSource
-  from vaes.registry import EvalContext
+  from vaes.data.core import ArrayEvalSource
   import vaes.families  # noqa: F401  (each family registers itself)
-  from vaes.train import build_trainer, evaluate_family
+  from vaes.train import build_trainer, evaluate_split
 
   info, spec, make_batch = synthetic_inputs(config)
   info = dict(info, num_eval=num_examples)
@@ -41,16 +40,13 @@ def benchmark(config, num_examples):
   state = trainer.init_fn()
   variables = {'params': state.params, **state.model_state}
   arrays = make_batch(num_examples)
-  train = ArrayTrainSource(make_batch(config.batch_size), config.batch_size, config.seed)
 
   def run(n):
     source = ArrayEvalSource({k: v[:n] for k, v in arrays.items()}, config.eval.batch_size)
-    ctx = EvalContext(config=config, model=trainer.model, variables=variables,
-                      eval_source=source, data_info=info,
-                      rng=jax.random.PRNGKey(config.seed), put=trainer.put,
-                      mesh=trainer.mesh, train_source=train)
     t0 = time.perf_counter()
-    metrics = evaluate_family(trainer.family, ctx)   # host floats: synchronised
+    metrics = evaluate_split(trainer.family, config, trainer.model, variables, source, info,
+                             jax.random.PRNGKey(config.seed), trainer.put,
+                             progress=False)   # host floats: synchronised
     return time.perf_counter() - t0, metrics
 
   warmup_s, _ = run(min(num_examples, config.eval.batch_size))

@@ -4,6 +4,8 @@ and override a few fields."""
 
 import ml_collections
 
+from vaes.data.core import data_config
+
 
 def get_base_config():
   c = ml_collections.ConfigDict()
@@ -42,9 +44,7 @@ def get_base_config():
   c.model = ml_collections.ConfigDict()
   c.model.name = ''
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = 'digits'
-  c.data.tfds_data_dir = ''       # '' = TFDS default (~/tensorflow_datasets)
+  c.data = data_config()          # every data field, with its default and meaning
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256

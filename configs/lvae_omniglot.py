@@ -29,7 +29,6 @@ def get_config():
   c.eval_every_steps = 100 * steps_per_epoch
   c.checkpoint_every_steps = 20 * steps_per_epoch
   c.data.name = 'omniglot'
-  del c.data['source']   # binarized_mnist's field (bundled copy or TFDS); omniglot is TFDS only
   c.data.image_size = 28
   c.data.resize = 'bilinear'
   return c

@@ -31,7 +31,7 @@ def get_config():
   c.model.kl_warmup_start = 0.1
   c.model.kl_warmup_steps = 500
 
-  c.data = base.get_base_config().data   # drop the chorale fields
+  c.data = base.get_base_config().data   # the data defaults, not the chorales config's
   c.data.name = 'synthetic_series'
   c.data.eval_split = 'test'
   c.data.max_len = 0

@@ -49,7 +49,7 @@ def get_config():
   c.model.kl_warmup_steps = 5000
   c.model.free_bits = 0.0
 
-  c.data = base.get_base_config().data   # drop the chorale fields
+  c.data = base.get_base_config().data   # the data defaults, not the chorales config's
   c.data.name = 'jsb_chorales'      # the bundled copy; 'polyphonic_pickle' reads data.path
   c.data.path = ''                  # polyphonic_pickle only: --config.data.path=/path/to/file.pickle
   c.data.eval_split = 'test'

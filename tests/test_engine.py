@@ -9,6 +9,7 @@ import socket
 import subprocess
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,8 +17,8 @@ from tests.helpers import (PYTHON, REPO, load_config, read_eval_metrics, run_cli
                            subprocess_env)
 from vaes import data as data_lib
 from vaes.checkpoint import Checkpointer
-from vaes.registry import EvalContext, get_family
-from vaes.train import (build_trainer, dispatch_sizes, evaluate_family,
+from vaes.registry import get_family
+from vaes.train import (build_trainer, dispatch_sizes, evaluate_split,
                         train_and_evaluate)
 
 TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16,
@@ -203,13 +204,48 @@ def test_matmul_precision_reaches_every_matmul_of_the_train_step(precision):
 
 
 def test_evaluation_runs_at_eval_matmul_precision():
+  """The per-batch statistics are traced, and the metrics finished, at
+  config.eval.matmul_precision."""
   config = load_config('configs/lvae.py', {'batch_size': 16})
   assert config.eval.matmul_precision == 'highest'
   seen = []
-  family = dataclasses.replace(
-      get_family('lvae'), evaluate=lambda ctx: seen.append(
-          jax.config.jax_default_matmul_precision) or {})
-  evaluate_family(family, EvalContext(config, None, {}, [], {}, None, None, None))
-  config.eval.matmul_precision = 'default'
-  evaluate_family(family, EvalContext(config, None, {}, [], {}, None, None, None))
-  assert seen[0] == 'highest' and seen[1] in (None, 'default')
+
+  def eval_stats(config, model, data_info):
+    def fn(variables, batch, rng):
+      seen.append(('stats', jax.config.jax_default_matmul_precision))
+      return {'count': jnp.sum(batch['valid'])}
+    return fn
+
+  def eval_metrics(config, data_info, totals):
+    seen.append(('metrics', jax.config.jax_default_matmul_precision))
+    return {'count': float(totals['count'])}
+
+  family = dataclasses.replace(get_family('lvae'), eval_stats=eval_stats,
+                               eval_metrics=eval_metrics, eval_images=None)
+  batches = [{'valid': np.array([True, True, False])}, {'valid': np.array([True, False, False])}]
+  for precision in ('highest', 'default'):
+    config.eval.matmul_precision = precision
+    metrics = evaluate_split(family, config, None, {}, batches, {}, jax.random.PRNGKey(0),
+                             lambda b: jax.tree.map(jnp.asarray, b))
+    assert metrics == {'count': 3.0}
+  assert seen[:2] == [('stats', 'highest'), ('metrics', 'highest')]
+  assert seen[2][1] in (None, 'default') and seen[3][1] in (None, 'default')
+
+
+def test_eval_progress_reports_examples_rate_and_eta():
+  import io
+  from vaes.metric_writers import EvalProgress
+  stream = io.StringIO()
+  meter = EvalProgress(1000, stream=stream, every_s=0.0)
+  for _ in range(4):
+    meter.update(250)
+  meter.done()
+  lines = stream.getvalue().splitlines()
+  assert lines[0].startswith('eval: 250/1000 examples, ') and 'examples/s, ETA ' in lines[0]
+  assert lines[-2].startswith('eval: 1000/1000 examples') and lines[-2].endswith('ETA 0m00s')
+  assert re.fullmatch(r'eval: 1000 examples in 0m00s \([0-9.]+ examples/s\)', lines[-1])
+  quiet = io.StringIO()
+  short = EvalProgress(1000, stream=quiet, every_s=60.0)   # a short evaluation prints nothing
+  short.update(1000)
+  short.done()
+  assert quiet.getvalue() == ''

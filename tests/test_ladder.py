@@ -17,7 +17,8 @@ from vaes import data as data_lib
 from vaes import distributions as dist
 from vaes.families import ladder as family
 from vaes.models import ladder as ladder_model
-from vaes.registry import ConfigError, EvalContext, get_family
+from vaes.registry import ConfigError, get_family
+from vaes.train import evaluate_split
 
 TINY = {'model.latent_sizes': (4, 3), 'model.hidden_sizes': (16, 8), 'model.batch_norm': False,
         'batch_size': 32, 'eval.batch_size': 128, 'eval.num_images': 8}
@@ -44,10 +45,10 @@ def tiny_setup(inference='ladder', overrides=None):
   return copy.deepcopy(config), fam, splits, model, batch, variables
 
 
-def eval_ctx(config, model, variables, splits, rng=0):
-  return EvalContext(config=config, model=model, variables=variables, eval_source=splits.eval,
-                     data_info=splits.info, rng=jax.random.PRNGKey(rng),
-                     put=lambda b: jax.tree.map(jnp.asarray, b), mesh=None)
+def evaluate(config, fam, model, variables, splits, rng=0):
+  """The engine's evaluation loop over the whole eval split, on one device."""
+  return evaluate_split(fam, config, model, variables, splits.eval, splits.info,
+                        jax.random.PRNGKey(rng), lambda b: jax.tree.map(jnp.asarray, b))
 
 
 # -----------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def test_elbo_below_iw_bound_which_grows_with_k(inference):
 
   config.eval.num_importance_samples = 100
   config.eval.iw_chunk_size = 30       # 3 full chunks + a masked partial one
-  r = fam.evaluate(eval_ctx(config, model, variables, splits))
+  r = evaluate(config, fam, model, variables, splits)
   assert r['neg_elbo'] > r['nll'] + 0.3
   assert abs(-r['nll'] - iw[100]) < 6 * iw100_se + 0.05, (r['nll'], iw[100], iw100_se)
   assert abs(-r['neg_elbo'] - elbo_mean) < 6 * math.sqrt(10) * elbo_se + 0.02
@@ -278,7 +279,7 @@ def test_active_units_of_a_model_with_known_answer(inference):
   config.eval.num_importance_samples, config.eval.iw_chunk_size = 100, 30   # as above: compiled
   head = variables['params']['head_1']['mean']
   head['kernel'] = (head['kernel'] * 50.0).at[:, :2].set(0.0)      # z_2 has 3 units
-  metrics = fam.evaluate(eval_ctx(config, model, variables, splits))
+  metrics = evaluate(config, fam, model, variables, splits)
   assert metrics['active_units_layer_2'] == 1
   assert metrics['active_units'] == metrics['active_units_layer_1'] + 1
 

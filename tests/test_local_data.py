@@ -97,6 +97,22 @@ def test_jsb_per_key_bernoulli_baseline_is_11_06_nats_per_frame():
   assert round(nll, 2) == 11.06
 
 
+def test_vrae_baseline_comes_from_the_datasets_frame_statistics():
+  """The VRAE family's per-key Bernoulli baseline, built from `info` alone, equals the one
+  fitted to the training frames; its test NLL is the 11.06 above."""
+  from vaes.families import vrae
+  splits = data_lib.get_datasets(jsb_config(eval_split='test'), 0, 1)
+  x, mask = splits.train.arrays['x'], splits.train.arrays['mask']
+  train = x[mask > 0].astype(np.float64)
+  p = (train.sum(0) + 1.0) / (len(train) + 2.0)
+  logits = vrae.fit_baseline('bernoulli', splits.info)
+  np.testing.assert_allclose(logits, np.log(p / (1 - p)), rtol=1e-5, atol=1e-5)
+  xt, mt = splits.eval.arrays['x'], splits.eval.arrays['mask']
+  nll = -(np.asarray(vrae.baseline_log_prob('bernoulli', logits, xt)) * mt).sum() / mt.sum()
+  assert round(float(nll), 2) == 11.06
+  assert vrae.fit_baseline('bernoulli', {}) is None      # a dataset without statistics
+
+
 def test_bad_input_is_one_clear_error(tmp_path, monkeypatch):
   with pytest.raises(DataError, match="eval_split='train'.*'valid'"):
     data_lib.get_datasets(mnist_config(eval_split='train'), 0, 1)

@@ -4,6 +4,7 @@ config (as `--config.model.X=...` would), giving a model whose loss traces."""
 
 import glob
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, load_config
+from vaes.data.core import data_config
 from vaes.families import ladder, vqvae, vqvae2, vq_prior, vrae
 from vaes.registry import get_family
 from vaes.train import validate_config
@@ -36,6 +38,26 @@ def test_every_config_holds_its_familys_whole_schema(path):
     assert not missing, (path, m.name, sorted(missing))
     extra = set(m) - set(schema)
     assert not extra, (path, m.name, sorted(extra))
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'configs', '*.py'))))
+def test_every_config_holds_the_whole_data_schema(path):
+  """Any config.data field can be overridden on any config (one declaration, in
+  vaes.data.core.data_config); the data layer reads no field with a default of its own."""
+  if os.path.basename(path) in ('__init__.py', 'base.py'):
+    return
+  config = load_config(path)
+  missing = set(data_config()) - set(config.data)
+  assert not missing, (path, sorted(missing))
+  extra = set(config.data) - set(data_config()) - {'vqvae'}   # a prior's first-stage config
+  assert not extra, (path, sorted(extra))
+
+
+def test_data_layer_reads_no_field_with_a_default():
+  sources = glob.glob(os.path.join(REPO, 'vaes', 'data', '*.py'))
+  found = [(os.path.basename(f), line.strip()) for f in sources
+           for line in open(f, encoding='utf-8') if re.search(r'\b(config\.)?data\.get\(|\bd\.get\(', line)]
+  assert not found, found
 
 
 def _image_case(shape, levels):

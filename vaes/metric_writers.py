@@ -105,3 +105,54 @@ class Progress:
   def newline(self):
     if self.tty:
       sys.stdout.write('\n')
+
+
+def _duration(seconds):
+  if not math.isfinite(seconds):
+    return '?'
+  minutes, sec = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m{sec:02d}s' if hours else f'{minutes}m{sec:02d}s'
+
+
+class EvalProgress:
+  """Examples done, rate and ETA of a long evaluation, on stderr: redrawn on a
+  terminal, else one line every `every_s` seconds. Quiet for evaluations shorter
+  than `every_s`; a summary line when it printed anything."""
+
+  def __init__(self, total, enabled=True, every_s=30.0, stream=None):
+    self.total, self.enabled, self.every_s = total, enabled, every_s
+    self.stream = stream or sys.stderr
+    self.tty = self.stream.isatty()
+    self.done_examples = 0
+    self.t0 = self.last = time.time()
+    self.printed = False
+
+  def line(self):
+    elapsed = time.time() - self.t0
+    rate = self.done_examples / elapsed if elapsed > 0 else 0.0
+    if self.total:
+      eta = (self.total - self.done_examples) / rate if rate > 0 else float('inf')
+      return (f'eval: {self.done_examples}/{self.total} examples, {rate:.1f} examples/s, '
+              f'ETA {_duration(eta)}')
+    return f'eval: {self.done_examples} examples, {rate:.1f} examples/s'
+
+  def update(self, examples):
+    self.done_examples += examples
+    now = time.time()
+    interval = 0.5 if self.tty else self.every_s
+    if not self.enabled or now - self.last < interval or now - self.t0 < self.every_s:
+      return
+    self.last = now
+    self.stream.write(('\r' + self.line() + '   ') if self.tty else self.line() + '\n')
+    self.stream.flush()
+    self.printed = True
+
+  def done(self):
+    if not (self.enabled and self.printed):
+      return
+    elapsed = time.time() - self.t0
+    self.stream.write(('\n' if self.tty else '') + f'eval: {self.done_examples} examples in '
+                      f'{_duration(elapsed)} ({self.done_examples / max(elapsed, 1e-9):.1f} '
+                      'examples/s)\n')
+    self.stream.flush()

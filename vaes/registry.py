@@ -1,7 +1,7 @@
 """The one place where the engine learns about model families.
 
 `config.model.name` -> `ModelFamily`. The training loop, checkpointing, logging
-and the evaluation driver only ever call the four functions below, so a new
+and the evaluation loop only ever call the functions below, so a new
 family is a new module plus one `register_family` call; the engine never
 special-cases a model.
 
@@ -25,10 +25,20 @@ make_loss_fn(config, model, data_info) -> loss_fn
       means over the global batch. Read the config in Python here and close
       over plain values: the ConfigDict never enters jit.
 
-evaluate(ctx: EvalContext) -> dict[str, float]
-    Runs over the *whole* evaluation split (`ctx.eval_source`, padded batches
-    with a boolean 'valid' per example), returns a flat dict of floats and, when
-    `ctx.image_dir` is set, writes PNG grids there (prefixed by ctx.image_prefix).
+eval_stats(config, model, data_info) -> stats_fn
+    stats_fn(variables, batch, rng) -> dict (a pytree) of sums over the batch's real
+    examples (`batch['valid']`, bool per example, marks them; the last batch of a
+    split is padded). Pure: the engine jits it, runs it over the whole evaluation
+    split and adds the batches' sums up in float64. Build it from hashable values
+    (functools.lru_cache) so periodic evaluations reuse one compilation.
+
+eval_metrics(config, data_info, totals) -> dict[str, float]
+    Finishes the split's summed statistics (numpy float64) into metrics.
+
+eval_images(ctx: ImageContext, host_batch) -> None  (optional)
+    Writes PNG grids into `ctx.image_dir` (names prefixed by `ctx.image_prefix`),
+    on process 0 only, from a local copy of the variables; `host_batch` is the
+    first evaluation batch.
 
 validate_config(config) -> None  (optional)
     Raise `ConfigError` naming the field, the value and what is allowed. The engine
@@ -51,19 +61,15 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass
-class EvalContext:
+class ImageContext:
   config: Any
   model: Any
-  variables: Dict[str, Any]     # {'params': ..., other collections}, replicated
-  eval_source: Any              # iterable of host-local numpy batches with 'valid'
+  variables: Dict[str, Any]     # {'params': ..., other collections}, on this process
   data_info: dict
-  rng: Any                      # jax PRNG key for the evaluation
-  put: Callable[[dict], dict]   # host-local numpy batch -> global sharded jax arrays
-  mesh: Any
-  step: int = 0
-  image_dir: Optional[str] = None
+  rng: Any                      # jax PRNG key of the evaluation
+  image_dir: str
   image_prefix: str = ''
-  train_source: Any = None      # for metrics that need training data (baselines)
+  step: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +78,9 @@ class ModelFamily:
   build_model: Callable
   init_variables: Callable
   make_loss_fn: Callable
-  evaluate: Callable
+  eval_stats: Callable
+  eval_metrics: Callable
+  eval_images: Optional[Callable] = None
   validate_config: Optional[Callable] = None
   # Config fields ('model.unroll', ...) that choose how the same function is computed
   # (speed and memory only): a run may resume from a checkpoint with other values.

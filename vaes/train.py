@@ -1,5 +1,6 @@
 """The training engine: one jitted train step over a ('data',) mesh, the loop,
-checkpoints, logging and periodic evaluation. It knows nothing about any model
+checkpoints, logging, and the evaluation loop (`evaluate_split`: a family's per-batch
+sums over the whole split, finished by the family). It knows nothing about any model
 family beyond `vaes.registry.ModelFamily`.
 
 Data flows one way: config -> data iterator -> loss_fn (model.apply) inside the
@@ -28,8 +29,8 @@ from vaes import data as data_lib
 from vaes import provenance
 from vaes.checkpoint import (Checkpointer, config_diff, config_dict, describe_diff,
                              finished_run_diff)
-from vaes.metric_writers import MetricWriter, Progress
-from vaes.registry import ConfigError, EvalContext, get_family
+from vaes.metric_writers import EvalProgress, MetricWriter, Progress
+from vaes.registry import ConfigError, ImageContext, get_family
 
 
 class TrainingError(RuntimeError):
@@ -388,20 +389,54 @@ def _read_ahead(iterator, size):
 
 
 def run_evaluation(trainer, state, splits, workdir, rng, image_dir=None, image_prefix=''):
+  """The whole evaluation split of `splits` with the parameters of `state`."""
+  del workdir
   variables = {'params': state.params, **state.model_state}
-  ctx = EvalContext(
-      config=trainer.config, model=trainer.model, variables=variables,
-      eval_source=splits.eval, data_info=splits.info, rng=rng, put=trainer.put,
-      mesh=trainer.mesh, step=int(state.step), image_dir=image_dir, image_prefix=image_prefix,
-      train_source=splits.train)
-  return evaluate_family(trainer.family, ctx)
+  return evaluate_split(trainer.family, trainer.config, trainer.model, variables, splits.eval,
+                        splits.info, rng, trainer.put, step=int(state.step),
+                        image_dir=image_dir, image_prefix=image_prefix)
 
 
-def evaluate_family(family, ctx):
-  """`family.evaluate(ctx)` at `config.eval.matmul_precision` (default 'highest':
-  reported likelihoods do not depend on the backend's fast float32 matmul modes)."""
-  with matmul_precision(ctx.config.eval.matmul_precision):
-    return family.evaluate(ctx)
+def evaluate_split(family, config, model, variables, source, data_info, rng, put, step=0,
+                   image_dir=None, image_prefix='', progress=True):
+  """Metrics of `variables` over one pass of `source`, the family's per-batch sums
+  added up in float64, then finished by the family; with `image_dir`, its pictures.
+
+  Batch i draws its randomness from fold_in(rng, i). The sums of batch i are fetched
+  after batch i + 1 is dispatched, so the device never waits for the host. Runs at
+  `config.eval.matmul_precision` (default 'highest': reported likelihoods do not
+  depend on the backend's fast float32 matmul modes)."""
+  stats_fn = jax.jit(family.eval_stats(config, model, data_info))
+  total_examples = data_info.get('num_eval')
+  meter = EvalProgress(total_examples, enabled=progress and jax.process_index() == 0)
+  totals, first, in_flight = None, None, None
+
+  def add(totals, sums):
+    sums = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(sums))
+    return sums if totals is None else jax.tree.map(np.add, totals, sums)
+
+  with matmul_precision(config.eval.matmul_precision):
+    for i, host_batch in enumerate(source):
+      if first is None:
+        first = host_batch
+      sums = stats_fn(variables, put(host_batch), jax.random.fold_in(rng, i))
+      if in_flight is not None:
+        totals = add(totals, in_flight)
+      in_flight = sums
+      meter.update(int(np.sum(host_batch['valid'])) * jax.process_count())
+    if in_flight is None:
+      raise data_lib.DataError('The evaluation split yielded no batches.')
+    totals = add(totals, in_flight)
+    metrics = family.eval_metrics(config, data_info, totals)
+    meter.done()
+    if image_dir and family.eval_images is not None and jax.process_index() == 0:
+      # A local copy of the (replicated) variables: no computation spans processes.
+      local = jax.tree.map(
+          lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, variables)
+      family.eval_images(ImageContext(config=config, model=model, variables=local,
+                                      data_info=data_info, rng=rng, image_dir=image_dir,
+                                      image_prefix=image_prefix, step=step), first)
+  return metrics
 
 
 class _Preemption:

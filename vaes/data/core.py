@@ -18,10 +18,50 @@ Batches are dicts of numpy arrays whose leading axis is the (host-local) batch.
 import dataclasses
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
+import ml_collections
 import numpy as np
 
 
 BUILDERS: Dict[str, Callable] = {}   # config.data.name -> builder
+
+
+def data_config():
+  """Every `config.data` field, with its default and meaning; configs/base.py starts
+  from it, so any field can be overridden on any config (`--config.data.max_len=64`).
+  A builder reads only the fields of its dataset."""
+  d = ml_collections.ConfigDict()
+  d.name = 'digits'           # a registered builder: vaes.data.dataset_names()
+  d.eval_split = 'test'       # 'valid' while tuning, 'test' to report
+  # Images.
+  d.image_size = -1           # side after resizing; -1 = the dataset's own
+  d.resize = ''               # 'pad' | 'nearest' (in memory), 'bilinear' | 'pad' (TFDS);
+                              # '' = 'pad' in memory, 'bilinear' for TFDS
+  d.binarize = 'none'         # 'none' | 'threshold' (x > 0.5) | 'dynamic' (x ~ Bernoulli(x),
+                              # fresh each batch); no-op on data that is binary already
+  d.source = 'local'          # binarized_mnist: 'local' (vaes/data/files) | 'tfds'
+  # TensorFlow Datasets (mnist, cifar10, celeb_a, ...; binarized_mnist with source='tfds').
+  d.tfds_data_dir = ''        # '' = the TFDS default (~/tensorflow_datasets)
+  d.tfds_download = False     # let TFDS download a missing dataset
+  d.train_split = 'train'
+  d.crop_size = -1            # centre crop before resizing; -1 = the dataset's, 0 = none
+  d.shuffle_buffer = 10_000
+  # Sequences.
+  d.max_len = 0               # cut pieces into at most this many frames; 0 = whole pieces
+  d.path = ''                 # polyphonic_pickle: the pickle of MIDI pitches per frame
+  d.cache_dir = ''            # chorales: where the piano rolls are cached; '' = ~/.cache/vaes
+  d.num_chorales = 0          # chorales: the first N only; 0 = all
+  d.series_seed = 0           # synthetic_series: the generator's seed
+  d.series_length = 64        # frames of the longest series
+  d.series_min_length = 0     # frames of the shortest; 0 = series_length // 2
+  d.series_dim = 3            # channels per frame
+  d.series_noise = 0.1        # observation noise standard deviation
+  d.num_train = 1000          # synthetic_series: sequences per split
+  d.num_valid = 200
+  d.num_test = 200
+  # Codes of a trained first stage, for a prior (vaes/stages.py fills codes_path).
+  d.vqvae_workdir = ''
+  d.codes_path = ''
+  return d
 
 
 def register(*names):
@@ -52,9 +92,9 @@ EVAL_SPLITS = ('valid', 'test')
 
 
 def eval_split_name(config):
-  """config.data.eval_split ('test' if unset) of the datasets split train / valid / test:
-  tune on 'valid', report on 'test'."""
-  split = config.data.get('eval_split', 'test')
+  """config.data.eval_split of the datasets split train / valid / test: tune on 'valid',
+  report on 'test'."""
+  split = config.data.eval_split
   if split not in EVAL_SPLITS:
     raise DataError(f"config.data.eval_split='{split}' is not one of {EVAL_SPLITS}: "
                     "use 'valid' while tuning and 'test' to report.")

@@ -65,14 +65,14 @@ def array_image_splits(config, x_train, x_eval, num_levels, default_size, proces
   """In-memory float32 (N, H, W, C) images in [0, 1] -> Splits, after config.data.image_size
   (default `default_size`), resize ('pad' | 'nearest') and binarize. `num_levels` is the
   source's number of grey levels (2 once binarised)."""
-  size = config.data.get('image_size', default_size)
-  mode = config.data.get('resize', 'pad')
+  size = default_size if config.data.image_size == -1 else config.data.image_size
+  mode = config.data.resize or 'pad'
   x_train, x_eval = resize_images(x_train, size, mode), resize_images(x_eval, size, mode)
-  train_transform, static = binarize(config.data.get('binarize', 'none'))
+  train_transform, static = binarize(config.data.binarize)
   x_train, x_eval = static(x_train), static(x_eval)
   # Dynamic binarisation of the eval set is drawn once, with a fixed seed.
   eval_transform = train_transform
-  binary = config.data.get('binarize', 'none') not in (None, '', 'none')
+  binary = config.data.binarize not in (None, '', 'none')
   info = {
       'kind': 'image',
       'shape': x_train.shape[1:],

@@ -63,7 +63,7 @@ def local_file(name):
 
 @register('binarized_mnist')
 def binarized_mnist(config, process_index, process_count):
-  source = config.data.get('source', 'local')
+  source = config.data.source
   if source == 'tfds':
     return tfds_data.tfds_images(config, process_index, process_count)
   if source != 'local':
@@ -82,7 +82,7 @@ def binarized_mnist(config, process_index, process_count):
 @register('jsb_chorales')
 def jsb_chorales(config, process_index, process_count):
   eval_split_name(config)   # fail on a bad eval_split before reading anything
-  if config.data.get('path', ''):
+  if config.data.path:
     raise DataError(f"config.data.path='{config.data.path}' is set, but "
                     "config.data.name='jsb_chorales' reads the bundled JSB copy; to read "
                     "your own pickle, set config.data.name='polyphonic_pickle' (or clear "

@@ -83,13 +83,21 @@ def pad_sequences(seqs, length):
   return x, mask
 
 
+def frame_statistics(x, mask):
+  """Per-dimension statistics of the real frames (mask 1) of a split, for baselines:
+  'train_frame_count', 'train_frame_sum' and 'train_frame_var' ((P,) float32)."""
+  frames = x[mask > 0]
+  return {'train_frame_count': int(len(frames)), 'train_frame_sum': frames.sum(0),
+          'train_frame_var': frames.var(0)}
+
+
 def make_sequence_splits(config, splits, process_index, process_count, likelihood, extra_info=None):
   """splits: {'train'|'valid'|'test': list of (T_i, P) float32} -> Splits with padded arrays.
 
   All splits are padded to the same T: the longest piece over all splits after
   cutting to config.data.max_len (so train and eval shapes agree).
   """
-  max_len = int(config.data.get('max_len', 0))
+  max_len = int(config.data.max_len)
   if max_len < 0:
     raise DataError(f'config.data.max_len={max_len}: must be 0 (pad to the longest) or positive.')
   eval_split = eval_split_name(config)
@@ -111,6 +119,7 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
       'eval_frames': int(m_eval.sum()),
       'eval_split': eval_split,
       'train_variance': float(x_train[m_train > 0].var()),
+      **frame_statistics(x_train, m_train),
   }
   info.update(extra_info or {})
   train = ArrayTrainSource({'x': x_train, 'mask': m_train}, config.batch_size, config.seed,
@@ -126,7 +135,7 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
 
 
 def _cache_dir(config):
-  d = config.data.get('cache_dir', '') or os.path.join(os.path.expanduser('~'), '.cache', 'vaes')
+  d = config.data.cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'vaes')
   try:
     os.makedirs(d, exist_ok=True)
     fd, probe = tempfile.mkstemp(dir=d)
@@ -206,7 +215,7 @@ def split_by_chorale(rolls, fractions=CHORALE_SPLIT_FRACTIONS, seed=0):
 @register('chorales')
 def chorales(config, process_index, process_count):
   eval_split_name(config)
-  limit = int(config.data.get('num_chorales', 0))
+  limit = int(config.data.num_chorales)
   if limit < 0 or 0 < limit < 5:
     raise DataError(f'config.data.num_chorales={limit}: use 0 (all) or at least 5, so that '
                     'each of train/valid/test gets a chorale.')
@@ -258,7 +267,7 @@ def load_polyphonic_pickle(path):
 @register('polyphonic_pickle')
 def polyphonic_pickle(config, process_index, process_count):
   eval_split_name(config)   # fail on a bad eval_split before reading anything
-  path = config.data.get('path', '')
+  path = config.data.path
   splits = load_polyphonic_pickle(path)
   return make_sequence_splits(config, splits, process_index, process_count, 'bernoulli',
                               {'source': path})
@@ -296,14 +305,13 @@ def synthetic_series(seed, num, length, dim, min_len=None, noise=0.1):
 @register('synthetic_series')
 def synthetic_series_builder(config, process_index, process_count):
   d = config.data
-  seed = int(d.get('series_seed', 0))
-  length, dim = int(d.get('series_length', 64)), int(d.get('series_dim', 3))
-  min_len = int(d.get('series_min_length', length // 2))
-  counts = {'train': int(d.get('num_train', 1000)), 'valid': int(d.get('num_valid', 200)),
-            'test': int(d.get('num_test', 200))}
+  seed = int(d.series_seed)
+  length, dim = int(d.series_length), int(d.series_dim)
+  min_len = int(d.series_min_length) or length // 2
+  counts = {'train': int(d.num_train), 'valid': int(d.num_valid), 'test': int(d.num_test)}
   if min_len < 1 or min_len > length:
     raise DataError(f'config.data.series_min_length={min_len}: must lie in 1..{length}.')
-  splits = {k: synthetic_series([seed, i], n, length, dim, min_len, float(d.get('series_noise', 0.1)))
+  splits = {k: synthetic_series([seed, i], n, length, dim, min_len, float(d.series_noise))
             for i, (k, n) in enumerate(counts.items())}
   return make_sequence_splits(config, splits, process_index, process_count, 'gaussian',
                               {'source': f'synthetic_series seed={seed}'})

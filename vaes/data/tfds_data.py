@@ -158,17 +158,17 @@ def read_options(config) -> Options:
   data = config.data
   name = data.name
   spec = SPECS[name]
-  data_dir = data.get('tfds_data_dir', '') or ''
+  data_dir = data.tfds_data_dir or ''
   if not isinstance(data_dir, str):
     raise DataError(f'config.data.tfds_data_dir={data_dir!r} must be a path string '
                     "('' = the TFDS default).")
-  image_size = _check_int('data.image_size', data.get('image_size', spec.image_size), 1)
-  resize = data.get('resize', 'bilinear')
+  image_size = _check_int('data.image_size', spec.image_size if data.image_size == -1 else data.image_size, 1)
+  resize = data.resize or 'bilinear'
   if resize not in RESIZE_MODES:
     raise DataError(f'config.data.resize={resize!r} is not one of {list(RESIZE_MODES)} '
                     f'(for {name}).')
   h, w, _ = spec.native_shape
-  crop_size = _check_int('data.crop_size', data.get('crop_size', spec.crop_size), 0, min(h, w),
+  crop_size = _check_int('data.crop_size', spec.crop_size if data.crop_size == -1 else data.crop_size, 0, min(h, w),
                          what=f' ({name} images are {h}x{w}; 0 = no crop)')
   if resize == 'pad':
     ch, cw = (crop_size, crop_size) if crop_size else (h, w)
@@ -176,20 +176,20 @@ def read_options(config) -> Options:
       raise DataError(f"config.data.image_size={image_size} is smaller than the {ch}x{cw} "
                       f"{name} images, which resize='pad' cannot do; use at least "
                       f"{max(ch, cw)} or resize='bilinear'.")
-  binarize = data.get('binarize', 'none')
+  binarize = data.binarize
   make_binarize(binarize)  # validates
   return Options(
       name=name,
       data_dir=data_dir or None,
-      download=bool(data.get('tfds_download', False)),
-      train_split=_check_split('train_split', data.get('train_split', 'train'), name,
+      download=bool(data.tfds_download),
+      train_split=_check_split('train_split', data.train_split, name,
                                spec.splits),
-      eval_split=_check_split('eval_split', data.get('eval_split', 'test'), name, spec.splits),
+      eval_split=_check_split('eval_split', data.eval_split, name, spec.splits),
       image_size=image_size,
       resize=resize,
       crop_size=crop_size,
       binarize=binarize,
-      shuffle_buffer=_check_int('data.shuffle_buffer', data.get('shuffle_buffer', 10_000), 1),
+      shuffle_buffer=_check_int('data.shuffle_buffer', data.shuffle_buffer, 1),
       seed=int(config.seed),
       batch_size=config.batch_size,
       eval_batch_size=config.eval.batch_size,

@@ -253,6 +253,7 @@ def make_loss_fn(config, model, data_info):
 # -----------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=8)
 def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, chunk_size):
   """Per-batch statistics with k = num_samples posterior samples in chunks (lax.map).
 
@@ -300,13 +301,6 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
   return fn
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_eval_batch_fn(*args):
-  # Cached on the (hashable) module and plain values: periodic evaluations during training
-  # reuse one compilation.
-  return jax.jit(make_eval_batch_fn(*args))
-
-
 def active_units_from_moments(mean_sum, mean_sq_sum, count, threshold=ACTIVE_UNIT_THRESHOLD):
   """Units whose Cov_x(E_q[u | x]) = E[m^2] - E[m]^2 exceeds `threshold` (Burda 2016)."""
   mean = np.asarray(mean_sum, np.float64) / count
@@ -314,30 +308,19 @@ def active_units_from_moments(mean_sum, mean_sq_sum, count, threshold=ACTIVE_UNI
   return int(np.sum(var > threshold))
 
 
-def evaluate(ctx):
-  """Metrics over the whole eval split and, with ctx.image_dir, PNG grids.
+def eval_stats(config, model, data_info):
+  """Per-batch sums of `make_eval_batch_fn` (cached on hashable values: periodic
+  evaluations during training reuse one compilation)."""
+  return make_eval_batch_fn(model, config.model.likelihood, config.model.inference,
+                            int(data_info.get('num_levels', 256)),
+                            int(config.eval.num_importance_samples),
+                            int(config.eval.iw_chunk_size))
 
-  Keys: neg_elbo, nll (importance-weighted, k = config.eval.num_importance_samples),
+
+def eval_metrics(config, data_info, totals):
+  """Keys: neg_elbo, nll (importance-weighted, k = config.eval.num_importance_samples),
   bits_per_dim (of nll), recon_nll, kl, active_units, and kl_layer_<l>,
-  active_units_layer_<l> for l = 1..L. All per example, in nats.
-  """
-  config, model = ctx.config, ctx.model
-  likelihood, inference = config.model.likelihood, config.model.inference
-  num_levels = int(ctx.data_info.get('num_levels', 256))
-  x_shape = tuple(ctx.data_info['shape'])
-  num_layers = len(config.model.latent_sizes)
-  batch_fn = _jitted_eval_batch_fn(model, likelihood, inference, num_levels,
-                                   int(config.eval.num_importance_samples),
-                                   int(config.eval.iw_chunk_size))
-
-  totals = None
-  first_batch = None
-  for i, host_batch in enumerate(ctx.eval_source):
-    if first_batch is None:
-      first_batch = host_batch
-    stats = batch_fn(ctx.variables, ctx.put(host_batch), jax.random.fold_in(ctx.rng, i))
-    stats = jax.tree.map(lambda v: np.asarray(v, np.float64), stats)
-    totals = stats if totals is None else jax.tree.map(np.add, totals, stats)
+  active_units_layer_<l> for l = 1..L. All per example, in nats."""
   count = totals['count']
   metrics = {
       'neg_elbo': totals['neg_elbo'] / count,
@@ -346,34 +329,28 @@ def evaluate(ctx):
       'kl': totals['kl_layers'].sum() / count,
       'num_importance_samples': int(config.eval.num_importance_samples),
   }
-  metrics['bits_per_dim'] = float(objectives.bits_per_dim(metrics['nll'], int(np.prod(x_shape))))
+  dims = int(np.prod(tuple(data_info['shape'])))
+  metrics['bits_per_dim'] = float(objectives.bits_per_dim(metrics['nll'], dims))
   total_active = 0
-  for l in range(1, num_layers + 1):
+  for l in range(1, len(config.model.latent_sizes) + 1):
     metrics[f'kl_layer_{l}'] = totals['kl_layers'][l - 1] / count
     active = active_units_from_moments(totals[f'mean_sum_{l}'], totals[f'mean_sq_sum_{l}'], count)
     metrics[f'active_units_layer_{l}'] = active
     total_active += active
   metrics['active_units'] = total_active
-  metrics = {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}
-
-  if ctx.image_dir and jax.process_index() == 0:
-    _save_images(ctx, model, likelihood, x_shape, first_batch)
-  return metrics
+  return {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}
 
 
-def _save_images(ctx, model, likelihood, x_shape, host_batch):
+def eval_images(ctx, host_batch):
   """Prior samples (top-down ancestral) and (data, reconstruction) pairs as PNG grids."""
+  likelihood, x_shape = ctx.config.model.likelihood, tuple(ctx.data_info['shape'])
   n = int(ctx.config.eval.num_images)
   rng_s, rng_r = jax.random.split(jax.random.fold_in(ctx.rng, 1 << 30))
-  samples, reconstructions = _jitted_image_fns(model, likelihood, x_shape, n)
-  # Only process 0 draws pictures: on a local copy of the (replicated) variables, so that
-  # no computation spans processes.
-  variables = jax.tree.map(
-      lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, ctx.variables)
+  samples, reconstructions = _jitted_image_fns(ctx.model, likelihood, x_shape, n)
   prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
-  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(variables, rng_s)))
+  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(ctx.variables, rng_s)))
   x = np.asarray(host_batch['image'])[np.asarray(host_batch['valid'])][:max(1, n // 2)]
-  recon = np.asarray(reconstructions(variables, jnp.asarray(x), rng_r))
+  recon = np.asarray(reconstructions(ctx.variables, jnp.asarray(x), rng_r))
   pairs = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])   # data, recon, data, ...
   ncols = 2 * max(1, math.ceil(math.sqrt(len(x) / 2)))   # square grid of pairs
   save_image_grid(prefix + 'reconstructions.png', pairs, ncols=ncols)
@@ -398,5 +375,6 @@ def _jitted_image_fns(model, likelihood, x_shape, n):
 
 register_family(
     ModelFamily(name='ladder_vae', build_model=build_model, init_variables=init_variables,
-                make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config),
+                make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
+                eval_images=eval_images, validate_config=validate_config),
     'hvae', 'lvae')

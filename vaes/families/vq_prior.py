@@ -13,6 +13,7 @@ with the first stage's discrete (discretised logistic) decoder likelihood and
 z(x) the encoder's codes. With a uniform prior, -log p(z) = sum_l n_l log K_l.
 """
 
+import functools
 import os
 
 import jax
@@ -122,28 +123,30 @@ def sample_codes(model, params, rng, num, temperature=1.0):
   return codes
 
 
-def evaluate(ctx):
-  """Whole eval split: prior_nll_per_code (nats) and per level, bits_per_dim,
-  decoder_nll_bits_per_dim, bits_per_dim_uniform_prior (same decoder, uniform
-  prior over codes), uniform_prior_nll_per_code; sample grids decoded by the first
-  stage at each of config.eval.temperatures."""
-  config, model, info = ctx.config, ctx.model, ctx.data_info
-  n_levels = len(info['num_codes'])
-  per_level = [h * w for h, w in info['grids']]
-  params = ctx.variables['params']
-
-  @jax.jit
-  def eval_batch(params, batch):
+@functools.lru_cache(maxsize=8)
+def _eval_batch_fn(model, n_levels):
+  def fn(variables, batch, rng):
+    del rng
     w = batch['valid'].astype(jnp.float32)
-    nlls = per_example_nll(model, params, _codes(batch, n_levels))
+    nlls = per_example_nll(model, variables['params'], _codes(batch, n_levels))
     dec = jnp.where(w > 0, batch['decoder_nll'], 0.0)
     return dict(count=jnp.sum(w), decoder=jnp.sum(w * dec),
                 levels=jnp.stack([jnp.sum(w * n) for n in nlls]))
+  return fn
 
-  totals = None
-  for batch in ctx.eval_source:
-    sums = jax.device_get(eval_batch(params, ctx.put(batch)))
-    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+
+def eval_stats(config, model, data_info):
+  """Per-batch sums: count, the decoder NLL of the first stage, the prior NLL per level."""
+  del config
+  return _eval_batch_fn(model, len(data_info['num_codes']))
+
+
+def eval_metrics(config, info, totals):
+  """Whole eval split: prior_nll_per_code (nats) and per level, bits_per_dim,
+  decoder_nll_bits_per_dim, bits_per_dim_uniform_prior (same decoder, uniform
+  prior over codes), uniform_prior_nll_per_code."""
+  del config
+  per_level = [h * w for h, w in info['grids']]
   n = float(totals['count'])
   prior = float(np.sum(totals['levels'])) / n           # nats per image
   dims = info['num_dims']
@@ -154,29 +157,33 @@ def evaluate(ctx):
       'uniform_prior_nll_per_code': uniform / sum(per_level),
       'num_eval_images': n,
   }
-  for l in range(n_levels):
+  for l in range(len(per_level)):
     metrics[f'prior_nll_per_code_level_{l}'] = float(totals['levels'][l]) / n / per_level[l]
   decoder = float(totals['decoder']) / n
   if np.isfinite(decoder):
     metrics['decoder_nll_bits_per_dim'] = decoder / (dims * np.log(2.0))
     metrics['bits_per_dim'] = (decoder + prior) / (dims * np.log(2.0))
     metrics['bits_per_dim_uniform_prior'] = (decoder + uniform) / (dims * np.log(2.0))
-
-  if ctx.image_dir:
-    first = stages.load_first_stage(config)
-    decode = jax.jit(first.interface['decode'])
-    num = int(config.eval.num_images)
-    for t in config.eval.temperatures:
-      sampler = jax.jit(lambda p, r, t=float(t): sample_codes(model, p, r, num, t))
-      codes = sampler(params, jax.random.fold_in(ctx.rng, int(round(1000 * t))))
-      images = np.asarray(jax.device_get(decode(first.variables, codes)))
-      plotting.save_image_grid(
-          os.path.join(ctx.image_dir, f'{ctx.image_prefix}samples_t{t:g}.png'), images,
-          ncols=int(np.ceil(np.sqrt(num))))
   return {k: float(v) for k, v in metrics.items()}
+
+
+def eval_images(ctx, host_batch):
+  """Sample grids decoded by the first stage at each of config.eval.temperatures."""
+  del host_batch
+  config, model, params = ctx.config, ctx.model, ctx.variables['params']
+  first = stages.load_first_stage(config)
+  decode = jax.jit(first.interface['decode'])
+  num = int(config.eval.num_images)
+  for t in config.eval.temperatures:
+    sampler = jax.jit(lambda p, r, t=float(t): sample_codes(model, p, r, num, t))
+    codes = sampler(params, jax.random.fold_in(ctx.rng, int(round(1000 * t))))
+    images = np.asarray(jax.device_get(decode(first.variables, codes)))
+    plotting.save_image_grid(
+        os.path.join(ctx.image_dir, f'{ctx.image_prefix}samples_t{t:g}.png'), images,
+        ncols=int(np.ceil(np.sqrt(num))))
 
 
 register_family(ModelFamily(
     name='vq_prior', build_model=build_model, init_variables=init_variables,
-    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config,
-    prepare=stages.prepare_codes))
+    make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
+    eval_images=eval_images, validate_config=validate_config, prepare=stages.prepare_codes))

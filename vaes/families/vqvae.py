@@ -7,6 +7,7 @@ Sonnet's example) or a discretised logistic in nats per dimension (usable for
 bits/dim). With EMA codebook updates the codebook term is dropped.
 """
 
+import functools
 import os
 
 import jax
@@ -171,69 +172,91 @@ def make_loss_fn(config, model, data_info):
   return loss_fn
 
 
-def evaluate(ctx):
-  """Whole-split metrics: loss, recon_mse, normalized_mse, perplexity (exp entropy of
-  the average code use over the split), codebook_usage (fraction of codes used at
-  least once over the split), commitment_loss; plus bits_per_dim for 'logistic'
-  (decoder NLL only, i.e. with a uniform prior over codes added separately)."""
-  config, model = ctx.config, ctx.model
-  m = config.model
-  likelihood = m.likelihood
-  variance = float(ctx.data_info['train_variance'])
-  levels = int(ctx.data_info.get('num_levels', 256))
-
-  @jax.jit
-  def eval_batch(variables, batch):
+@functools.lru_cache(maxsize=8)
+def _eval_batch_fn(model, likelihood, variance, levels):
+  def fn(variables, batch, rng):
+    del rng  # deterministic: nearest-code quantisation
     x = batch['image']
     w = batch['valid'].astype(jnp.float32)
     out = model.apply(variables, x, train=False)
-    nll, sq_err, mean = _recon_terms(out, x, likelihood, variance, levels)
-    codes = out['one_hot'].reshape(x.shape[0], -1, out['one_hot'].shape[-1])
+    nll, sq_err, _ = _recon_terms(out, x, likelihood, variance, levels)
     codebook, commit = out['codebook_loss_per_example'], out['commitment_loss_per_example']
-    sums = dict(
+    return dict(
         loss=jnp.sum(w * (nll + codebook + commit)),
         recon_nll=jnp.sum(w * nll), sq_err=jnp.sum(w * sq_err),
         commitment_loss=jnp.sum(w * commit), count=jnp.sum(w),
-        code_counts=jnp.einsum('b,bnk->k', w, codes))
-    return sums, mean
+        code_counts=[jnp.einsum('b,bnk->k', w, o['one_hot'].reshape(x.shape[0], -1,
+                                                                    o['one_hot'].shape[-1]))
+                     for o in out.get('levels', [out])])
+  return fn
 
-  totals, first = None, None
-  for batch in ctx.eval_source:
-    sums, mean = eval_batch(ctx.variables, ctx.put(batch))
-    sums = jax.device_get(sums)
-    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    if first is None:
-      first = (np.asarray(batch['image']), np.asarray(jax.device_get(mean)))
 
+def eval_stats(config, model, data_info):
+  """Per-batch sums: loss, recon_nll, sq_err, commitment_loss, count, and the code
+  counts of each codebook (one per level for VQ-VAE-2)."""
+  return _eval_batch_fn(model, config.model.likelihood, float(data_info['train_variance']),
+                        int(data_info.get('num_levels', 256)))
+
+
+def code_use_metrics(counts, suffix=''):
+  """perplexity (exp entropy of the average code use over the split), codebook_usage
+  (fraction of codes used at least once), dead_codes (never used)."""
+  probs = counts / counts.sum()
+  return {f'perplexity{suffix}': float(np.exp(-np.sum(probs * np.log(probs + 1e-10)))),
+          f'codebook_usage{suffix}': float(np.mean(counts > 0)),
+          f'dead_codes{suffix}': float(np.sum(counts == 0))}
+
+
+def reconstruction_metrics(config, data_info, totals, latents):
+  """loss, recon_mse, normalized_mse, commitment_loss; for 'logistic' also the decoder
+  NLL in bits per dimension and bits_per_dim_uniform_prior, with a uniform prior over
+  the `latents` codes: -log p(z) = latents * log K."""
   n = totals['count']
-  probs = totals['code_counts'] / totals['code_counts'].sum()
   mse = totals['sq_err'] / n
-  metrics = {
-      'loss': totals['loss'] / n,
-      'recon_mse': mse,
-      'normalized_mse': mse / variance,
-      'perplexity': float(np.exp(-np.sum(probs * np.log(probs + 1e-10)))),
-      'codebook_usage': float(np.mean(totals['code_counts'] > 0)),
-      'dead_codes': float(np.sum(totals['code_counts'] == 0)),
-      'commitment_loss': totals['commitment_loss'] / n,
-  }
-  if likelihood == 'logistic':
-    h, w_, c = ctx.data_info['shape']
+  variance = float(data_info['train_variance'])
+  metrics = {'loss': totals['loss'] / n, 'recon_mse': mse, 'normalized_mse': mse / variance,
+             'commitment_loss': totals['commitment_loss'] / n}
+  if config.model.likelihood == 'logistic':
+    h, w, c = data_info['shape']
     metrics['decoder_nll_bits_per_dim'] = totals['recon_nll'] / n / np.log(2.0)
-    # With a uniform prior over codes: -log p(z) = (#latents) log K.
-    latents = (h // 2 ** m.num_downsamples) * (w_ // 2 ** m.num_downsamples) * code_stages(m)
     metrics['bits_per_dim_uniform_prior'] = (
         metrics['decoder_nll_bits_per_dim']
-        + latents * np.log2(codebook_size(m)) / (h * w_ * c))
-
-  if ctx.image_dir and first is not None:
-    k = min(config.eval.num_images // 2, len(first[0]))
-    x, xr = first[0][:k], first[1][:k]
-    pairs = np.stack([x, xr], 1).reshape((-1,) + x.shape[1:])  # original, reconstruction
-    plotting.save_image_grid(
-        os.path.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs,
-        ncols=16)
+        + latents * np.log2(codebook_size(config.model)) / (h * w * c))
   return {k: float(v) for k, v in metrics.items()}
+
+
+def eval_metrics(config, data_info, totals):
+  """Whole-split metrics: `reconstruction_metrics` and `code_use_metrics` of the
+  codebook (over all code stages of a residual quantiser)."""
+  m = config.model
+  h, w, _ = data_info['shape']
+  latents = (h // 2 ** m.num_downsamples) * (w // 2 ** m.num_downsamples) * code_stages(m)
+  return {**reconstruction_metrics(config, data_info, totals, latents),
+          **code_use_metrics(totals['code_counts'][0])}
+
+
+def save_reconstructions(ctx, host_batch, reconstruct):
+  """prefix+reconstructions.png: (data, reconstruction) pairs of the first batch."""
+  k = min(ctx.config.eval.num_images // 2, len(host_batch['image']))
+  x = np.asarray(host_batch['image'])[:k]
+  xr = np.asarray(jax.device_get(reconstruct(ctx.variables, jnp.asarray(x))))
+  pairs = np.stack([x, xr], 1).reshape((-1,) + x.shape[1:])  # original, reconstruction
+  plotting.save_image_grid(
+      os.path.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs, ncols=16)
+
+
+@functools.lru_cache(maxsize=8)
+def _reconstruct_fn(model, likelihood, variance, levels):
+  def fn(variables, x):
+    out = model.apply(variables, x, train=False)
+    return _recon_terms(out, x, likelihood, variance, levels)[2]
+  return jax.jit(fn)
+
+
+def eval_images(ctx, host_batch):
+  save_reconstructions(ctx, host_batch, _reconstruct_fn(
+      ctx.model, ctx.config.model.likelihood, float(ctx.data_info['train_variance']),
+      int(ctx.data_info.get('num_levels', 256))))
 
 
 def prior_interface(config, model, data_info):
@@ -272,5 +295,6 @@ def prior_interface(config, model, data_info):
 
 register_family(ModelFamily(
     name='vqvae', build_model=build_model, init_variables=init_variables,
-    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config,
+    make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
+    eval_images=eval_images, validate_config=validate_config,
     implementation_fields=IMPLEMENTATION_FIELDS, prior_interface=prior_interface))

@@ -7,13 +7,8 @@ The codebook term is dropped with EMA updates. Priors per level: vq_prior on
 the 'vq_codes' of a trained run (configs/vqvae2_prior.py).
 """
 
-import os
-
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from vaes import plotting
 from vaes.families import vqvae as _vqvae_family
 from vaes.families.vqvae import (LIKELIHOODS, _recon_terms, code_stages, codebook_size,
                                  compute_dtype, validate_quantizer_config, validate_upsample)
@@ -79,61 +74,18 @@ def init_variables(model, rng, batch):
 make_loss_fn = _vqvae_family.make_loss_fn  # the same objective; per-level perplexities
 
 
-def evaluate(ctx):
-  """Whole split: loss, recon_mse, normalized_mse, commitment_loss; per level l
-  perplexity_level_l, codebook_usage_level_l, dead_codes_level_l (codes never
-  used over the split); for 'logistic', decoder_nll_bits_per_dim and
-  bits_per_dim_uniform_prior (uniform prior over every level's codes)."""
-  config, model = ctx.config, ctx.model
-  m = config.model
-  variance = float(ctx.data_info['train_variance'])
-  num_levels = int(ctx.data_info.get('num_levels', 256))
-  k = codebook_size(m)
+eval_stats = _vqvae_family.eval_stats    # the code counts come per level
+eval_images = _vqvae_family.eval_images
 
-  @jax.jit
-  def eval_batch(variables, batch):
-    x = batch['image']
-    w = batch['valid'].astype(jnp.float32)
-    out = model.apply(variables, x, train=False)
-    nll, sq_err, mean = _recon_terms(out, x, m.likelihood, variance, num_levels)
-    sums = dict(count=jnp.sum(w), recon_nll=jnp.sum(w * nll), sq_err=jnp.sum(w * sq_err),
-                commitment_loss=jnp.sum(w * out['commitment_loss_per_example']),
-                loss=jnp.sum(w * (nll + out['codebook_loss_per_example']
-                                  + out['commitment_loss_per_example'])),
-                code_counts=[jnp.einsum('b,bnk->k', w,
-                                        o['one_hot'].reshape(x.shape[0], -1, k))
-                             for o in out['levels']])
-    return sums, mean
 
-  totals, first = None, None
-  for batch in ctx.eval_source:
-    sums, mean = jax.device_get(eval_batch(ctx.variables, ctx.put(batch)))
-    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    if first is None:
-      first = (np.asarray(batch['image']), np.asarray(mean))
-  n = totals['count']
-  mse = totals['sq_err'] / n
-  metrics = {'recon_mse': mse, 'normalized_mse': mse / variance,
-             'commitment_loss': totals['commitment_loss'] / n,
-             'loss': totals['loss'] / n}
+def eval_metrics(config, data_info, totals):
+  """Whole split: `vqvae.reconstruction_metrics` (uniform prior over every level's
+  codes) and per level l perplexity_level_l, codebook_usage_level_l, dead_codes_level_l."""
+  latents = sum(a * b for a, b in grids(config.model, data_info['shape']))
+  metrics = _vqvae_family.reconstruction_metrics(config, data_info, totals, latents)
   for l, counts in enumerate(totals['code_counts']):
-    probs = counts / counts.sum()
-    metrics[f'perplexity_level_{l}'] = float(np.exp(-np.sum(probs * np.log(probs + 1e-10))))
-    metrics[f'codebook_usage_level_{l}'] = float(np.mean(counts > 0))
-    metrics[f'dead_codes_level_{l}'] = float(np.sum(counts == 0))
-  if m.likelihood == 'logistic':
-    h, w_, c = ctx.data_info['shape']
-    metrics['decoder_nll_bits_per_dim'] = totals['recon_nll'] / n / np.log(2.0)
-    latents = sum(a * b for a, b in grids(m, ctx.data_info['shape']))
-    metrics['bits_per_dim_uniform_prior'] = (
-        metrics['decoder_nll_bits_per_dim'] + latents * np.log2(k) / (h * w_ * c))
-  if ctx.image_dir and first is not None:
-    num = min(config.eval.num_images // 2, len(first[0]))
-    pairs = np.stack([first[0][:num], first[1][:num]], 1).reshape((-1,) + first[0].shape[1:])
-    plotting.save_image_grid(
-        os.path.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs,
-        ncols=16)
-  return {key: float(v) for key, v in metrics.items()}
+    metrics.update(_vqvae_family.code_use_metrics(counts, f'_level_{l}'))
+  return metrics
 
 
 def prior_interface(config, model, data_info):
@@ -162,5 +114,6 @@ def prior_interface(config, model, data_info):
 
 register_family(ModelFamily(
     name='vqvae2', build_model=build_model, init_variables=init_variables,
-    make_loss_fn=make_loss_fn, evaluate=evaluate, validate_config=validate_config,
+    make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
+    eval_images=eval_images, validate_config=validate_config,
     implementation_fields=_vqvae_family.IMPLEMENTATION_FIELDS, prior_interface=prior_interface))

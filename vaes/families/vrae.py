@@ -17,9 +17,9 @@ Evaluation over the whole eval split (all metrics in nats per real frame):
                   log p(x) >= logsumexp_k(log p(x, z^k) - log q(z^k | x)) - log k,
                   k = config.eval.num_importance_samples, in chunks of
                   config.eval.iw_chunk_size samples (lax.map over chunks, vmap inside);
-  baseline_nll_per_frame  independent per-dimension model fitted to the training frames:
-                  per-key Bernoulli p_k = (n_k + 1) / (F_train + 2) for binary rolls, a
-                  diagonal Gaussian for real series, a unigram for tokens.
+  baseline_nll_per_frame  independent per-dimension model of the training frames, from
+                  the dataset's frame statistics: per-key Bernoulli p_k = (n_k + 1) /
+                  (F_train + 2) for binary rolls, a diagonal Gaussian for real series.
 and, when ctx.image_dir is set, PNGs: samples from the prior, imputation of a hidden block
 of frames (observed frames kept), reconstructions (piano rolls, or line plots for Gaussian).
 """
@@ -189,35 +189,37 @@ def iw_log_likelihood(model, variables, x, mask, rng, num_samples, chunk_size):
   return objectives.chunked_iw_bound(one_chunk, num_samples, chunk, keys)[0]
 
 
-def fit_baseline(likelihood, train_arrays, num_classes=None):
-  """Per-dimension independent model of the training frames -> parameter array (float32)."""
-  x = np.asarray(train_arrays['x'])
-  real = np.asarray(train_arrays['mask']) > 0
-  frames = x[real]
+def fit_baseline(likelihood, data_info):
+  """Per-dimension independent model of the training frames, from the dataset's frame
+  statistics (`vaes.data.music.frame_statistics`) -> parameter array (float32), or None
+  when the dataset gives no statistics for this likelihood."""
+  if 'train_frame_sum' not in data_info or likelihood not in ('bernoulli', 'gaussian'):
+    return None
+  count = data_info['train_frame_count']
+  total = np.asarray(data_info['train_frame_sum'], np.float32)
   if likelihood == 'bernoulli':
-    p = (frames.sum(0) + 1.0) / (len(frames) + 2.0)
+    p = (total + 1.0) / (count + 2.0)
     return np.log(p / (1 - p)).astype(np.float32)              # logits
-  if likelihood == 'gaussian':
-    return np.stack([frames.mean(0), np.log(frames.var(0) + 1e-6)]).astype(np.float32)
-  counts = np.bincount(frames.astype(np.int64).ravel(), minlength=num_classes) + 1.0
-  return np.log(counts / counts.sum()).astype(np.float32)      # log-probabilities
+  variance = np.asarray(data_info['train_frame_var'], np.float32)
+  return np.stack([total / np.float32(count), np.log(variance + 1e-6)]).astype(np.float32)
 
 
 def baseline_log_prob(likelihood, base, x):
   """log p(x_t) under the independent baseline, per frame: (B, T)."""
   if likelihood == 'bernoulli':
     return dist.bernoulli_log_prob(x, base).sum(-1)
-  if likelihood == 'gaussian':
-    return dist.gaussian_log_prob(x, base[0], base[1]).sum(-1)
-  return dist.categorical_log_prob(x, jnp.broadcast_to(base, x.shape + base.shape))
+  return dist.gaussian_log_prob(x, base[0], base[1]).sum(-1)
 
 
 @functools.lru_cache(maxsize=8)
-def make_eval_batch_fn(model, likelihood, num_samples, chunk_size):
-  """Jitted (variables, batch, rng, base) -> dict of sums over the batch's real frames.
-  Cached per (model, likelihood, k, chunk) so periodic evaluations compile once."""
+def make_eval_batch_fn(model, likelihood, num_samples, chunk_size, base=None):
+  """(variables, batch, rng) -> dict of sums over the batch's real frames; `base`, the
+  baseline's parameters as a hashable (bytes, shape) pair or None. Cached per (model,
+  likelihood, k, chunk, base) so periodic evaluations compile once."""
+  base = None if base is None else jnp.asarray(np.frombuffer(base[0], np.float32)
+                                               .reshape(base[1]))
 
-  def fn(variables, batch, rng, base):
+  def fn(variables, batch, rng):
     valid = batch['valid'].astype(F32)
     mask = batch['mask'].astype(F32) * valid[:, None]
     x = batch['x']
@@ -230,42 +232,32 @@ def make_eval_batch_fn(model, likelihood, num_samples, chunk_size):
       out['baseline'] = -(baseline_log_prob(likelihood, base, x) * mask).sum()
     return out
 
-  return jax.jit(fn)
+  return fn
 
 
-def evaluate(ctx):
-  """Metrics over the whole eval split (module docstring) and, if ctx.image_dir, PNGs."""
-  config, model = ctx.config, ctx.model
-  likelihood = model.likelihood
-  k = int(config.eval.num_importance_samples)
-  chunk = int(config.eval.iw_chunk_size)
-  batch_fn = make_eval_batch_fn(model, likelihood, k, chunk)
-  base = None
-  if ctx.train_source is not None and getattr(ctx.train_source, 'arrays', None) is not None:
-    base = jnp.asarray(fit_baseline(likelihood, ctx.train_source.arrays, model.features))
-  totals, first = {}, None
-  for i, host_batch in enumerate(ctx.eval_source):
-    if first is None:
-      first = host_batch
-    sums = jax.device_get(batch_fn(ctx.variables, ctx.put(host_batch),
-                                   jax.random.fold_in(ctx.rng, i), base))
-    for key, v in sums.items():
-      totals[key] = totals.get(key, 0.0) + float(v)
-  frames = max(totals['frames'], 1.0)
+def eval_stats(config, model, data_info):
+  base = fit_baseline(model.likelihood, data_info)
+  key = None if base is None else (base.tobytes(), base.shape)
+  return make_eval_batch_fn(model, model.likelihood, int(config.eval.num_importance_samples),
+                            int(config.eval.iw_chunk_size), key)
+
+
+def eval_metrics(config, data_info, totals):
+  """The split's metrics of the module docstring, per real frame."""
+  del data_info
+  frames = max(float(totals['frames']), 1.0)
   metrics = {
       'neg_elbo_per_frame': (totals['recon'] + totals['kl']) / frames,
       'recon_per_frame': totals['recon'] / frames,
       'kl_per_frame': totals['kl'] / frames,
       'nll_per_frame': totals['nll'] / frames,
-      'num_importance_samples': float(k),
+      'num_importance_samples': float(config.eval.num_importance_samples),
       'eval_frames': totals['frames'],
       'eval_sequences': totals['sequences'],
   }
-  if base is not None:
+  if 'baseline' in totals:
     metrics['baseline_nll_per_frame'] = totals['baseline'] / frames
-  if ctx.image_dir and first is not None:
-    save_images(ctx, first)
-  return metrics
+  return {k: float(v) for k, v in metrics.items()}
 
 
 # ----------------------------------------------------------------------------
@@ -328,14 +320,10 @@ def _hidden_range(observed, mask):
   return f'{hidden[0]}-{hidden[-1]}' if len(hidden) else 'none'
 
 
-def save_images(ctx, host_batch):
+def eval_images(ctx, host_batch):
   """prefix+samples.png, prefix+imputation.png, prefix+reconstructions.png in ctx.image_dir."""
   from vaes import plotting
-  model = ctx.model
-  # Only the main process draws pictures, so compute them on one of its own devices from
-  # a local copy of the (replicated) variables: no collective across processes.
-  variables = jax.tree.map(
-      lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, ctx.variables)
+  model, variables = ctx.model, ctx.variables
   valid = np.asarray(host_batch.get('valid', np.ones(len(host_batch['mask']), bool)))
   host_batch = {k: np.asarray(v)[valid] for k, v in host_batch.items() if k in ('x', 'mask')}
   n = max(1, min(int(ctx.config.eval.num_plot_sequences), len(host_batch['mask'])))
@@ -384,6 +372,7 @@ def save_images(ctx, host_batch):
 
 
 register_family(ModelFamily(name='vrae', build_model=build_model, init_variables=init_variables,
-                            make_loss_fn=make_loss_fn, evaluate=evaluate,
+                            make_loss_fn=make_loss_fn, eval_stats=eval_stats,
+                            eval_metrics=eval_metrics, eval_images=eval_images,
                             validate_config=validate_config,
                             implementation_fields=IMPLEMENTATION_FIELDS))
