@@ -281,7 +281,8 @@ def test_checkpoint_written_before_ema_params_existed_still_restores(tmp_path):
   checkpointer.save(0, old, config)
   restored, step, _ = checkpointer.restore_latest(trainer.abstract_state, config)
   assert step == 0 and restored.ema_params is None
-  for x, y in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored))):
+  for x, y in zip(jax.tree.leaves(jax.device_get(state)),
+                  jax.tree.leaves(jax.device_get(restored))):
     np.testing.assert_array_equal(x, y)
 
 

@@ -70,7 +70,7 @@ def model_config():
   m.likelihood = 'bernoulli'          # 'bernoulli' | 'logistic' (8-bit / grey levels) | 'gaussian'
   m.kl_warmup_steps = 1500            # beta = min(1, step / N); 0 = no warm-up
   m.kl_warmup_epochs = 0.0            # > 0 overrides kl_warmup_steps (epochs of the train split)
-  m.kl_warmup_fraction = 0.0          # > 0 overrides kl_warmup_steps: N = fraction * num_train_steps
+  m.kl_warmup_fraction = 0.0          # > 0 overrides kl_warmup_steps (fraction of num_train_steps)
   m.free_bits = 0.0                   # lambda nats per layer; 0 disables
   return m
 
