@@ -22,10 +22,16 @@ def get_base_config():
   c.learning_rate = 1e-3
   c.lr_schedule = 'constant'      # 'constant' | 'cosine'
   c.lr_warmup_steps = 0
+  c.lr_warmup_fraction = 0.0      # > 0: warm-up over this fraction of num_train_steps (wins)
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999
   c.weight_decay = 0.0
   c.grad_clip_norm = 0.0          # 0 disables global-norm clipping
+  # Exponential moving average of the weights, updated every step (kept on a skipped
+  # update): ema <- decay * ema + (1 - decay) * params. 0 = off; when on, evaluation,
+  # samples and checkpoint selection use it; it is checkpointed with the train state.
+  # (A VQ codebook's own moving average is config.model.ema_decay.)
+  c.ema_decay = 0.0
 
   # Numerical faults: non-finite updates are always skipped and counted.
   c.skip_grad_norm_above = 0.0    # >0 also skips updates with a larger gradient norm
@@ -52,4 +58,14 @@ def get_base_config():
   # Evaluation runs its float32 matmuls at full precision: reported likelihoods do
   # not depend on the backend's fast modes. 'default' is faster on GPUs and TPUs.
   c.eval.matmul_precision = 'highest'
+  # Checkpoint selection (tune on 'valid', report 'test'): with a metric name, the
+  # evaluations during training run on the split select_split (given to the data
+  # builder as data.eval_split) and the checkpoint of the best value is kept in
+  # WORKDIR/best; eval.py evaluates that one on data.eval_split.
+  c.eval.select_metric = ''       # '' = off; e.g. 'nll', 'nll_per_frame' (a metric of the eval)
+  c.eval.select_mode = 'min'      # 'min' | 'max': which value is best
+  c.eval.select_split = 'valid'   # TFDS datasets: their split name, e.g. 'validation'
+  # Importance samples of the selection evaluations; 0 = eval.num_importance_samples.
+  c.eval.select_num_importance_samples = 0
+  c.eval.checkpoint = 'auto'      # eval.py: 'best' | 'latest' | 'auto' (best iff select_metric)
   return c

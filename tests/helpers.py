@@ -47,7 +47,8 @@ def train_steps_on_devices(config_path, overrides, device_counts, num_steps, out
   """Runs `num_steps` steps of the real jitted train step on meshes of each of
   `device_counts` simulated CPU devices, in one fresh process. Returns
   {n: {'num_devices', 'metrics': [per step dict], 'leaves': {path: array}}} with the
-  params and model state after the last step."""
+  params, model state (and EMA of the params, with config.ema_decay > 0) after the
+  last step."""
   out = os.path.join(out_dir, 'steps_' + '_'.join(map(str, device_counts)) + '.pkl')
   cmd = [PYTHON, '-m', 'tests.run_steps', '--config', config_path,
          '--overrides', json.dumps(overrides or {}), '--steps', str(num_steps),

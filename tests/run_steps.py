@@ -33,8 +33,10 @@ def run(config, num_devices, steps):
       state, m = trainer.multi_step(state, trainer.put_stacked([next(batches) for _ in range(k)]))
       m = jax.device_get(m)
       metrics += [{name: float(v[i]) for name, v in m.items()} for i in range(k)]
-  leaves = jax.tree_util.tree_flatten_with_path(
-      jax.device_get({'params': state.params, 'model_state': state.model_state}))[0]
+  kept = {'params': state.params, 'model_state': state.model_state}
+  if state.ema_params is not None:   # config.ema_decay > 0
+    kept['ema_params'] = state.ema_params
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(kept))[0]
   return {
       'num_devices': len(trainer.mesh.devices.flat),
       'metrics': metrics,

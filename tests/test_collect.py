@@ -136,6 +136,13 @@ def test_results_table_from_fake_rows(tmp_path, capsys):
   assert rc == 1 and err.count('\n') == 1 and 'row_d' in err and 'paper_numbers.json' in err
 
 
+def test_schedule_names_the_training_steps_and_the_best_checkpoint():
+  config = {'batch_size': 16, 'num_train_steps': 20000, 'eval.select_split': 'valid'}
+  assert collect.schedule(config, {'step': 20000.0}) == '20,000 steps x 16'
+  best = {'step': 3000.0, 'train_steps': 20000.0, 'checkpoint': 'best'}
+  assert collect.schedule(config, best) == '20,000 steps x 16, best valid at 3,000'
+
+
 def test_the_projects_results_folder():
   """results/paper_numbers.json: every row names an existing config and a metric."""
   with open(os.path.join(REPO, 'results', 'paper_numbers.json')) as f:

@@ -18,8 +18,9 @@ from tests.helpers import (PYTHON, REPO, load_config, read_eval_metrics, run_cli
 from vaes import data as data_lib
 from vaes.checkpoint import Checkpointer
 from vaes.registry import get_family
-from vaes.train import (build_trainer, dispatch_sizes, evaluate_split,
-                        train_and_evaluate)
+from vaes.families import ladder, vrae
+from vaes.train import (build_trainer, dispatch_sizes, evaluate_split, lr_warmup,
+                        make_optimizer, run_evaluation, train_and_evaluate, warmup_warnings)
 
 TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16,
            'eval.batch_size': 128}
@@ -33,8 +34,9 @@ def _latest_state(config, workdir):
 
 
 def test_resume_after_checkpoint_matches_uninterrupted_run(tmp_path):
+  """With the moving average of the weights on: it is restored bit for bit too."""
   base = dict(TINY_VQ, num_train_steps=6, checkpoint_every_steps=3, log_every_steps=1,
-              eval_every_steps=0)
+              eval_every_steps=0, ema_decay=0.9)
   full = load_config('configs/vqvae.py', base)
   train_and_evaluate(full, str(tmp_path / 'full'))
 
@@ -47,8 +49,11 @@ def test_resume_after_checkpoint_matches_uninterrupted_run(tmp_path):
   a, step_a = _latest_state(full, str(tmp_path / 'full'))
   b, step_b = _latest_state(full, str(tmp_path / 'resumed'))
   assert step_a == step_b == 6
-  leaves_a = jax.tree.leaves(jax.device_get((a.params, a.model_state, a.opt_state)))
-  leaves_b = jax.tree.leaves(jax.device_get((b.params, b.model_state, b.opt_state)))
+  leaves_a = jax.tree.leaves(jax.device_get((a.params, a.model_state, a.opt_state,
+                                              a.ema_params)))
+  leaves_b = jax.tree.leaves(jax.device_get((b.params, b.model_state, b.opt_state,
+                                              b.ema_params)))
+  assert len(leaves_a) == len(leaves_b) > len(jax.tree.leaves(a.params)) * 2
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
   # The logged losses of steps 4-6 are the same too.
@@ -249,3 +254,119 @@ def test_eval_progress_reports_examples_rate_and_eta():
   short.update(1000)
   short.done()
   assert quiet.getvalue() == ''
+
+
+# ----------------------------------------------------------------------------
+# Moving average of the weights (config.ema_decay).
+# ----------------------------------------------------------------------------
+
+
+def _nan_batch(batch):
+  image = batch['image'].copy()
+  image.flat[5] = np.nan
+  return dict(batch, image=image)
+
+
+def test_ema_is_one_hand_computed_update_and_a_skipped_update_keeps_it():
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, ema_decay=0.9))
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  p0 = jax.tree.leaves(jax.device_get(state.params))
+  for x, y in zip(p0, jax.tree.leaves(jax.device_get(state.ema_params))):
+    np.testing.assert_array_equal(x, y)          # starts at the initial parameters
+  state, _ = trainer.train_step(state, trainer.put(splits.train.batch(0)))
+  p1 = jax.tree.leaves(jax.device_get(state.params))
+  e1 = jax.tree.leaves(jax.device_get(state.ema_params))
+  for a, b, e in zip(p0, p1, e1):                # ema <- 0.9 ema + 0.1 params_new
+    np.testing.assert_allclose(e, 0.9 * a + 0.1 * b, rtol=1e-6, atol=1e-7)
+  assert any(not np.allclose(a, b) for a, b in zip(p0, p1))
+  state, metrics = trainer.train_step(state, trainer.put(_nan_batch(splits.train.batch(1))))
+  assert float(metrics['skipped_update']) == 1.0
+  for x, y in zip(e1, jax.tree.leaves(jax.device_get(state.ema_params))):
+    np.testing.assert_array_equal(x, y)
+
+  off = load_config('configs/vqvae.py', TINY_VQ)
+  assert off.ema_decay == 0.0
+  assert build_trainer(off, splits.info, splits.train.element_spec).abstract_state.ema_params \
+      is None                                    # off: nothing carried, nothing saved
+
+
+def test_evaluation_uses_the_moving_average_when_kept():
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, ema_decay=0.9))
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  seen = []
+
+  def eval_stats(config, model, data_info):      # sums of the parameters it was given
+    return lambda variables, batch, rng: {'params': jax.tree.leaves(variables['params']),
+                                          'batches': jnp.float32(1.0)}
+
+  def eval_metrics(config, data_info, totals):
+    seen.append([p / totals['batches'] for p in totals['params']])
+    return {}
+
+  trainer = dataclasses.replace(trainer, family=dataclasses.replace(
+      trainer.family, eval_stats=eval_stats, eval_metrics=eval_metrics, eval_images=None))
+  state = trainer.init_fn()
+  state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))
+  run_evaluation(trainer, state, splits, None, jax.random.PRNGKey(0))
+  for e, p in zip(seen[0], jax.tree.leaves(state.ema_params)):
+    np.testing.assert_allclose(e, p, rtol=1e-6)
+
+
+def test_checkpoint_written_before_ema_params_existed_still_restores(tmp_path):
+  config = load_config('configs/vqvae.py', TINY_VQ)
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  old = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+         if f.name != 'ema_params'}
+  checkpointer = Checkpointer(str(tmp_path), async_save=False)
+  checkpointer.save(0, old, config)
+  restored, step, _ = checkpointer.restore_latest(trainer.abstract_state, config)
+  assert step == 0 and restored.ema_params is None
+  for x, y in zip(jax.tree.leaves(jax.device_get(state)),
+                  jax.tree.leaves(jax.device_get(restored))):
+    np.testing.assert_array_equal(x, y)
+
+
+# ----------------------------------------------------------------------------
+# Warm-ups as fractions of the run.
+# ----------------------------------------------------------------------------
+
+
+def test_warmup_fractions_resolve_against_num_train_steps():
+  config = load_config('configs/vrnn_jsb.py', {'num_train_steps': 1500, 'lr_schedule': 'constant',
+                                               'lr_warmup_fraction': 0.1,
+                                               'model.kl_warmup_steps': 5000,
+                                               'model.kl_warmup_fraction': 0.25})
+  assert lr_warmup(config) == (150, 'config.lr_warmup_fraction=0.1')
+  assert vrae.kl_warmup(config) == (375, 'config.model.kl_warmup_fraction=0.25')
+  config.model.kl_warmup_fraction = 0.0          # 0: the steps field again
+  assert vrae.kl_warmup(config)[0] == config.model.kl_warmup_steps
+  lvae = load_config('configs/lvae.py', {'num_train_steps': 600, 'model.kl_warmup_fraction': 0.5})
+  assert ladder.kl_warmup(lvae, {'num_train': 1500}) == (300, 'config.model.kl_warmup_fraction=0.5')
+  # The optimiser's linear warm-up: Adam's update on a constant gradient is ~ the learning
+  # rate, so the 76th update (after 75 of the 150 warm-up steps) is half of it.
+  tx = make_optimizer(config)
+  params = {'w': np.zeros(3, np.float32)}
+  opt_state = tx.init(params)
+  grads = {'w': np.ones(3, np.float32)}
+  for _ in range(76):
+    updates, opt_state = tx.update(grads, opt_state, params)
+  np.testing.assert_allclose(-np.asarray(updates['w']), 0.5 * config.learning_rate, rtol=1e-3)
+
+
+def test_warmups_that_outlast_the_run_are_named():
+  config = load_config('configs/vrnn_jsb.py', {
+      'num_train_steps': 1500, 'lr_warmup_steps': 500, 'lr_warmup_fraction': 0.0,
+      'model.kl_warmup_steps': 5000, 'model.kl_warmup_fraction': 0.0})
+  lines = warmup_warnings(config, get_family('vrae'), {})
+  assert len(lines) == 1 and 'config.model.kl_warmup_steps=5000: 5000 steps' in lines[0]
+  assert 'config.num_train_steps=1500' in lines[0] and 'kl_warmup_fraction' in lines[0]
+  config.lr_warmup_steps = 2000
+  assert any('config.lr_warmup_steps=2000' in l and 'lr_warmup_fraction' in l
+             for l in warmup_warnings(config, get_family('vrae'), {}))
+  config.lr_warmup_steps, config.model.kl_warmup_fraction = 0, 0.25
+  assert warmup_warnings(config, get_family('vrae'), {}) == []

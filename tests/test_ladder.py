@@ -367,14 +367,15 @@ def test_config_errors_name_the_field():
 
 
 @pytest.mark.parametrize('path,layers', [('configs/lvae_mnist.py', 5),
+                                         ('configs/hvae_mnist.py', 5),
                                          ('configs/lvae_omniglot.py', 5),
                                          ('configs/vae_mnist.py', 1)])
 def test_paper_configs_build_with_their_data_shapes(path, layers):
-  """Paper configs (TFDS data, not needed here): model, loss and eval shapes, traced only."""
+  """Paper configs (data not needed here): model, loss and eval shapes, traced only."""
   config = load_config(path)
   fam = get_family(config.model.name)
   fam.validate_config(config)
-  info = {'shape': (28, 28, 1), 'num_levels': 2, 'num_train': 60000}
+  info = {'shape': (28, 28, 1), 'num_levels': 2, 'num_train': 50000}
   model = fam.build_model(config, info)
   batch = {'image': jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.float32)}
   variables = jax.eval_shape(lambda b: fam.init_variables(model, jax.random.PRNGKey(0), b), batch)
@@ -385,5 +386,10 @@ def test_paper_configs_build_with_their_data_shapes(path, layers):
   loss_fn = fam.make_loss_fn(config, model, info)
   loss, (metrics, _) = jax.eval_shape(loss_fn, params, variables, batch, jax.random.PRNGKey(0), 0)
   assert loss.shape == () and f'kl_layer_{layers}' in metrics
-  assert family._warmup_steps(config, info) == 200 * (60000 // 256)   # 200 epochs
   assert config.eval.num_importance_samples == 5000 and config.learning_rate == 2e-4
+  if 'mnist' in path:   # 2000 epochs of the 50,000 bundled images, warm-up over the first 200
+    steps_per_epoch = 50000 // 256
+    assert config.num_train_steps == 2000 * steps_per_epoch
+    assert family.kl_warmup(config, info)[0] == 200 * steps_per_epoch
+    assert config.data.binarize == 'none' and config.eval.select_metric == 'nll'
+    assert config.model.inference == ('ladder' if 'lvae' in path else 'hierarchical')

@@ -156,3 +156,27 @@ def test_codes_cache_follows_the_checkpoint_content(tmp_path):
   # Other extraction fields (the first stage's batch size): another cache.
   third = stages.prepare_codes(prior(1, batch_size=64))
   assert third not in (first, second)
+
+
+def test_first_stage_with_weight_ema_is_used_through_its_average(tmp_path):
+  """A first stage trained with config.ema_decay > 0 encodes with its moving average,
+  as its own evaluation does."""
+  from vaes import data as data_lib
+  from vaes import stages
+  from vaes.checkpoint import Checkpointer
+  from vaes.train import build_trainer
+  vq_dir = str(tmp_path / 'vq')
+  stage1 = dict(TINY_VQ, num_train_steps=2, log_every_steps=1, eval_every_steps=0,
+                checkpoint_every_steps=2, ema_decay=0.5)
+  config = load_config('configs/vqvae_prior.py', dict(
+      {f'data.vqvae.{k}': v for k, v in stage1.items()}, **{'data.vqvae_workdir': vq_dir}))
+  train_and_evaluate(config.data.vqvae, vq_dir)
+  first = stages.load_first_stage(config)
+  splits = data_lib.get_datasets(config.data.vqvae)
+  trainer = build_trainer(config.data.vqvae, splits.info, splits.train.element_spec)
+  state, _, _ = Checkpointer(vq_dir).restore_latest(trainer.abstract_state, config.data.vqvae)
+  used = jax.tree.leaves(jax.device_get(first.variables['params']))
+  for u, e in zip(used, jax.tree.leaves(jax.device_get(state.ema_params))):
+    np.testing.assert_array_equal(u, e)
+  assert any(not np.array_equal(u, p)
+             for u, p in zip(used, jax.tree.leaves(jax.device_get(state.params))))

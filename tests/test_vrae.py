@@ -70,7 +70,8 @@ def data(likelihood='bernoulli', seed=0):
 def loss_config(**model):
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(
-      {'free_bits': 0.0, 'kl_warmup_steps': 0, 'kl_warmup_start': 0.0, **model})
+      {'free_bits': 0.0, 'kl_warmup_steps': 0, 'kl_warmup_fraction': 0.0,
+       'kl_warmup_start': 0.0, **model})
   return c
 
 

@@ -11,10 +11,18 @@ What a restore tells apart:
 - damage (half-written, unreadable, checksum mismatch, non-finite parameters):
   the checkpoint is reported, moved to WORKDIR/corrupted_checkpoints/ (never
   deleted) and the previous one is tried.
-Evaluation restores the parameters and model state only, whatever the
-optimiser fields say.
+Evaluation restores the parameters (and their moving average, `ema_params`,
+when config.ema_decay > 0) and model state only, whatever the optimiser fields
+say.
+
+WORKDIR/checkpoints holds the latest checkpoints (resumed from); WORKDIR/best,
+when config.eval.select_metric is set, the one of the best evaluation during
+training (vaes.train.BestCheckpoint), with its metric in the meta item. The meta
+item also records the training wall time up to the checkpoint
+('train_wall_time_s', over every run of the workdir).
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -147,15 +155,21 @@ class _Damaged(Exception):
   """A checkpoint that does not read back as it was written."""
 
 
+LATEST_DIR = 'checkpoints'   # WORKDIR/checkpoints: the latest ones, resumed from
+BEST_DIR = 'best'            # WORKDIR/best: the best by config.eval.select_metric
+
+
 class Checkpointer:
-  """Thin wrapper over `ocp.CheckpointManager` in `workdir/checkpoints`.
+  """Thin wrapper over `ocp.CheckpointManager` in `workdir/checkpoints` (or
+  `workdir/{subdir}`).
 
   `read_only=True` (evaluation, code extraction) creates nothing: a workdir
   without checkpoints is an error naming the command that makes them."""
 
-  def __init__(self, workdir, max_to_keep=3, async_save=True, read_only=False):
+  def __init__(self, workdir, max_to_keep=3, async_save=True, read_only=False,
+               subdir=LATEST_DIR):
     self.workdir = workdir
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.directory = os.path.abspath(os.path.join(workdir, subdir))
     self.corrupted_dir = os.path.join(os.path.dirname(self.directory), 'corrupted_checkpoints')
     if not isinstance(max_to_keep, int) or max_to_keep < 1:
       raise ConfigError(f'config.max_checkpoints_to_keep={max_to_keep!r}: must be a positive '
@@ -200,8 +214,9 @@ class Checkpointer:
   # Save.
   # --------------------------------------------------------------------------
 
-  def save(self, step, state, config, force=False):
-    """Saves `state` with its config and per-array checksums. A state whose
+  def save(self, step, state, config, force=False, extra_meta=None):
+    """Saves `state` with its config, per-array checksums and `extra_meta` (a dict
+    of JSON values: wall time, selection) in the meta item. A state whose
     parameters hold NaN/inf is never saved (CheckpointError)."""
     host = {p: _host(x) for p, x in _leaves(state).items()}
     bad, total = nonfinite_parameters(host)
@@ -210,7 +225,8 @@ class Checkpointer:
           f'The state at step {step} has {bad:,} non-finite parameter values (of {total:,}); '
           f'it was not saved and the earlier checkpoints in {self.directory} are intact. Lower '
           'config.learning_rate or set config.grad_clip_norm, then rerun.')
-    meta = {'step': int(step), 'config': config_dict(config), 'checksums': checksums(host)}
+    meta = {**(extra_meta or {}), 'step': int(step), 'config': config_dict(config),
+            'checksums': checksums(host)}
     try:
       return self.manager.save(
           int(step), force=force,
@@ -218,6 +234,9 @@ class Checkpointer:
                                   meta=ocp.args.JsonSave(meta)))
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(f'Saving the checkpoint of step {step}', e) from e
+
+  def delete(self, step):
+    self.manager.delete(int(step))
 
   def wait(self):
     try:
@@ -251,19 +270,20 @@ class Checkpointer:
   def restore_variables(self, abstract_variables, config, sharding=None):
     """For evaluation and second stages: restores only what the model needs.
 
-    `abstract_variables` = {'params': ..., 'model_state': ...} of ShapeDtypeStructs
-    (with shardings); only these must match the config, the optimiser state is read
-    as it was saved (placed with `sharding`, default that of the first variable).
-    Returns (variables, step, info) with info = {'config': the saved config,
-    'checksums': {path: checksum} of the restored variables}; (None, None, None)
-    without checkpoints."""
+    `abstract_variables` = {'params': ..., 'model_state': ...} (and 'ema_params' for
+    a run with config.ema_decay > 0) of ShapeDtypeStructs (with shardings); only these
+    must match the config, the optimiser state is read as it was saved (placed with
+    `sharding`, default that of the first variable). Returns (variables, step, info)
+    with variables holding the keys of `abstract_variables`, info = {'config': the
+    saved config, 'checksums': {path: checksum} of the restored variables, 'meta':
+    the checkpoint's meta item}; (None, None, None) without checkpoints."""
     if sharding is None:
       sharding = jax.tree.leaves(abstract_variables)[0].sharding
     found = self._restore(abstract_variables, config, sharding)
     if not found:
       return None, None, None
     restored, step, info = found
-    variables = {k: restored[k] for k in ('params', 'model_state')}
+    variables = {k: restored[k] for k in abstract_variables}
     info['checksums'] = {p: c for p, c in info['checksums'].items()
                          if p.split('/')[0] in variables}
     return variables, step, info
@@ -319,12 +339,18 @@ class Checkpointer:
           saved_tree)
       target = {**target, **{k: v for k, v in abstract.items() if k in target}}
     else:
-      target = abstract
+      # The train state's fields that the checkpoint holds: a field added since it was
+      # written (e.g. ema_params) holds no arrays there (the check above) and keeps its
+      # value in `abstract` (None).
+      target = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
+                if f.name in saved_tree}
     try:
       restored = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
     except Exception as e:  # pylint: disable=broad-except
       raise _Damaged(_reason(e)) from e
+    if not variables_only:
+      restored = abstract.replace(**restored)
     host = {p: _host(x) for p, x in _leaves(restored).items()}
     sums = checksums(host)
     expected = meta.get('checksums')
@@ -335,7 +361,7 @@ class Checkpointer:
     bad, total = nonfinite_parameters(host)
     if bad:
       raise _Damaged(f'{bad:,} of {total:,} parameter values are NaN/inf')
-    return restored, {'config': full or saved, 'checksums': sums}
+    return restored, {'config': full or saved, 'checksums': sums, 'meta': meta}
 
   def _check_model_data(self, step, saved, now):
     """Refuses a checkpoint of different model/data fields (nothing is moved)."""

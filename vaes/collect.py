@@ -149,10 +149,15 @@ def duration(seconds):
 
 
 def schedule(config, metrics):
-  steps = metrics.get('step', config.get('num_train_steps'))
+  """'N steps x batch' of the training (eval_metrics.json's train_steps, else the
+  evaluated step), and the step of the checkpoint reported when it was the best one."""
+  steps = metrics.get('train_steps', metrics.get('step', config.get('num_train_steps')))
   if not isinstance(steps, (int, float)):
     return ''
-  return f'{int(steps):,} steps x {config.get("batch_size")}'
+  text = f'{int(steps):,} steps x {config.get("batch_size")}'
+  if metrics.get('checkpoint') == 'best' and isinstance(metrics.get('step'), (int, float)):
+    text += f', best {config.get("eval.select_split", "valid")} at {int(metrics["step"]):,}'
+  return text
 
 
 def hardware(record):

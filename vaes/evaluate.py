@@ -1,22 +1,65 @@
-"""The evaluation driver: restore the latest checkpoint, evaluate on the whole
-evaluation split, write WORKDIR/eval_metrics.json and PNG grids."""
+"""The evaluation driver: restore a checkpoint, evaluate on the whole evaluation split
+(config.data.eval_split), write WORKDIR/eval_metrics.json and PNG grids.
+
+Which checkpoint (config.eval.checkpoint): 'best', the one kept in WORKDIR/best by
+the best evaluation on config.eval.select_split during training; 'latest', the newest
+in WORKDIR/checkpoints; 'auto' (default), 'best' when config.eval.select_metric is
+set, else 'latest'. With config.ema_decay > 0 the moving average of the parameters
+is evaluated. eval_metrics.json also records the checkpoint ('checkpoint': 'best' |
+'latest', 'step'), the training wall time of the run ('train_wall_time_s', over every
+run of the workdir, up to its latest checkpoint of 'train_steps' steps) and the wall
+time of this evaluation ('eval_wall_time_s')."""
 
 import json
 import math
 import os
+import time
 
 import jax
 import numpy as np
 
 from vaes import data as data_lib
-from vaes.checkpoint import Checkpointer, CheckpointError
+from vaes.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError
 from vaes.registry import get_family
 from vaes.train import build_trainer, run_evaluation
 
 
+def checkpoint_kind(config):
+  """'best' or 'latest': what config.eval.checkpoint asks eval.py to evaluate."""
+  kind = config.eval.checkpoint
+  if kind == 'auto':
+    return 'best' if config.eval.select_metric else 'latest'
+  return kind
+
+
+def _checkpointer(config, workdir, kind):
+  if kind == 'best' and not os.path.isdir(os.path.join(workdir, BEST_DIR)):
+    raise CheckpointError(
+        f'No best checkpoint in {os.path.join(os.path.abspath(workdir), BEST_DIR)}: it is kept '
+        'by training with config.eval.select_metric set (and eval_every_steps > 0); evaluate '
+        'the latest checkpoint with --config.eval.checkpoint=latest.')
+  return Checkpointer(workdir, config.max_checkpoints_to_keep, async_save=False,
+                      read_only=True, subdir=BEST_DIR if kind == 'best' else LATEST_DIR)
+
+
+def _training_record(workdir, kind, meta):
+  """(train_wall_time_s, train_steps) of the run, from its latest checkpoint's meta."""
+  if kind == 'best':
+    if not os.path.isdir(os.path.join(workdir, LATEST_DIR)):
+      return None, None
+    latest = Checkpointer(workdir, async_save=False, read_only=True)
+    step = latest.latest_step()
+    if step is None:
+      return None, None
+    meta = latest.read_meta(step)
+  wall = meta.get('train_wall_time_s')
+  return (None if wall is None else float(wall)), meta.get('step')
+
+
 def evaluate(config, workdir):
-  checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep, async_save=False,
-                              read_only=True)
+  t_start = time.time()
+  kind = checkpoint_kind(config)
+  checkpointer = _checkpointer(config, workdir, kind)
   family = get_family(config.model.name)
   if family.prepare is not None:
     family.prepare(config)
@@ -24,25 +67,38 @@ def evaluate(config, workdir):
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
   # Parameters and model state only: the optimiser fields need not match the run's.
   abstract = trainer.abstract_state
-  variables, step, _ = checkpointer.restore_variables(
-      {'params': abstract.params, 'model_state': abstract.model_state}, config)
+  wanted = {'params': abstract.params, 'model_state': abstract.model_state}
+  if abstract.ema_params is not None:
+    wanted['ema_params'] = abstract.ema_params
+  variables, step, info = checkpointer.restore_variables(wanted, config)
   if variables is None:
     raise CheckpointError(f'No checkpoint in {checkpointer.directory}: train first with '
                           f'`python train.py --config=... --workdir={workdir}`.')
-  state = abstract.replace(step=np.int32(step), **variables)
+  state = abstract.replace(step=np.int32(step), **variables)   # run_evaluation: EMA if kept
   is_main = jax.process_index() == 0
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
   metrics = run_evaluation(trainer, state, splits, workdir, rng,
                            image_dir=workdir if is_main else None, image_prefix='eval_')
   metrics = {k: float(v) for k, v in metrics.items()}
   metrics['step'] = float(step)
+  record = {'checkpoint': kind}
+  selection = info['meta'].get('selection')
+  if kind == 'best' and selection:
+    metrics[f'best_{selection["split"]}_{selection["metric"]}'] = float(selection['value'])
+  train_wall, train_steps = _training_record(workdir, kind, info['meta'])
+  if train_wall is not None:
+    metrics['train_wall_time_s'] = train_wall
+    metrics['train_steps'] = float(train_steps)
+  metrics['eval_wall_time_s'] = time.time() - t_start
   if is_main:
     path = os.path.join(workdir, 'eval_metrics.json')
+    out = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
     with open(path, 'w', encoding='utf-8') as f:
-      json.dump({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}, f,
-                indent=2, sort_keys=True)
-    print(f'Evaluation of step {step} on {splits.info.get("num_eval", "?")} examples '
-          f'-> {path}', flush=True)
+      json.dump({**out, **record}, f, indent=2, sort_keys=True)
+    print(f'Evaluation of the {kind} checkpoint (step {step}) on '
+          f'{splits.info.get("num_eval", "?")} examples of the '
+          f'{splits.info.get("eval_split", "evaluation")} split -> {path}', flush=True)
     for k in sorted(metrics):
       print(f'  {k}: {metrics[k]:.6g}', flush=True)
-  return metrics
+    print(f'  checkpoint: {kind}', flush=True)
+  return {**metrics, **record}

@@ -2,7 +2,7 @@
 objectives and evaluations, as plain functions of model outputs, in float32.
 
   KL warm-up     beta(step) = min(1, beta_0 + (1 - beta_0) step / N)       (Sonderby et al.
-                 2016; beta_0 = 0 there, N = 0 gives 1)
+                 2016; beta_0 = 0 there, N = 0 gives 1; N in steps or a fraction of the run)
   free bits      sum_i max(lambda, KL_i), lambda nats per group i           (Kingma et al. 2016)
   IW bound       log p(x) >= logsumexp_k(log w_k) - log k,
                  log w_k = log p(x, z^k) - log q(z^k | x), z^k ~ q(z | x)   (Burda et al. 2016)
@@ -15,6 +15,12 @@ import jax
 import jax.numpy as jnp
 
 F32 = jnp.float32
+
+
+def warmup_length(steps, fraction, num_train_steps):
+  """N of a warm-up given as `steps`, or as a `fraction` > 0 of the run (which wins):
+  round(fraction * num_train_steps), so a shortened run keeps its proportions."""
+  return int(round(fraction * num_train_steps)) if fraction > 0 else int(steps)
 
 
 def kl_warmup_weight(step, warmup_steps, start=0.0):

@@ -44,6 +44,11 @@ validate_config(config) -> None  (optional)
     Raise `ConfigError` naming the field, the value and what is allowed. The engine
     calls it once per run, before building anything.
 
+kl_warmup(config, data_info) -> (steps, description)  (optional)
+    The length of the family's KL warm-up and the field that set it, e.g.
+    (5000, 'config.model.kl_warmup_steps=5000'); the engine warns at the start of
+    training when it outlasts the run.
+
 implementation_fields: tuple of dotted config names (optional)
     Fields that change only how the same function is computed (`model.unroll`,
     `model.remat`, `model.upsample`); a checkpoint may be resumed with other values.
@@ -91,6 +96,9 @@ class ModelFamily:
   # prior_interface(config, model, data_info) -> dict(levels, num_codes, encode, decode):
   # what a learned prior over this family's discrete codes needs (VQ families).
   prior_interface: Optional[Callable] = None
+  # kl_warmup(config, data_info) -> (steps, 'config.model.<field>=<value>' that set them):
+  # the engine warns when a KL warm-up outlasts the run.
+  kl_warmup: Optional[Callable] = None
 
 
 _FAMILIES: Dict[str, ModelFamily] = {}

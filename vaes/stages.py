@@ -1,8 +1,8 @@
 """Second stages: what a learned prior over codes needs from a trained first stage.
 
 As big_vision's UViM loads its oracle by path, a prior restores the first stage's
-*variables* (parameters and model state) from `config.data.vqvae_workdir`, not a
-trainer, and never from inside the data layer:
+*variables* (parameters, or their moving average when it kept one, and model state)
+from `config.data.vqvae_workdir`, not a trainer, and never from inside the data layer:
 
   load_first_stage(config) -> FirstStage(model, variables, interface, step, key)
   prepare_codes(config)    -> path of the cached codes; sets config.data.codes_path
@@ -96,13 +96,16 @@ def load_first_stage(config) -> FirstStage:
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                           abstract)
   params = abstract.pop('params')
+  # A first stage trained with config.ema_decay > 0 is used through its moving average,
+  # as its own evaluation does.
+  name = 'ema_params' if vq_config.ema_decay > 0 else 'params'
   variables, step, info = checkpointer.restore_variables(
-      {'params': params, 'model_state': abstract}, vq_config, sharding=device)
+      {name: params, 'model_state': abstract}, vq_config, sharding=device)
   key = _key(info['checksums'], vq_config)
   cache = (os.path.abspath(workdir), key)
   if cache not in _LOADED:
     _LOADED[cache] = FirstStage(
-        model=model, variables={'params': variables['params'], **variables['model_state']},
+        model=model, variables={'params': variables[name], **variables['model_state']},
         interface=family.prior_interface(vq_config, model, splits.info), step=int(step),
         key=key, splits=splits, workdir=workdir)
   return _LOADED[cache]

@@ -9,6 +9,7 @@ jitted step -> metrics / checkpoints.
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import itertools
 import math
@@ -26,8 +27,9 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vaes import data as data_lib
+from vaes import objectives
 from vaes import provenance
-from vaes.checkpoint import (Checkpointer, config_diff, config_dict, describe_diff,
+from vaes.checkpoint import (BEST_DIR, Checkpointer, config_diff, config_dict, describe_diff,
                              finished_run_diff)
 from vaes.metric_writers import EvalProgress, MetricWriter, Progress
 from vaes.registry import ConfigError, ImageContext, get_family
@@ -56,6 +58,8 @@ class TrainState:
   rng: jax.Array                # base key; step keys are fold_in(rng, step)
   skipped_updates: jax.Array    # total updates skipped for non-finite / huge gradients
   consecutive_skips: jax.Array
+  # Exponential moving average of params (config.ema_decay > 0), else None (no arrays).
+  ema_params: Any = None
 
 
 # ----------------------------------------------------------------------------
@@ -90,7 +94,7 @@ def validate_config(config, family=None, num_devices=None):
     raise ConfigError(f'config.learning_rate={config.learning_rate!r}: must be positive.')
   if config.optimizer not in ('adam', 'adamw'):
     raise ConfigError(f"config.optimizer='{config.optimizer}': choose 'adam' or 'adamw'.")
-  for field in ('adam_b1', 'adam_b2'):
+  for field in ('adam_b1', 'adam_b2', 'ema_decay'):
     if not 0.0 <= config[field] < 1.0:
       raise ConfigError(f'config.{field}={config[field]!r}: must be in [0, 1).')
   for field in ('weight_decay', 'grad_clip_norm', 'skip_grad_norm_above'):
@@ -100,6 +104,26 @@ def validate_config(config, family=None, num_devices=None):
     raise ConfigError(f'config.weight_decay={config.weight_decay!r} has no effect with '
                       f"config.optimizer='{config.optimizer}': use --config.optimizer=adamw "
                       '(decoupled weight decay) or weight_decay=0.')
+  if not 0.0 <= config.lr_warmup_fraction <= 1.0:
+    raise ConfigError(f'config.lr_warmup_fraction={config.lr_warmup_fraction!r}: must lie in '
+                      '[0, 1] (a fraction of config.num_train_steps; 0 = use lr_warmup_steps).')
+  e = config.eval
+  if e.select_mode not in ('min', 'max'):
+    raise ConfigError(f"config.eval.select_mode='{e.select_mode}': choose 'min' or 'max'.")
+  if e.checkpoint not in EVAL_CHECKPOINTS:
+    raise ConfigError(f"config.eval.checkpoint='{e.checkpoint}': choose one of "
+                      f'{EVAL_CHECKPOINTS}.')
+  k = e.select_num_importance_samples
+  if (not isinstance(k, int) or k < 0 or (k and 'num_importance_samples' not in e)
+      or (k and k % min(int(e.get('iw_chunk_size', k)), k))):
+    raise ConfigError(f'config.eval.select_num_importance_samples={k!r}: must be 0 (the same '
+                      'as eval.num_importance_samples) or a positive multiple of '
+                      'eval.iw_chunk_size (or smaller than it), for families that evaluate '
+                      'with importance samples.')
+  if e.select_metric and not config.eval_every_steps:
+    raise ConfigError(f"config.eval.select_metric='{e.select_metric}' keeps the checkpoint of "
+                      'the best evaluation during training, but config.eval_every_steps=0 '
+                      'evaluates none: set --config.eval_every_steps=N (or select_metric=\'\').')
   if config.lr_schedule not in ('constant', 'cosine'):
     raise ConfigError(f"config.lr_schedule='{config.lr_schedule}': choose 'constant' or "
                       "'cosine'.")
@@ -131,6 +155,8 @@ def validate_config(config, family=None, num_devices=None):
 
 
 MATMUL_PRECISIONS = ('default', 'high', 'highest')
+# config.eval.checkpoint: what eval.py evaluates ('auto': 'best' when eval.select_metric is set).
+EVAL_CHECKPOINTS = ('auto', 'best', 'latest')
 
 
 def matmul_precision(name):
@@ -147,14 +173,43 @@ def make_mesh(devices=None):
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def lr_warmup(config):
+  """(N, the field that set it): lr_warmup_fraction of the run, or lr_warmup_steps."""
+  if config.lr_warmup_fraction > 0:
+    return (objectives.warmup_length(0, config.lr_warmup_fraction, config.num_train_steps),
+            f'config.lr_warmup_fraction={config.lr_warmup_fraction}')
+  return config.lr_warmup_steps, f'config.lr_warmup_steps={config.lr_warmup_steps}'
+
+
+def warmup_warnings(config, family, data_info):
+  """One line per warm-up (learning rate, KL weight) that lasts the whole run or more."""
+  steps = config.num_train_steps
+  out = []
+  n, field = lr_warmup(config)
+  if n >= steps:
+    out.append(f'WARNING: the learning-rate warm-up ({field}: {n} steps) outlasts the run '
+               f'(config.num_train_steps={steps}): the learning rate never reaches '
+               'config.learning_rate. Give the warm-up as a fraction of the run, e.g. '
+               '--config.lr_warmup_fraction=0.05 --config.lr_warmup_steps=0.')
+  if family.kl_warmup is not None:
+    n, field = family.kl_warmup(config, data_info)
+    if n >= steps:
+      out.append(f'WARNING: the KL warm-up ({field}: {n} steps) outlasts the run '
+                 f'(config.num_train_steps={steps}): every update is made with a KL weight '
+                 'below 1 (logged as kl_weight), so the trained objective is not the ELBO '
+                 '(evaluations still report the true bound). Give the warm-up as a fraction '
+                 'of the run, e.g. --config.model.kl_warmup_fraction=0.25.')
+  return out
+
+
 def make_optimizer(config):
   lr = config.learning_rate
+  warmup = lr_warmup(config)[0]
   if config.lr_schedule == 'cosine':
     lr = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, max(config.lr_warmup_steps, 1),
-        max(config.num_train_steps, config.lr_warmup_steps + 1))
-  elif config.lr_warmup_steps > 0:
-    lr = optax.linear_schedule(0.0, config.learning_rate, config.lr_warmup_steps)
+        0.0, config.learning_rate, max(warmup, 1), max(config.num_train_steps, warmup + 1))
+  elif warmup > 0:
+    lr = optax.linear_schedule(0.0, config.learning_rate, warmup)
   if config.optimizer == 'adamw':
     opt = optax.adamw(lr, b1=config.adam_b1, b2=config.adam_b2,
                       weight_decay=config.weight_decay)
@@ -222,6 +277,7 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
   example = example_batch_from_spec(element_spec, config.batch_size)
   seed = config.seed
   max_skip_norm = float(config.skip_grad_norm_above)
+  ema_decay = float(config.ema_decay)
 
   def init():
     rng = jax.random.PRNGKey(seed)
@@ -232,7 +288,8 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
         opt_state=tx.init(params), rng=rng,
-        skipped_updates=jnp.zeros((), jnp.int32), consecutive_skips=jnp.zeros((), jnp.int32))
+        skipped_updates=jnp.zeros((), jnp.int32), consecutive_skips=jnp.zeros((), jnp.int32),
+        ema_params=jax.tree.map(jnp.copy, params) if ema_decay > 0 else None)
 
   abstract = jax.eval_shape(init)
   state_sharding = jax.tree.map(lambda _: replicated, abstract)
@@ -257,9 +314,14 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     skipped = 1 - ok.astype(jnp.int32)
+    ema_params = state.ema_params
+    if ema_decay > 0:   # ema <- decay * ema + (1 - decay) * params_new; kept on a skip
+      ema_params = keep(jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                     ema_params, new_params), ema_params)
     new_state = state.replace(
         step=state.step + 1,
         params=keep(new_params, state.params),
+        ema_params=ema_params,
         model_state=keep(new_model_state, state.model_state),
         opt_state=keep(new_opt_state, state.opt_state),
         skipped_updates=state.skipped_updates + skipped,
@@ -388,11 +450,16 @@ def _read_ahead(iterator, size):
     yield queue.popleft()
 
 
-def run_evaluation(trainer, state, splits, workdir, rng, image_dir=None, image_prefix=''):
-  """The whole evaluation split of `splits` with the parameters of `state`."""
+def run_evaluation(trainer, state, splits, workdir, rng, image_dir=None, image_prefix='',
+                   config=None):
+  """The whole evaluation split of `splits` with the parameters of `state`: their
+  moving average when the run keeps one (config.ema_decay > 0). `config` (default the
+  trainer's) may differ in its eval fields (see `selection_config`)."""
   del workdir
-  variables = {'params': state.params, **state.model_state}
-  return evaluate_split(trainer.family, trainer.config, trainer.model, variables, splits.eval,
+  params = state.params if state.ema_params is None else state.ema_params
+  variables = {'params': params, **state.model_state}
+  return evaluate_split(trainer.family, config or trainer.config, trainer.model, variables,
+                        splits.eval,
                         splits.info, rng, trainer.put, step=int(state.step),
                         image_dir=image_dir, image_prefix=image_prefix)
 
@@ -439,6 +506,97 @@ def evaluate_split(family, config, model, variables, source, data_info, rng, put
   return metrics
 
 
+def selection_config(config):
+  """The config of the evaluations that choose the best checkpoint: with
+  config.eval.select_num_importance_samples (> 0) importance samples instead of
+  eval.num_importance_samples, so that frequent selection evaluations stay cheap while
+  eval.py reports the full count."""
+  k = int(config.eval.select_num_importance_samples)
+  if not k or 'num_importance_samples' not in config.eval:
+    return config
+  chosen = copy.deepcopy(config)
+  with chosen.unlocked():
+    chosen.eval.num_importance_samples = k
+    chosen.eval.iw_chunk_size = min(int(config.eval.iw_chunk_size), k)
+  return chosen
+
+
+def selection_splits(config, splits):
+  """`splits` with the evaluation source of config.eval.select_split: the data builder
+  run again with data.eval_split = select_split (the datasets are in memory, or read
+  lazily, so a second build is cheap)."""
+  split, metric = config.eval.select_split, config.eval.select_metric
+  chosen = copy.deepcopy(config)
+  with chosen.unlocked():
+    chosen.data.eval_split = split
+  why = (f"config.eval.select_metric='{metric}' selects checkpoints on "
+         f"config.eval.select_split='{split}'")
+  try:
+    built = data_lib.get_datasets(chosen)
+  except data_lib.DataError as e:
+    raise ConfigError(f'{why}, which config.data.name=\'{config.data.name}\' cannot give: '
+                      f'{e}') from e
+  if built.info.get('eval_split') != split:
+    raise ConfigError(f"{why}, but config.data.name='{config.data.name}' has no such split "
+                      "(it evaluates on a fixed split); set --config.eval.select_metric='' or "
+                      'use a dataset with a validation split (binarized_mnist, jsb_chorales, '
+                      '...).')
+  return dataclasses.replace(built, train=splits.train)
+
+
+class BestCheckpoint:
+  """The checkpoint of the best evaluation during training by config.eval.select_metric,
+  in WORKDIR/best (one kept). Its meta item records 'selection': {metric, mode, split,
+  value, step}. A resumed run reads the best so far back from there."""
+
+  def __init__(self, workdir, config):
+    e = config.eval
+    self.metric, self.mode, self.split = e.select_metric, e.select_mode, e.select_split
+    self.checkpointer = Checkpointer(workdir, 1, subdir=BEST_DIR)
+    self.value = self.step = None
+    steps = self.checkpointer.all_steps()
+    if steps:
+      found = self.checkpointer.read_meta(steps[-1]).get('selection') or {}
+      if all(found.get(k) == v for k, v in (('metric', self.metric), ('mode', self.mode),
+                                            ('split', self.split))):
+        self.value, self.step = float(found['value']), int(found['step'])
+      elif jax.process_index() == 0:
+        print(f'Note: the best checkpoint in {self.checkpointer.directory} was chosen by '
+              f'{found.get("metric")!r} ({found.get("mode")}, {found.get("split")!r}); from '
+              f'now on by {self.metric!r} ({self.mode}, {self.split!r}): the next evaluation '
+              'replaces it.', flush=True)
+
+  def better(self, value):
+    if not math.isfinite(value):
+      return False
+    if self.value is None:
+      return True
+    return value < self.value if self.mode == 'min' else value > self.value
+
+  def update(self, step, state, config, metrics, extra_meta):
+    """Saves `state` when metrics[select_metric] beats the best so far; True if it did."""
+    if self.metric not in metrics:
+      raise ConfigError(f"config.eval.select_metric='{self.metric}' is not a metric of the "
+                        f"'{config.model.name}' evaluation; choose one of {sorted(metrics)}.")
+    value = float(metrics[self.metric])
+    if not self.better(value):
+      return False
+    for s in self.checkpointer.all_steps():   # a resumed run replaying past the saved best
+      if s >= step:
+        self.checkpointer.delete(s)
+    selection = {'metric': self.metric, 'mode': self.mode, 'split': self.split,
+                 'value': value, 'step': int(step)}
+    self.checkpointer.save(step, state, config, force=True,
+                           extra_meta={**extra_meta, 'selection': selection})
+    if jax.process_index() == 0:
+      before = ('' if self.value is None else
+                f' (previous best {self.value:.6g} at step {self.step})')
+      print(f'New best {self.split} {self.metric}={value:.6g} at step {step}{before}: saved in '
+            f'{self.checkpointer.directory}.', flush=True)
+    self.value, self.step = value, int(step)
+    return True
+
+
 class _Preemption:
   """SIGTERM or SIGINT (Ctrl-C) sets a flag; the loop saves a checkpoint at the
   current step and stops with `Preempted`. A second Ctrl-C exits at once."""
@@ -480,12 +638,20 @@ class _Preemption:
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the
   last logged training metrics (and the last evaluation's, prefixed 'eval/')."""
+  t_start = time.time()
   is_main = jax.process_index() == 0
   family = get_family(config.model.name)
   if family.prepare is not None:
     family.prepare(config)
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)   # validates
+  # Evaluations during training: on data.eval_split, or on eval.select_split when they
+  # choose the checkpoint that eval.py reports.
+  eval_splits, eval_prefix, best = splits, 'eval/', None
+  eval_config = config
+  if config.eval.select_metric:
+    eval_splits, eval_prefix = selection_splits(config, splits), 'valid/'
+    eval_config = selection_config(config)
 
   checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep)
   state, restored_step, saved_config = checkpointer.restore_latest(trainer.abstract_state,
@@ -500,8 +666,10 @@ def train_and_evaluate(config, workdir):
             file=sys.stderr)
     state = trainer.init_fn()
     start_step = 0
+    wall_before = 0.0
   else:
     start_step = int(restored_step)
+    wall_before = float(checkpointer.read_meta(start_step).get('train_wall_time_s', 0.0))
     now = config_dict(config)
     if start_step >= config.num_train_steps:
       differ = finished_run_diff(saved_config or {}, now) if saved_config else []
@@ -525,6 +693,12 @@ def train_and_evaluate(config, workdir):
   provenance.write_config_json(workdir, config)
   if int(jax.device_get(state.step)) != start_step:
     raise TrainingError(f'Checkpoint step {start_step} holds state.step={int(state.step)}.')
+  if config.eval.select_metric:
+    best = BestCheckpoint(workdir, config)
+
+  def wall_meta():
+    """Training wall time up to now, over every run of this workdir (with checkpoints)."""
+    return {'train_wall_time_s': wall_before + time.time() - t_start}
 
   if is_main:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -535,6 +709,15 @@ def train_and_evaluate(config, workdir):
       print(f'Note: config.steps_per_dispatch={config.steps_per_dispatch} on the CPU. XLA:CPU '
             'runs weight-gradient convolutions inside loops through a slow generic kernel '
             '(measured 15-35x slower per step); 1 is faster there.', flush=True)
+    for line in warmup_warnings(config, family, splits.info):
+      print(line, file=sys.stderr, flush=True)
+    if best is not None:
+      so_far = (f'; best so far {best.value:.6g} at step {best.step}' if best.step is not None
+                else '')
+      print(f'Evaluations during training run on the {config.eval.select_split!r} split '
+            f'(logged as valid/*); the checkpoint of the best {config.eval.select_metric} '
+            f'({config.eval.select_mode}) is kept in {best.checkpointer.directory}{so_far}.',
+            flush=True)
 
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = Progress(start_step, config.num_train_steps, enabled=is_main)
@@ -585,14 +768,16 @@ def train_and_evaluate(config, workdir):
           check_skips(state)
 
         if config.eval_every_steps and (step % config.eval_every_steps == 0 or last_step):
-          eval_metrics = run_evaluation(trainer, state, splits, workdir, eval_rng, image_dir,
-                                        f'step_{step:07d}_')
-          writer.write(step, eval_metrics, prefix='eval/')
-          last.update({f'eval/{k}': v for k, v in eval_metrics.items()})
+          eval_metrics = run_evaluation(trainer, state, eval_splits, workdir, eval_rng,
+                                        image_dir, f'step_{step:07d}_', eval_config)
+          writer.write(step, eval_metrics, prefix=eval_prefix)
+          last.update({f'{eval_prefix}{k}': v for k, v in eval_metrics.items()})
+          if best is not None:
+            best.update(step, state, config, eval_metrics, wall_meta())
 
         if step % config.checkpoint_every_steps == 0 or last_step or preempt.requested:
           check_skips(state)
-          checkpointer.save(step, state, config, force=True)
+          checkpointer.save(step, state, config, force=True, extra_meta=wall_meta())
 
         if preempt.requested and not last_step:
           checkpointer.wait()
@@ -602,5 +787,13 @@ def train_and_evaluate(config, workdir):
                           preempt.signum)
   finally:
     checkpointer.wait()  # finish checkpoints in flight, also when stopping on an error
+    if best is not None:
+      best.checkpointer.wait()
     writer.close()
+  if is_main:
+    done = (f'; best {config.eval.select_split} {config.eval.select_metric}={best.value:.6g} '
+            f'at step {best.step} in {best.checkpointer.directory}'
+            if best is not None and best.step is not None else '')
+    print(f'Training wall time {wall_meta()["train_wall_time_s"]:.1f} s (over every run of '
+          f'this workdir){done}.', flush=True)
   return last

@@ -483,5 +483,6 @@ def tfds_images(config, process_index, process_count):
       'train_variance': train_variance(reader, opts.train_split),
       'num_train': num_train,
       'num_eval': num_eval,
+      'eval_split': opts.eval_split,
   }
   return Splits(train, evals, info)

@@ -15,7 +15,8 @@ Objective (per example; layers l = 1..L, z_>l = z_l+1..z_L):
   estimate log q(z_l | z_l-1) - log p(z_l | z_l+1) at the drawn z_l.
 
 Training loss = -E[log p(x | z_1)] + beta(step) sum_l max(lambda, E_batch[KL_l]),
-with KL warm-up beta = min(1, step / N) (Sonderby et al. 2016) and free bits
+with KL warm-up beta = min(1, step / N) (Sonderby et al. 2016; N in steps, epochs or
+a fraction of the run, `kl_warmup`) and free bits
 lambda nats per layer (Kingma et al. 2016); the reported `neg_elbo` is always the
 true bound (beta = 1, lambda = 0).
 
@@ -69,6 +70,7 @@ def model_config():
   m.likelihood = 'bernoulli'          # 'bernoulli' | 'logistic' (8-bit / grey levels) | 'gaussian'
   m.kl_warmup_steps = 1500            # beta = min(1, step / N); 0 = no warm-up
   m.kl_warmup_epochs = 0.0            # > 0 overrides kl_warmup_steps (epochs of the train split)
+  m.kl_warmup_fraction = 0.0          # > 0 overrides kl_warmup_steps (fraction of num_train_steps)
   m.free_bits = 0.0                   # lambda nats per layer; 0 disables
   return m
 
@@ -106,6 +108,13 @@ def validate_config(config):
                       f'{ladder_model.LIKELIHOODS}.')
   if m.free_bits < 0 or m.kl_warmup_steps < 0 or m.kl_warmup_epochs < 0:
     raise ConfigError('config.model.free_bits, kl_warmup_steps and kl_warmup_epochs must be >= 0.')
+  if not 0.0 <= m.kl_warmup_fraction <= 1.0:
+    raise ConfigError(f'config.model.kl_warmup_fraction={m.kl_warmup_fraction}: must lie in '
+                      '[0, 1] (a fraction of config.num_train_steps; 0 = use kl_warmup_steps).')
+  if m.kl_warmup_fraction > 0 and m.kl_warmup_epochs > 0:
+    raise ConfigError(f'config.model.kl_warmup_fraction={m.kl_warmup_fraction} and '
+                      f'config.model.kl_warmup_epochs={m.kl_warmup_epochs} both set the KL '
+                      'warm-up; set one of them to 0.')
   if config.eval.num_importance_samples < 1 or config.eval.iw_chunk_size < 1:
     raise ConfigError('config.eval.num_importance_samples and config.eval.iw_chunk_size must be '
                       '>= 1.')
@@ -193,14 +202,25 @@ def log_weight(layers, log_px):
   return lw
 
 
-def _warmup_steps(config, data_info):
-  epochs = config.model.kl_warmup_epochs
+def kl_warmup(config, data_info):
+  """(N, the field that set it): kl_warmup_fraction of the run, kl_warmup_epochs of the
+  train split, or kl_warmup_steps."""
+  m = config.model
+  if m.kl_warmup_fraction > 0:
+    return (objectives.warmup_length(0, m.kl_warmup_fraction, config.num_train_steps),
+            f'config.model.kl_warmup_fraction={m.kl_warmup_fraction}')
+  epochs = m.kl_warmup_epochs
   if not epochs:
-    return int(config.model.kl_warmup_steps)
+    return int(m.kl_warmup_steps), f'config.model.kl_warmup_steps={m.kl_warmup_steps}'
   if 'num_train' not in data_info:
     raise ConfigError(f'config.model.kl_warmup_epochs={epochs} needs the training-set size, which '
                       f"dataset '{config.data.name}' does not report; use kl_warmup_steps.")
-  return int(round(epochs * (data_info['num_train'] // config.batch_size)))
+  return (int(round(epochs * (data_info['num_train'] // config.batch_size))),
+          f'config.model.kl_warmup_epochs={epochs}')
+
+
+def _warmup_steps(config, data_info):
+  return kl_warmup(config, data_info)[0]
 
 
 # -----------------------------------------------------------------------------
@@ -376,5 +396,5 @@ def _jitted_image_fns(model, likelihood, x_shape, n):
 register_family(
     ModelFamily(name='ladder_vae', build_model=build_model, init_variables=init_variables,
                 make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
-                eval_images=eval_images, validate_config=validate_config),
+                eval_images=eval_images, validate_config=validate_config, kl_warmup=kl_warmup),
     'hvae', 'lvae')

@@ -7,9 +7,10 @@ Training objective per batch, in nats per real frame (F = number of frames with 
     loss  = recon + beta(step) * sum_d max(free_bits, KL_d)
 
 with the KL warm-up beta(step) = min(1, beta_0 + (1 - beta_0) step / N) (beta_0 =
-config.model.kl_warmup_start, N = config.model.kl_warmup_steps; N = 0 gives 1) and free
-bits in nats per latent dimension per frame (0 disables them). neg_elbo_per_frame =
-recon + sum_d KL_d is the exact negative ELBO whatever beta and free bits.
+config.model.kl_warmup_start, N = config.model.kl_warmup_steps, or kl_warmup_fraction *
+num_train_steps when that is > 0; N = 0 gives 1) and free bits in nats per latent
+dimension per frame (0 disables them). neg_elbo_per_frame = recon + sum_d KL_d is the
+exact negative ELBO whatever beta and free bits.
 
 Evaluation over the whole eval split (all metrics in nats per real frame):
   neg_elbo_per_frame, recon_per_frame, kl_per_frame  one z ~ q per sequence, closed-form KL;
@@ -60,6 +61,7 @@ def model_config():
   m.remat = False             # rematerialise each step in the backward pass (memory only)
   m.kl_warmup_start = 0.1     # beta_0
   m.kl_warmup_steps = 500     # N; 0 = no warm-up
+  m.kl_warmup_fraction = 0.0  # > 0 overrides kl_warmup_steps: N = fraction * num_train_steps
   m.free_bits = 0.0           # nats per latent dimension per frame; 0 disables
   return m
 
@@ -87,6 +89,9 @@ def validate_config(config):
   if m.free_bits < 0 or m.kl_warmup_steps < 0:
     raise ConfigError('config.model.free_bits and config.model.kl_warmup_steps must be >= 0, got '
                       f'{m.free_bits} and {m.kl_warmup_steps}.')
+  if not 0.0 <= m.kl_warmup_fraction <= 1.0:
+    raise ConfigError(f'config.model.kl_warmup_fraction={m.kl_warmup_fraction}: must lie in '
+                      '[0, 1] (a fraction of config.num_train_steps; 0 = use kl_warmup_steps).')
   if not 0.0 <= m.kl_warmup_start <= 1.0:
     raise ConfigError(f'config.model.kl_warmup_start={m.kl_warmup_start}: must lie in '
                       '[0, 1].')
@@ -144,11 +149,20 @@ def elbo_terms(model, variables, x, mask, rng):
   return -out['log_px'].sum(), out['kl_dims'].sum(0), mask.sum(), log_w
 
 
+def kl_warmup(config, data_info=None):
+  """(N, the field that set it): kl_warmup_fraction of the run, or kl_warmup_steps."""
+  del data_info
+  m = config.model
+  if m.kl_warmup_fraction > 0:
+    return (objectives.warmup_length(0, m.kl_warmup_fraction, config.num_train_steps),
+            f'config.model.kl_warmup_fraction={m.kl_warmup_fraction}')
+  return int(m.kl_warmup_steps), f'config.model.kl_warmup_steps={m.kl_warmup_steps}'
+
+
 def make_loss_fn(config, model, data_info):
   """loss = recon + beta(step) * sum_d max(free_bits, KL_d), per real frame (module doc)."""
-  del data_info
   free_bits = float(config.model.free_bits)
-  warmup = int(config.model.kl_warmup_steps)
+  warmup = kl_warmup(config, data_info)[0]
   start = float(config.model.kl_warmup_start)
 
   def loss_fn(params, model_state, batch, rng, step):
@@ -374,5 +388,5 @@ def eval_images(ctx, host_batch):
 register_family(ModelFamily(name='vrae', build_model=build_model, init_variables=init_variables,
                             make_loss_fn=make_loss_fn, eval_stats=eval_stats,
                             eval_metrics=eval_metrics, eval_images=eval_images,
-                            validate_config=validate_config,
+                            validate_config=validate_config, kl_warmup=kl_warmup,
                             implementation_fields=IMPLEMENTATION_FIELDS))

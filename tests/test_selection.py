@@ -1,0 +1,113 @@
+"""Checkpoint selection on the valid split (config.eval.select_metric): the best is kept
+in WORKDIR/best across a resume, eval.py evaluates it by default (or the latest when
+asked), and eval_metrics.json records which one and the wall times."""
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.helpers import load_config, read_eval_metrics
+from vaes import data as data_lib
+from vaes import evaluate
+from vaes.checkpoint import BEST_DIR, Checkpointer, CheckpointError
+from vaes.registry import ConfigError
+from vaes.train import BestCheckpoint, selection_splits, train_and_evaluate
+
+# Gaussian series (train / valid / test in memory), a tiny model, an evaluation every 2
+# steps. select_mode='max' makes the best an early step, not the last one, so that the
+# test tells the best from the latest and sees the best survive the resume.
+SERIES = {'batch_size': 4, 'log_every_steps': 2, 'eval_every_steps': 2,
+          'checkpoint_every_steps': 2, 'model.hidden': 8, 'model.latent': 2,
+          'model.mlp_hidden': 8, 'eval.batch_size': 8, 'eval.num_importance_samples': 2,
+          'eval.iw_chunk_size': 2, 'eval.num_plot_sequences': 2, 'data.num_train': 16,
+          'data.num_valid': 8, 'data.num_test': 8, 'data.series_length': 12,
+          'data.series_min_length': 6, 'model.kl_warmup_steps': 10,
+          'eval.select_metric': 'nll_per_frame', 'eval.select_mode': 'max'}
+
+
+def _config(**overrides):
+  return load_config('configs/vrae_series.py', dict(SERIES, **overrides))
+
+
+def test_best_checkpoint_survives_resume_and_eval_picks_it(tmp_path, capsys):
+  wd = str(tmp_path / 'run')
+  train_and_evaluate(_config(num_train_steps=4), wd)
+  out = capsys.readouterr()
+  # The KL warm-up of 10 steps outlasts the 4-step run: said at the start, and the
+  # logged training rows carry the weight.
+  assert 'KL warm-up (config.model.kl_warmup_steps=10: 10 steps) outlasts the run' in out.err
+  assert "on the 'valid' split" in out.out
+  wall_first = Checkpointer(wd).read_meta(4)['train_wall_time_s']
+
+  full = _config(num_train_steps=6)
+  t0 = time.time()
+  train_and_evaluate(full, wd)                   # resumes at step 4
+  elapsed_second = time.time() - t0
+  with open(os.path.join(wd, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  assert all(r['kl_weight'] < 1 for r in rows if 'loss' in r)
+  valid = {r['step']: r['valid/nll_per_frame'] for r in rows if 'valid/nll_per_frame' in r}
+  assert sorted(valid) == [2, 4, 6] and not any(k.startswith('eval/') for r in rows for k in r)
+  best_step = max(valid, key=valid.get)
+  assert best_step != 6, valid                   # else the test could not tell best from latest
+
+  best = Checkpointer(wd, 1, subdir=BEST_DIR)
+  assert best.all_steps() == [best_step]
+  selection = best.read_meta(best_step)['selection']
+  assert selection == {'metric': 'nll_per_frame', 'mode': 'max', 'split': 'valid',
+                       'value': valid[best_step], 'step': best_step}
+
+  metrics = evaluate.evaluate(full, wd)          # eval.checkpoint='auto': the best
+  saved = read_eval_metrics(wd)
+  assert saved['checkpoint'] == metrics['checkpoint'] == 'best'
+  assert saved['step'] == best_step and saved['best_valid_nll_per_frame'] == valid[best_step]
+  # Training wall time over both runs (the second alone took elapsed_second at most).
+  wall = Checkpointer(wd).read_meta(6)['train_wall_time_s']
+  assert saved['train_wall_time_s'] == pytest.approx(wall)
+  assert wall > elapsed_second and wall > wall_first and saved['train_steps'] == 6
+  assert 0 < saved['eval_wall_time_s'] < 600
+
+  latest = _config(num_train_steps=6, **{'eval.checkpoint': 'latest'})
+  evaluate.evaluate(latest, wd)
+  saved = read_eval_metrics(wd)
+  assert saved['checkpoint'] == 'latest' and saved['step'] == 6
+  assert 'best_valid_nll_per_frame' not in saved
+
+
+def test_unknown_select_metric_is_one_clear_line(tmp_path):
+  config = _config(num_train_steps=2, **{'eval.select_metric': 'nll_per_frme'})
+  with pytest.raises(ConfigError) as info:
+    BestCheckpoint(str(tmp_path), config).update(
+        2, None, config, {'nll_per_frame': 4.0, 'neg_elbo_per_frame': 4.1}, {})
+  message = str(info.value)
+  assert "config.eval.select_metric='nll_per_frme' is not a metric" in message
+  assert "['neg_elbo_per_frame', 'nll_per_frame']" in message and '\n' not in message
+  assert not os.listdir(os.path.join(str(tmp_path), BEST_DIR))   # nothing saved
+
+
+def test_dataset_without_a_valid_split_names_the_fix():
+  config = load_config('configs/lvae.py', {'eval.select_metric': 'nll', 'eval_every_steps': 10})
+  with pytest.raises(ConfigError) as info:
+    selection_splits(config, data_lib.get_datasets(config))
+  message = str(info.value)
+  assert "config.data.name='digits' has no such split" in message
+  assert "--config.eval.select_metric=''" in message and '\n' not in message
+
+
+def test_eval_of_best_without_one_names_the_fix(tmp_path):
+  config = _config(**{'eval.checkpoint': 'best'})
+  with pytest.raises(CheckpointError, match='--config.eval.checkpoint=latest'):
+    evaluate.evaluate(config, str(tmp_path))
+  assert not os.listdir(str(tmp_path))           # read-only: nothing created
+
+
+def test_selection_evaluations_take_their_own_importance_sample_count():
+  from vaes.train import selection_config
+  config = load_config('configs/vrnn_jsb.py', {'eval.select_num_importance_samples': 20})
+  chosen = selection_config(config)
+  assert (chosen.eval.num_importance_samples, chosen.eval.iw_chunk_size) == (20, 20)
+  assert (config.eval.num_importance_samples, config.eval.iw_chunk_size) == (500, 25)
+  config.eval.select_num_importance_samples = 0
+  assert selection_config(config) is config
