@@ -97,3 +97,25 @@ def run_cli(script, config_path, workdir, overrides=None, num_devices=1, timeout
 def read_eval_metrics(workdir):
   with open(os.path.join(workdir, 'eval_metrics.json'), encoding='utf-8') as f:
     return json.load(f)
+
+
+def read_events(logdir):
+  """Every tensorboard Event (protos) in the event files under `logdir`, read with the
+  TFRecord framing (length, crc, data, crc) and tensorboardX's Event proto."""
+  import glob
+  import struct
+  from tensorboardX.proto.event_pb2 import Event
+  events = []
+  for path in sorted(glob.glob(os.path.join(logdir, '**', 'events.out.tfevents.*'),
+                               recursive=True)):
+    with open(path, 'rb') as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      record = data[pos + 12:pos + 12 + length]
+      pos += 12 + length + 4
+      event = Event()
+      event.ParseFromString(record)
+      events.append(event)
+  return events

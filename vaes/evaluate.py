@@ -10,6 +10,7 @@ import numpy as np
 
 from vaes import data as data_lib
 from vaes.checkpoint import Checkpointer, CheckpointError
+from vaes.metric_writers import write_final_images
 from vaes.registry import get_family
 from vaes.train import build_trainer, run_evaluation
 
@@ -41,6 +42,7 @@ def evaluate(config, workdir):
     with open(path, 'w', encoding='utf-8') as f:
       json.dump({k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}, f,
                 indent=2, sort_keys=True)
+    write_final_images(workdir, step, workdir, 'eval_')   # the PNGs, into TensorBoard too
     print(f'Evaluation of step {step} on {splits.info.get("num_eval", "?")} examples '
           f'-> {path}', flush=True)
     for k in sorted(metrics):
