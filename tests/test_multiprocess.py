@@ -5,22 +5,16 @@ checkpoint, and rerunning the same command ends bit-identical to an uninterrupte
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 
 from tests.helpers import PYTHON, REPO, load_config, subprocess_env
+from tests.test_engine import _free_port
 from tests.test_failures import TINY_VQ, _assert_same_state, _state
 from vaes.checkpoint import Checkpointer
 
 OVERRIDES = dict(TINY_VQ, num_train_steps=60, log_every_steps=5, checkpoint_every_steps=1000,
                  eval_every_steps=0)
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def _start(workdir, port, log_dir, tag):
