@@ -156,7 +156,8 @@ def _flatten(tree, prefix=''):
 def add_pngs(tb, step, image_dir, prefix, tag):
   import numpy as np
   from PIL import Image
-  for path in sorted(glob.glob(os.path.join(glob.escape(image_dir), glob.escape(prefix) + '*.png'))):
+  pattern = os.path.join(glob.escape(image_dir), glob.escape(prefix) + '*.png')
+  for path in sorted(glob.glob(pattern)):
     with Image.open(path) as im:
       pixels = np.asarray(im.convert('RGB'))
     name = os.path.basename(path)[len(prefix):-len('.png')]
