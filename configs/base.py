@@ -47,6 +47,10 @@ def get_base_config():
   # GPUs, one bfloat16 pass on TPUs), 'high', 'highest' (full float32).
   c.matmul_precision = 'default'
 
+  # (start_step, num_steps): a jax.profiler trace of those train steps on process 0
+  # into WORKDIR/tensorboard/plugins/profile (TensorBoard / XProf); () = no profile.
+  c.profile_steps = ()
+
   c.model = ml_collections.ConfigDict()
   c.model.name = ''
 

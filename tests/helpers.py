@@ -43,6 +43,15 @@ def subprocess_env(num_devices=1, extra=None):
   return env
 
 
+def compile_cache_env(directory):
+  """Environment variables for subprocesses that share JAX's persistent compilation cache
+  in `directory`: a program one of them compiled, the next loads (the same executable,
+  so the same numbers) instead of compiling it again."""
+  return {'JAX_COMPILATION_CACHE_DIR': str(directory),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1'}
+
+
 def train_steps_on_devices(config_path, overrides, device_counts, num_steps, out_dir):
   """Runs `num_steps` steps of the real jitted train step on meshes of each of
   `device_counts` simulated CPU devices, in one fresh process. Returns
@@ -98,3 +107,25 @@ def run_cli(script, config_path, workdir, overrides=None, num_devices=1, timeout
 def read_eval_metrics(workdir):
   with open(os.path.join(workdir, 'eval_metrics.json'), encoding='utf-8') as f:
     return json.load(f)
+
+
+def read_events(logdir):
+  """Every tensorboard Event (protos) in the event files under `logdir`, read with the
+  TFRecord framing (length, crc, data, crc) and tensorboardX's Event proto."""
+  import glob
+  import struct
+  from tensorboardX.proto.event_pb2 import Event
+  events = []
+  for path in sorted(glob.glob(os.path.join(logdir, '**', 'events.out.tfevents.*'),
+                               recursive=True)):
+    with open(path, 'rb') as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+      (length,) = struct.unpack('<Q', data[pos:pos + 8])
+      record = data[pos + 12:pos + 12 + length]
+      pos += 12 + length + 4
+      event = Event()
+      event.ParseFromString(record)
+      events.append(event)
+  return events

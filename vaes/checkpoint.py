@@ -54,7 +54,7 @@ def implementation_fields(config):
 # Fields that change neither the state nor the trained function: a finished run
 # re-run with other values of these is still the same run.
 _CADENCE_FIELDS = frozenset({'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-                             'max_checkpoints_to_keep', 'steps_per_dispatch'})
+                             'max_checkpoints_to_keep', 'steps_per_dispatch', 'profile_steps'})
 
 
 def config_dict(config):

@@ -20,6 +20,7 @@ import numpy as np
 
 from vaes import data as data_lib
 from vaes.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError
+from vaes.metric_writers import write_final_images
 from vaes.registry import get_family
 from vaes.train import build_trainer, run_evaluation
 
@@ -95,6 +96,7 @@ def evaluate(config, workdir):
     out = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
     with open(path, 'w', encoding='utf-8') as f:
       json.dump({**out, **record}, f, indent=2, sort_keys=True)
+    write_final_images(workdir, step, workdir, 'eval_')   # the PNGs, into TensorBoard too
     print(f'Evaluation of the {kind} checkpoint (step {step}) on '
           f'{splits.info.get("num_eval", "?")} examples of the '
           f'{splits.info.get("eval_split", "evaluation")} split -> {path}', flush=True)

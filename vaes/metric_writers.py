@@ -1,10 +1,18 @@
-"""Metrics to stdout, WORKDIR/metrics.jsonl and TensorBoard; a progress line on a TTY."""
+"""Metrics to stdout, WORKDIR/metrics.jsonl and TensorBoard; a progress line on a TTY.
 
+TensorBoard (WORKDIR/tensorboard) gets the scalars, the run's hyper-parameters (the
+HParams dashboard, and the flattened config as a table under Text), the PNG grids
+written at each evaluation (Images: `images/<name>` during training,
+`final_images/<name>` from eval.py) and, with `config.profile_steps`, the profile."""
+
+import glob
 import json
 import math
 import os
 import sys
 import time
+
+TENSORBOARD_DIR = 'tensorboard'
 
 
 def _fmt(v):
@@ -36,9 +44,10 @@ def drop_rows_after(path, step):
 class MetricWriter:
   """Writes only on process 0; every other process is silent."""
 
-  def __init__(self, workdir, enabled=True, tensorboard=True, resume_step=0):
+  def __init__(self, workdir, enabled=True, tensorboard=True, resume_step=0, config=None):
     """Appends to WORKDIR/metrics.jsonl after dropping its rows past `resume_step`
-    (logged after the checkpoint a resumed run starts from, and logged again)."""
+    (logged after the checkpoint a resumed run starts from, and logged again). With
+    `config`, TensorBoard also gets its fields as hyper-parameters."""
     self.enabled = enabled
     self.tb = None
     self.jsonl = None
@@ -51,9 +60,11 @@ class MetricWriter:
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        self.tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
       except ImportError:
         print('tensorboardX is not installed: no TensorBoard event files.', flush=True)
+    if self.tb is not None and config is not None:
+      write_hparams(self.tb, config)
 
   def write(self, step, metrics, prefix=''):
     if not self.enabled:
@@ -68,6 +79,13 @@ class MetricWriter:
       self.tb.flush()
     print(f'[step {step}] ' + ' '.join(f'{k}={_fmt(v)}' for k, v in sorted(metrics.items())),
           flush=True)
+
+  def write_images(self, step, image_dir, prefix, tag='images'):
+    """The PNGs `image_dir/prefix*.png` (an evaluation's grids) as TensorBoard images
+    `tag/<name without prefix>` at `step`."""
+    if self.tb is not None and image_dir:
+      add_pngs(self.tb, step, image_dir, prefix, tag)
+      self.tb.flush()
 
   def close(self):
     if self.jsonl is not None:
@@ -156,3 +174,53 @@ class EvalProgress:
                       f'{_duration(elapsed)} ({self.done_examples / max(elapsed, 1e-9):.1f} '
                       'examples/s)\n')
     self.stream.flush()
+
+
+def _hparam_value(v):
+  """A value the HParams dashboard takes: numbers, strings and bools as they are,
+  anything else (tuples, None) as its repr."""
+  return v if isinstance(v, (bool, int, float, str)) else repr(v)
+
+
+def write_hparams(tb, config):
+  """The flattened config as the run's hyper-parameters (HParams dashboard, in this
+  run's own event file, against the `loss` scalar) and as a Markdown table (Text)."""
+  from tensorboardX.summary import hparams
+  flat = {k: _hparam_value(v) for k, v in _flatten(config.to_dict()).items()}
+  for summary in hparams(flat, {'loss': None}):   # experiment, session start, session end
+    tb._get_file_writer().add_summary(summary)  # pylint: disable=protected-access
+  rows = '\n'.join(f'| {k} | {str(v).replace("|", "/")} |' for k, v in sorted(flat.items()))
+  tb.add_text('config', '| field | value |\n|---|---|\n' + rows, 0)
+  tb.flush()
+
+
+def _flatten(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def add_pngs(tb, step, image_dir, prefix, tag):
+  import numpy as np
+  from PIL import Image
+  pattern = os.path.join(glob.escape(image_dir), glob.escape(prefix) + '*.png')
+  for path in sorted(glob.glob(pattern)):
+    with Image.open(path) as im:
+      pixels = np.asarray(im.convert('RGB'))
+    name = os.path.basename(path)[len(prefix):-len('.png')]
+    tb.add_image(f'{tag}/{name}', pixels, int(step), dataformats='HWC')
+
+
+def write_final_images(workdir, step, image_dir, prefix, tag='final_images'):
+  """eval.py's grids into WORKDIR/tensorboard (an event file of their own, beside the
+  training run's)."""
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    return
+  with SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), filename_suffix='.eval') as tb:
+    add_pngs(tb, step, image_dir, prefix, tag)

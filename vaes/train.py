@@ -24,14 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vaes import data as data_lib
 from vaes import objectives
+from vaes import profiler as profiler_lib
 from vaes import provenance
+from vaes import workdir_lock
 from vaes.checkpoint import (BEST_DIR, Checkpointer, config_diff, config_dict, describe_diff,
                              finished_run_diff)
-from vaes.metric_writers import EvalProgress, MetricWriter, Progress
+from vaes.metric_writers import TENSORBOARD_DIR, EvalProgress, MetricWriter, Progress
 from vaes.registry import ConfigError, ImageContext, get_family
 
 
@@ -134,6 +137,7 @@ def validate_config(config, family=None, num_devices=None):
   if not isinstance(k, int) or k <= 0:
     raise ConfigError(f'config.steps_per_dispatch={k!r}: must be a positive integer '
                       '(1 = one train step per jitted call).')
+  profiler_lib.validate(config.profile_steps)
   if config.max_consecutive_skips <= 0:
     raise ConfigError(f'config.max_consecutive_skips={config.max_consecutive_skips}: must be '
                       'a positive integer.')
@@ -599,13 +603,31 @@ class BestCheckpoint:
 
 class _Preemption:
   """SIGTERM or SIGINT (Ctrl-C) sets a flag; the loop saves a checkpoint at the
-  current step and stops with `Preempted`. A second Ctrl-C exits at once."""
+  current step and stops with `Preempted`. A second Ctrl-C exits at once.
+
+  Several processes: a notice that reaches any one process stops all of them after
+  the same step. JAX's preemption service (started by `jax.distributed.initialize`)
+  catches SIGTERM in C++, tells every process, and they agree on the step after the
+  furthest one's; `multihost_utils.reached_preemption_sync_point(t)`, called for every
+  step t by every process (`poll`), is True at that step on all of them. This handler
+  leaves SIGTERM to it and turns Ctrl-C into a SIGTERM to this process. Orbax calls the
+  same function with the step it saves, so the step ids here are those of Orbax: the
+  step count after each update."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, start_step=0):
     self.signum = None
     self.previous = {}
+    self.synced = False
+    if jax.process_count() > 1:
+      try:
+        # The step the sync protocol would take for this process if a notice came now.
+        multihost_utils.reached_preemption_sync_point(start_step)
+        self.synced = True
+      except RuntimeError as e:  # jax_enable_preemption_service=False
+        print(f'WARNING: {str(e).splitlines()[0]} Without it, a SIGTERM stops only the '
+              'process that receives it.', flush=True)
 
   @property
   def requested(self):
@@ -613,6 +635,8 @@ class _Preemption:
 
   def __enter__(self):
     for signum in self.SIGNALS:
+      if self.synced and signum == signal.SIGTERM:
+        continue   # JAX's handler, installed by jax.distributed.initialize, keeps it
       try:
         self.previous[signum] = signal.signal(signum, self._handle)
       except ValueError:  # not the main thread
@@ -629,6 +653,26 @@ class _Preemption:
       if signum == signal.SIGINT:
         print('\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again to exit '
               'at once).', flush=True)
+      if self.synced:
+        os.kill(os.getpid(), signal.SIGTERM)   # to JAX's preemption notifier
+
+  def poll(self, step, n=1):
+    """Whether to save and stop after the jitted call that ran steps step-n+1 .. step."""
+    if not self.synced:
+      return self.requested
+    reached = [multihost_utils.reached_preemption_sync_point(t)
+               for t in range(step - n + 1, step + 1)]   # every step id, none skipped
+    if any(reached) and self.signum is None:
+      self.signum = signal.SIGTERM
+    return any(reached)
+
+  def message(self, step, directory):
+    if self.synced:
+      return (f'Preemption notice (SIGTERM or Ctrl-C to one of the {jax.process_count()} '
+              f'processes): every process saved a checkpoint at step {step} in {directory}; '
+              'rerun the same command on every process to resume.')
+    return (f'{signal.Signals(self.signum).name} received: saved a checkpoint at step {step} in '
+            f'{directory}; rerun the same command to resume.')
 
   def __exit__(self, *exc):
     for signum, previous in self.previous.items():
@@ -637,7 +681,28 @@ class _Preemption:
 
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns the
-  last logged training metrics (and the last evaluation's, prefixed 'eval/')."""
+  last logged training metrics (and the last evaluation's, prefixed 'eval/').
+
+  Process 0 holds WORKDIR/train.lock for the whole run (`vaes.workdir_lock`): a second
+  run on a workdir in use is refused before it reads or writes anything there."""
+  lock, busy = None, ''
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lock.acquire(workdir)
+    except workdir_lock.LockError as e:
+      busy = str(e)
+  if jax.process_count() > 1 and int(multihost_utils.broadcast_one_to_all(np.int32(bool(busy)))):
+    busy = busy or f'Process 0 found the workdir {workdir} in use by another training run.'
+  if busy:
+    raise TrainingError(busy)
+  try:
+    return _train_and_evaluate(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate(config, workdir):
   t_start = time.time()
   is_main = jax.process_index() == 0
   family = get_family(config.model.name)
@@ -719,7 +784,7 @@ def train_and_evaluate(config, workdir):
             f'({config.eval.select_mode}) is kept in {best.checkpointer.directory}{so_far}.',
             flush=True)
 
-  writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step, config=config)
   progress = Progress(start_step, config.num_train_steps, enabled=is_main)
   host_batches = splits.train.iterate(start_step)
   first = next(host_batches)
@@ -740,16 +805,21 @@ def train_and_evaluate(config, workdir):
           f'{checkpointer.directory} is intact. Lower config.learning_rate, set '
           'config.grad_clip_norm, or check the data.')
 
+  profiler = profiler_lib.StepProfiler(config.profile_steps,
+                                       os.path.join(workdir, TENSORBOARD_DIR), enabled=is_main)
   try:
-    with _Preemption() as preempt:
+    with _Preemption(start_step) as preempt:
       step = start_step
       while step < config.num_train_steps:
         n, batch = next(batches)
-        if n == 1:
-          state, metrics = trainer.train_step(state, batch)
-        else:
-          state, metrics = trainer.multi_step(state, batch)   # metrics stacked [n]
+        with profiler.step(step, n):
+          if n == 1:
+            state, metrics = trainer.train_step(state, batch)
+          else:
+            state, metrics = trainer.multi_step(state, batch)   # metrics stacked [n]
         step += n
+        profiler.after(step, state)
+        stop = preempt.poll(step, n)   # a notice to any process: all stop after this step
         pending.append(metrics)
         progress.update(step)
         last_step = step == config.num_train_steps
@@ -771,21 +841,20 @@ def train_and_evaluate(config, workdir):
           eval_metrics = run_evaluation(trainer, state, eval_splits, workdir, eval_rng,
                                         image_dir, f'step_{step:07d}_', eval_config)
           writer.write(step, eval_metrics, prefix=eval_prefix)
+          writer.write_images(step, image_dir, f'step_{step:07d}_')
           last.update({f'{eval_prefix}{k}': v for k, v in eval_metrics.items()})
           if best is not None:
             best.update(step, state, config, eval_metrics, wall_meta())
 
-        if step % config.checkpoint_every_steps == 0 or last_step or preempt.requested:
+        if step % config.checkpoint_every_steps == 0 or last_step or stop:
           check_skips(state)
           checkpointer.save(step, state, config, force=True, extra_meta=wall_meta())
 
-        if preempt.requested and not last_step:
+        if stop and not last_step:
           checkpointer.wait()
-          name = signal.Signals(preempt.signum).name
-          raise Preempted(f'{name} received: saved a checkpoint at step {step} in '
-                          f'{checkpointer.directory}; rerun the same command to resume.',
-                          preempt.signum)
+          raise Preempted(preempt.message(step, checkpointer.directory), preempt.signum)
   finally:
+    profiler.close()
     checkpointer.wait()  # finish checkpoints in flight, also when stopping on an error
     if best is not None:
       best.checkpointer.wait()

@@ -1,0 +1,173 @@
+"""Sweeps (vaes.sweep): workdir names, checks of the sweep file before any run, the
+example sweeps, and a sweep of three tiny runs, one finished, one interrupted, one new."""
+
+import contextlib
+import glob
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import PYTHON, REPO, compile_cache_env, read_eval_metrics, subprocess_env
+from tests.test_failures import TINY_VQ
+from vaes import evaluate, sweep
+from vaes.train import train_and_evaluate
+
+VQ = os.path.join(REPO, 'configs/vqvae.py')
+COMMON = [f'--config.{k}={v}' for k, v in dict(
+    TINY_VQ, num_train_steps=4, checkpoint_every_steps=2, log_every_steps=2).items()]
+
+
+def _sweep_file(tmp_path, body, name='s.py'):
+  path = tmp_path / name
+  path.write_text(body)
+  return str(path)
+
+
+def _field(config, dotted):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+def test_workdir_names_are_readable_safe_deterministic_and_distinct():
+  assert sweep.workdir_name({'seed': 1, 'model.num_codes': 32}) == 'model.num_codes=32,seed=1'
+  assert sweep.workdir_name({'model.num_codes': 32, 'seed': 1}) == 'model.num_codes=32,seed=1'
+  assert sweep.workdir_name({}) == 'base'
+  assert sweep.workdir_name({'learning_rate': 1e-4}) == 'learning_rate=0.0001'
+  odd = [{'data.path': 'a/b'}, {'data.path': 'a_b'}, {'data.path': 'a b'},
+         {'model.strides': (1, 2)}, {'model.strides': '1-2'}, {'x': 'y' * 300}]
+  names = [sweep.workdir_name(o) for o in odd]
+  assert len(set(names)) == len(names), names
+  for name in names:
+    assert re.fullmatch(r'[A-Za-z0-9._+\-=,]+', name) and len(name) <= 130, name
+  assert names == [sweep.workdir_name(o) for o in odd]
+
+
+@pytest.mark.parametrize('body,expected', [
+    ('X = 1\n', 'defines no get_sweep()'),
+    ('def get_sweep():\n  return [{"model.num_code": 8}]\n',
+     "sets 'model.num_code', which"),
+    ('def get_sweep():\n  return [{"model": 8}]\n', "sets 'model', a group of fields"),
+    ('def get_sweep():\n  return [{"model.code_dim": "many"}]\n', 'does not make a config'),
+    ('def get_sweep():\n  return {"seed": 1}\n', 'return a non-empty list of dicts'),
+    ('def get_sweep():\n  return [{"seed": 1}, {"seed": 1}]\n', 'runs 0 and 1 are the same'),
+    ('def get_sweep(:\n', 'syntax error at line 1'),
+], ids=['no_get_sweep', 'unknown_field', 'group', 'bad_value', 'not_a_list', 'duplicate',
+        'syntax'])
+def test_bad_sweep_file_is_refused_before_any_run(tmp_path, body, expected):
+  path = _sweep_file(tmp_path, body)
+  with pytest.raises(sweep.SweepError, match=re.escape(expected)) as e:
+    sweep.plan(VQ, path, str(tmp_path / 'root'), COMMON)
+  assert '\n' not in str(e.value)
+  if 'num_code' in body and 'num_codes' not in body:
+    assert "did you mean 'model.num_codes'?" in str(e.value)
+  assert not os.path.exists(tmp_path / 'root')
+
+
+def test_bad_sweep_file_is_one_error_line_on_the_command_line(tmp_path):
+  path = _sweep_file(tmp_path, 'def get_sweep():\n  return [{"model.num_code": 8}]\n')
+  proc = subprocess.run([PYTHON, '-m', 'vaes.sweep', f'--config={VQ}', f'--sweep={path}',
+                         f'--workdir_root={tmp_path / "root"}'], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"ERROR: --sweep={path}: run 0 sets 'model.num_code', which {VQ} does not have; did you "
+      "mean 'model.num_codes'?"]
+
+
+# The example sweep of each family and the config it is written for.
+EXAMPLES = {'vqvae_codebook_size.py': 'configs/vqvae.py',
+            'vqvae2_commitment.py': 'configs/vqvae2.py',
+            'lvae_inference_seeds.py': 'configs/lvae.py',
+            'vrae_free_bits.py': 'configs/vrae.py',
+            'vq_prior_dropout.py': 'configs/vqvae_prior.py'}
+
+
+def test_example_sweeps_plan_against_their_configs(tmp_path):
+  assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, 'sweeps', '*.py'))
+                ) == sorted(EXAMPLES)
+  families = set()
+  for name, config in EXAMPLES.items():
+    path = os.path.join(REPO, 'sweeps', name)
+    with open(path, encoding='utf-8') as f:
+      assert f'--config={config}' in f.read(), f'{name}: its docstring names another config'
+    runs = sweep.plan(os.path.join(REPO, config), path, str(tmp_path), [])
+    assert len(runs) >= 3
+    families.add(runs[0].config.model.name)
+    for run in runs:
+      for field, value in run.overrides.items():
+        assert _field(run.config, field) == value, (name, field)
+  assert {'vqvae', 'vqvae2', 'ladder_vae', 'vrae', 'vq_prior'} <= families
+
+
+def test_print_only_prints_one_command_line_per_run_that_parses_back(tmp_path):
+  path = _sweep_file(tmp_path, 'def get_sweep():\n  return [{"learning_rate": 3e-4, '
+                     '"model.use_ema": False}, {"learning_rate": 1e-3, '
+                     '"model.fsq_levels": (8, 5, 5)}]\n')
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert sweep.main([f'--config={VQ}', f'--sweep={path}', f'--workdir_root={tmp_path}',
+                       '--print_only', '--config.seed=3']) == 0
+  lines = out.getvalue().strip().splitlines()
+  assert len(lines) == 2
+  assert os.listdir(tmp_path) == ['s.py']   # nothing run, nothing created
+  for line, overrides in zip(lines, sweep.load_sweep(path)):
+    train, evaluate_ = line.split(' && ')
+    for command, script in ((train, 'train.py'), (evaluate_, 'eval.py')):
+      args = shlex.split(command)
+      assert args[0] == 'python' and os.path.basename(args[1]) == script
+      workdir = [a for a in args if a.startswith('--workdir=')][0].split('=', 1)[1]
+      assert workdir == os.path.join(str(tmp_path), sweep.workdir_name(overrides))
+      config = sweep.parse_config(VQ, [a for a in args if a.startswith('--config.')])
+      assert config.seed == 3
+      for field, value in overrides.items():
+        assert _field(config, field) == value, field
+
+
+def test_sweep_skips_the_finished_run_resumes_the_interrupted_one_and_prints_the_table(
+    tmp_path):
+  path = _sweep_file(tmp_path, 'def get_sweep():\n  return [{"seed": s} for s in (0, 1, 2)]\n')
+  root = tmp_path / 'root'
+  runs = sweep.plan(VQ, path, str(root), COMMON)
+  finished, interrupted, fresh = (r.workdir for r in runs)
+  assert [os.path.basename(w) for w in (finished, interrupted, fresh)] == [
+      'seed=0', 'seed=1', 'seed=2']
+  # seed=0 trained and evaluated; seed=1 stopped with a checkpoint of step 2 of 4.
+  train_and_evaluate(runs[0].config, finished)
+  evaluate.evaluate(runs[0].config, finished)
+  train_and_evaluate(runs[1].config, interrupted)
+  shutil.rmtree(os.path.join(interrupted, 'checkpoints', '4'))
+  before = {f: (os.stat(f).st_mtime_ns, open(f, 'rb').read())
+            for f in glob.glob(os.path.join(finished, '**'), recursive=True) if os.path.isfile(f)}
+
+  proc = subprocess.run([PYTHON, '-m', 'vaes.sweep', f'--config={VQ}', f'--sweep={path}',
+                         f'--workdir_root={root}', *COMMON], cwd=REPO,
+                        env=subprocess_env(1, compile_cache_env(tmp_path / 'jax_cache')),
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  out = proc.stdout
+  assert '[sweep 1/3] seed=0: finished' in out and '[sweep 1/3] seed=0: train.py' not in out
+  assert '[sweep 2/3] seed=1: train.py' in out and '[sweep 3/3] seed=2: eval.py' in out
+  assert out.count('Resuming from the checkpoint of step 2') == 1
+  after = {f: (os.stat(f).st_mtime_ns, open(f, 'rb').read())
+           for f in glob.glob(os.path.join(finished, '**'), recursive=True) if os.path.isfile(f)}
+  assert after == before    # the finished run was not touched
+
+  table = out[out.index('3 of 3 runs finished:'):].splitlines()[1:]
+  header = [c.strip() for c in table[0].strip('|').split('|')]
+  rows = [[c.strip() for c in line.strip('|').split('|')] for line in table[2:5]]
+  assert header[:2] == ['run', 'seed'] and 'loss' in header, header
+  assert [r[:2] for r in rows] == [[finished, '0'], [interrupted, '1'], [fresh, '2']]
+  for row, workdir in zip(rows, (finished, interrupted, fresh)):
+    metrics = read_eval_metrics(workdir)
+    assert metrics['step'] == 4
+    assert float(row[header.index('loss')]) == pytest.approx(metrics['loss'], rel=1e-4)
+  assert table[5].startswith('(The same table later: python -m vaes.collect ')
+  with open(os.path.join(interrupted, 'config.json'), encoding='utf-8') as f:
+    assert json.load(f)['config']['seed'] == 1

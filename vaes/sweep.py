@@ -1,0 +1,353 @@
+"""Sweeps: one config, a list of overrides, one run each (train.py, then eval.py).
+
+    python -m vaes.sweep --config=configs/vqvae.py --sweep=sweeps/vqvae_codebook_size.py \\
+        --workdir_root=runs/vq_codebook [--config.num_train_steps=500 ...] [--print_only]
+
+A sweep file defines `get_sweep()`: a list of dicts of dotted config fields, one dict
+per run (the big_vision / ml_collections habit):
+
+    def get_sweep():
+      return [{'model.num_codes': k, 'seed': s} for k in (16, 64) for s in (0, 1)]
+
+Each run's workdir is WORKDIR_ROOT/<name>, the name made of its overrides sorted by
+field, `model.num_codes=16,seed=0` (`base` for {}); a name that would need characters
+other than letters, digits and `._+-=,`, that holds a tuple, or that is longer than
+120 characters is cleaned and ends in a hash of the overrides, so names stay unique.
+
+The runs go one after another, each as `train.py` then `eval.py` in a subprocess (the
+same code path as by hand). A run whose WORKDIR/eval_metrics.json is of its last step
+(`config.num_train_steps`) is skipped; any other resumes from its latest checkpoint
+(train.py does that) and is evaluated. The sweep ends with the table of
+`python -m vaes.collect` over its finished workdirs.
+
+Other flags are passed to every train.py and eval.py: `--config.FIELD=VALUE` (for every
+run; a field may not be set both there and in the sweep), `--jax_distributed=off`, ...
+`--print_only` prints, instead, one line per run, `python train.py ... && python
+eval.py ...` (for a cluster scheduler; run them from the repository root).
+
+SIGTERM or Ctrl-C: passed on once to the run in progress, which saves a checkpoint; the
+sweep then stops with that run's exit status, and the same command resumes it. A run
+that fails does not stop the others; the failures are listed at the end (exit status 1).
+A bad sweep file or override is one `ERROR:` line (exit status 2) before any run starts.
+"""
+
+import argparse
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from vaes import cli
+from vaes import collect
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_NAME = 120
+_UNSAFE = re.compile(r'[^A-Za-z0-9._+\-=,]')
+
+
+class SweepError(ValueError):
+  """A sweep file or override that cannot be run; the message names the fix."""
+
+
+# ---------------------------------------------------------------------------
+# The sweep file.
+
+def load_sweep(path):
+  """The list of override dicts of `path`'s get_sweep()."""
+  if not os.path.isfile(path):
+    raise SweepError(f'--sweep={path}: no such file. Give the path of a sweep file, e.g. '
+                     '--sweep=sweeps/vqvae_codebook_size.py.')
+  spec = importlib.util.spec_from_file_location('_sweep', path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise SweepError(f'--sweep={path}: syntax error at line {e.lineno}: {e.msg}. Fix the '
+                     'file.') from e
+  except Exception as e:  # pylint: disable=broad-except  (sweep files run arbitrary code)
+    raise SweepError(f'--sweep={path} failed to load: {type(e).__name__}: '
+                     f'{_first_line(e)}.') from e
+  get_sweep = getattr(module, 'get_sweep', None)
+  if not callable(get_sweep):
+    raise SweepError(f"--sweep={path} defines no get_sweep(); add `def get_sweep(): return "
+                     "[{'seed': 0}, {'seed': 1}]` (one dict of config overrides per run).")
+  try:
+    runs = get_sweep()
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f'--sweep={path}: get_sweep() raised {type(e).__name__}: '
+                     f'{_first_line(e)}.') from e
+  if not isinstance(runs, (list, tuple)) or not runs:
+    raise SweepError(f'--sweep={path}: get_sweep() returned {type(runs).__name__} {runs!r:.60}; '
+                     "return a non-empty list of dicts, e.g. [{'seed': 0}, {'seed': 1}].")
+  for i, run in enumerate(runs):
+    if not isinstance(run, dict) or not all(isinstance(k, str) for k in run):
+      raise SweepError(f'--sweep={path}: run {i} of get_sweep() is {run!r:.80}, not a dict of '
+                       "dotted config fields, e.g. {'model.num_codes': 64}.")
+  return [dict(run) for run in runs]
+
+
+def _first_line(e):
+  text = str(e).strip()
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------------
+# Names, flags, configs.
+
+def _name_value(v):
+  if isinstance(v, (tuple, list)):
+    return '-'.join(_name_value(x) for x in v)
+  return repr(v) if isinstance(v, float) else str(v)
+
+
+def workdir_name(overrides):
+  """A readable, file-system-safe, deterministic folder name for one run."""
+  if not overrides:
+    return 'base'
+  name = ','.join(f'{k}={_name_value(v)}' for k, v in sorted(overrides.items()))
+  clean = _UNSAFE.sub('_', name)
+  lossy = clean != name or any(isinstance(v, (tuple, list)) for v in overrides.values())
+  if lossy or len(clean) > MAX_NAME:
+    digest = hashlib.sha1(json.dumps(sorted(overrides.items()), default=repr)
+                          .encode()).hexdigest()[:8]
+    clean = f'{clean[:MAX_NAME]}_{digest}'
+  return clean
+
+
+def flag_value(v):
+  """`v` as the text of a `--config.FIELD=` flag that ml_collections parses back."""
+  if isinstance(v, bool):
+    return 'true' if v else 'false'
+  if isinstance(v, (tuple, list)):
+    return repr(tuple(v))
+  return repr(v) if isinstance(v, float) else str(v)
+
+
+def override_flags(overrides):
+  return [f'--config.{k}={flag_value(v)}' for k, v in overrides.items()]
+
+
+def parse_config(config_path, config_args):
+  """The config that `train.py --config=config_path *config_args` builds, read by the
+  same ml_collections flag code (so a value that would not parse fails here)."""
+  argv = ['vaes.sweep', f'--config={config_path}', *config_args]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  values.config.to_dict()  # a config file that failed to load raises only when used
+  return values.config
+
+
+def _leaves(node, prefix=''):
+  for k, v in node.items():
+    if hasattr(v, 'items'):
+      yield f'{prefix}{k}'
+      yield from _leaves(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}'
+
+
+def check_fields(sweep_path, config_path, base, runs):
+  """Every overridden field exists in the config (else one line with the nearest name)."""
+  names = set(_leaves(base))
+  groups = {n for n in names if _is_group(base, n)}
+  for i, run in enumerate(runs):
+    for field in run:
+      if field in groups:
+        raise SweepError(f'--sweep={sweep_path}: run {i} sets {field!r}, a group of fields of '
+                         f'{config_path}; set its fields one by one, e.g. '
+                         f'{sorted(n for n in names if n.startswith(field + "."))[0]!r}.')
+      if field not in names:
+        near = difflib.get_close_matches(field, sorted(names - groups), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else '.'
+        raise SweepError(f'--sweep={sweep_path}: run {i} sets {field!r}, which {config_path} '
+                         f'does not have{hint}')
+
+
+def _is_group(config, dotted):
+  node = config
+  for part in dotted.split('.'):
+    node = node[part]
+  return hasattr(node, 'items')
+
+
+class Run:
+  """One run of the sweep: its overrides, workdir, config and commands."""
+
+  def __init__(self, overrides, workdir, config, config_path, extra_args):
+    self.overrides, self.workdir, self.config = overrides, workdir, config
+    self.name = os.path.basename(workdir)
+    common = [f'--config={config_path}', f'--workdir={workdir}', *extra_args,
+              *override_flags(overrides)]
+    self.train_args = [os.path.join(REPO, 'train.py'), *common]
+    self.eval_args = [os.path.join(REPO, 'eval.py'), *common]
+
+  def finished(self):
+    """Trained to config.num_train_steps and evaluated there."""
+    try:
+      with open(os.path.join(self.workdir, collect.METRICS_JSON), encoding='utf-8') as f:
+        metrics = json.load(f)
+    except (OSError, ValueError):
+      return False
+    step = metrics.get('step') if isinstance(metrics, dict) else None
+    return isinstance(step, (int, float)) and step >= self.config.num_train_steps
+
+  def command_line(self):
+    """`python train.py ... && python eval.py ...`, paths relative to the current folder."""
+    rel = lambda args: [os.path.relpath(args[0])] + args[1:]
+    return (shlex.join(['python'] + rel(self.train_args)) + ' && '
+            + shlex.join(['python'] + rel(self.eval_args)))
+
+
+def plan(config_path, sweep_path, workdir_root, extra_args):
+  """The sweep's runs, every override checked against the config before any starts."""
+  config_args = [a for a in extra_args if a.startswith('--config.')]
+  try:
+    base = parse_config(config_path, config_args)
+  except Exception as e:  # pylint: disable=broad-except  (config files run arbitrary code)
+    argv = [f'--config={config_path}', *config_args]
+    raise SweepError(cli._flag_error_message(e, argv)) from e  # pylint: disable=protected-access
+  runs = load_sweep(sweep_path)
+  check_fields(sweep_path, config_path, base, runs)
+  common = {a.split('=', 1)[0][len('--config.'):] for a in config_args}
+  seen = {}
+  planned = []
+  for i, overrides in enumerate(runs):
+    both = sorted(set(overrides) & common)
+    if both:
+      raise SweepError(f'--sweep={sweep_path}: run {i} sets {both[0]!r}, which the command '
+                       f'line sets too (--config.{both[0]}=...); set it in one place.')
+    name = workdir_name(overrides)
+    if name in seen:
+      raise SweepError(f'--sweep={sweep_path}: runs {seen[name]} and {i} are the same run '
+                       f'({overrides}); remove one.')
+    seen[name] = i
+    try:
+      config = parse_config(config_path, config_args + override_flags(overrides))
+    except Exception as e:  # pylint: disable=broad-except
+      raise SweepError(f'--sweep={sweep_path}: run {i} ({overrides}) does not make a config: '
+                       f'{_first_line(e).rstrip(".")}. Fix the value in the sweep file.') from e
+    planned.append(Run(overrides, os.path.join(workdir_root, name), config, config_path,
+                       extra_args))
+  return planned
+
+
+# ---------------------------------------------------------------------------
+# Running.
+
+class _Children:
+  """Runs one child at a time in its own session; SIGTERM / SIGINT to the sweep are
+  passed on to it (a terminal's Ctrl-C reaches only the sweep, so the child gets it
+  once, and a second Ctrl-C reaches it as a second one)."""
+
+  def __init__(self):
+    self.child = None
+    self.signum = None
+
+  def __enter__(self):
+    self.previous = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self.previous.items():
+      signal.signal(s, handler)
+
+  def _forward(self, signum, frame):
+    del frame
+    self.signum = self.signum or signum
+    if self.child is not None and self.child.poll() is None:
+      self.child.send_signal(signum)
+
+  def call(self, args):
+    self.child = subprocess.Popen([sys.executable, *args], start_new_session=True)
+    try:
+      return self.child.wait()
+    finally:
+      self.child = None
+
+
+def run_sweep(runs):
+  """Runs (or skips) each run; prints the table. Returns the exit status."""
+  failed = []
+  n = len(runs)
+  with _Children() as children:
+    for i, run in enumerate(runs, 1):
+      tag = f'[sweep {i}/{n}] {run.name}'
+      if run.finished():
+        print(f'{tag}: finished (eval_metrics.json of step {run.config.num_train_steps}); '
+              'skipped.', flush=True)
+        continue
+      for what, args in (('train.py', run.train_args), ('eval.py', run.eval_args)):
+        print(f'{tag}: {what} ...', flush=True)
+        code = children.call(args)
+        if children.signum is not None or code >= 128 or code < 0:
+          status = 128 + children.signum if children.signum else (
+              code if code > 0 else 128 - code)
+          print(f'{tag}: stopped during {what} (exit status {code}); rerun the same command '
+                'to resume the sweep.', file=sys.stderr, flush=True)
+          return status
+        if code != 0:
+          failed.append(f'{run.workdir} ({what} exit status {code})')
+          break
+  done = [r.workdir for r in runs if r.finished()]
+  if done:
+    try:
+      header, rows = collect.run_table(done)
+    except collect.CollectError as e:
+      print(f'vaes.collect: {e}', file=sys.stderr, flush=True)
+      return 1
+    print(f'\n{len(done)} of {n} runs finished:\n' + collect.markdown(header, rows), flush=True)
+    print(f'(The same table later: python -m vaes.collect {shlex.join(done)})', flush=True)
+  if failed:
+    print(f'{len(failed)} of {n} runs failed: ' + '; '.join(failed) + '. Their output is above; '
+          'fix and rerun the same command (finished runs are skipped).', file=sys.stderr,
+          flush=True)
+    return 1
+  return 0
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      prog='python -m vaes.sweep', allow_abbrev=False, description=__doc__.split('\n\n')[0],
+      epilog='Other flags go to every train.py and eval.py.')
+  parser.add_argument('--config', required=True, help='config file (get_config())')
+  parser.add_argument('--sweep', required=True, help='sweep file (get_sweep())')
+  parser.add_argument('--workdir_root', required=True, help='one workdir per run under it')
+  parser.add_argument('--print_only', action='store_true',
+                      help='print one command line per run instead of running them')
+  args, extra = parser.parse_known_args(argv)
+  stray = [a for a in extra if not a.startswith('-')]
+  if stray:
+    cli.fail(f'{stray[0]!r} is not a flag; flags look like --config.seed=1.')
+  if any(a.split('=', 1)[0] == '--workdir' for a in extra):
+    cli.fail('--workdir: a sweep gives each run its own workdir under --workdir_root; pass '
+             '--workdir_root=DIR instead.')
+  try:
+    runs = plan(args.config, args.sweep, args.workdir_root, extra)
+  except SweepError as e:
+    cli.fail(str(e))
+  if args.print_only:
+    for run in runs:
+      print(run.command_line())
+    done = [r.name for r in runs if r.finished()]
+    if done:
+      print(f'# {len(done)} of {len(runs)} already finished (their train.py trains nothing): '
+            f'{", ".join(done)}', file=sys.stderr)
+    print(f'# then: python -m vaes.collect {shlex.join(r.workdir for r in runs)}',
+          file=sys.stderr)
+    return 0
+  return run_sweep(runs)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
