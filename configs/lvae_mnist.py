@@ -25,7 +25,8 @@ Schedule, in epochs of the 50,000 training images (50,000 // 256 = 195 steps eac
                           shortened run (--config.num_train_steps=N) keeps the proportion
   eval_every_steps        every 50 epochs (9,750 steps): the evaluation on the 'valid'
                           split that chooses the checkpoint (eval.select_metric='nll',
-                          kept in WORKDIR/best); it uses eval.num_importance_samples too
+                          kept in WORKDIR/best), with 500 importance samples
+                          (eval.select_num_importance_samples) to keep them cheap
   checkpoint_every_steps  every 10 epochs (1,950 steps), for resuming
   log_every_steps         1,000 steps
 eval.py then reports `nll` (= -log p(x) estimate, 5000 samples) of the best checkpoint on
@@ -42,7 +43,7 @@ ReLUs, 2000 training epochs.
 Hardware and runtime: one GPU (H100 class); 390k steps of a ~2M-parameter MLP. Not
 measured here: no GPU run of this config was made when it was written. Each evaluation
 is 10,000 x 5,000 posterior samples in chunks of 500 (config.eval.iw_chunk_size), 40 of
-them during training and one by eval.py.
+them during training (at 500 samples) and one by eval.py.
 """
 
 from configs import lvae
@@ -78,6 +79,7 @@ def get_config():
   c.eval.batch_size = 256
   c.eval.num_importance_samples = 5000
   c.eval.iw_chunk_size = 500
+  c.eval.select_num_importance_samples = 500   # the selection evaluations; eval.py: 5000
   c.eval.select_metric = 'nll'                  # keep the best checkpoint on 'valid'
   c.eval.select_mode = 'min'
   return c
