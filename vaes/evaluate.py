@@ -57,6 +57,15 @@ def _training_record(workdir, kind, meta):
   return (None if wall is None else float(wall)), meta.get('step')
 
 
+def write_eval_metrics(workdir, metrics, record):
+  """WORKDIR/eval_metrics.json: `metrics` (floats; NaN/inf as strings) and `record`.
+  Returns its path."""
+  path = fs.join(workdir, 'eval_metrics.json')
+  out = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
+  fs.write_atomic(path, json.dumps({**out, **record}, indent=2, sort_keys=True))
+  return path
+
+
 def evaluate(config, workdir):
   t_start = time.time()
   kind = checkpoint_kind(config)
@@ -92,9 +101,7 @@ def evaluate(config, workdir):
     metrics['train_steps'] = float(train_steps)
   metrics['eval_wall_time_s'] = time.time() - t_start
   if is_main:
-    path = fs.join(workdir, 'eval_metrics.json')
-    out = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
-    fs.write_atomic(path, json.dumps({**out, **record}, indent=2, sort_keys=True))
+    path = write_eval_metrics(workdir, metrics, record)
     write_final_images(workdir, step, workdir, 'eval_')   # the PNGs, into TensorBoard too
     print(f'Evaluation of the {kind} checkpoint (step {step}) on '
           f'{splits.info.get("num_eval", "?")} examples of the '
