@@ -78,7 +78,8 @@ def test_writers_write_into_a_memory_url(memory_url):
   assert write_config_json(memory_url, config) == memory_url + '/config.json'
   assert json.loads(_read(memory_url + '/config.json'))['config']['batch_size'] == 32
 
-  path = write_eval_metrics(memory_url, {'loss': 1.5, 'nll': float('nan')}, {'checkpoint': 'latest'})
+  path = write_eval_metrics(memory_url, {'loss': 1.5, 'nll': float('nan')},
+                            {'checkpoint': 'latest'})
   assert json.loads(_read(path)) == {'loss': 1.5, 'nll': 'nan', 'checkpoint': 'latest'}
 
   images = np.random.default_rng(0).uniform(size=(4, 8, 8, 1))

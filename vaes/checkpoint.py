@@ -163,7 +163,9 @@ class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` in `workdir/checkpoints` (or
   `workdir/{subdir}`).
 
-  `read_only=True` (evaluation, code extraction) creates nothing: a workdir
+  `workdir` is a local path, a file:// URL (both given to Orbax as absolute local
+  paths) or a gs:// URL (given as it is; Orbax reads and writes it through epath and
+  tensorstore). `read_only=True` (evaluation, code extraction) creates nothing: a workdir
   without checkpoints is an error naming the command that makes them."""
 
   def __init__(self, workdir, max_to_keep=3, async_save=True, read_only=False,

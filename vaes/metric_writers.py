@@ -78,19 +78,24 @@ class _FsspecEventFiles:
 
 
 def summary_writer(logdir, **kwargs):
-  """A tensorboardX SummaryWriter into `logdir` (see the module docstring), or None
-  without tensorboardX."""
+  """A tensorboardX SummaryWriter into `logdir` (see the module docstring), or None (and
+  a note) without tensorboardX or the package its writer for `logdir` needs."""
   try:
     from tensorboardX import SummaryWriter
     from tensorboardX import record_writer
   except ImportError:
+    print('tensorboardX is not installed: no TensorBoard event files.', flush=True)
     return None
   logdir = fs.resolve(logdir)
   if not fs.is_local(logdir):
     scheme = logdir.split('://', 1)[0]
     if scheme not in record_writer.REGISTERED_FACTORIES:
       record_writer.register_writer_factory(scheme, _FsspecEventFiles())
-  return SummaryWriter(logdir, **kwargs)
+  try:
+    return SummaryWriter(logdir, **kwargs)
+  except ImportError as e:   # gs:// without google-cloud-storage, s3:// without boto3
+    print(f'No TensorBoard event files in {logdir}: {e}', flush=True)
+    return None
 
 
 class MetricWriter:
@@ -114,8 +119,6 @@ class MetricWriter:
       self.rows = _kept_rows(_read(self.path), resume_step)
     if tensorboard:
       self.tb = summary_writer(fs.join(workdir, TENSORBOARD_DIR))
-      if self.tb is None:
-        print('tensorboardX is not installed: no TensorBoard event files.', flush=True)
     if self.tb is not None and config is not None:
       write_hparams(self.tb, config)
 

@@ -6,6 +6,9 @@ wrapped in `jax.profiler.StepTraceAnnotation('train', step_num=step)`, so the tr
 viewer and the overview page show one region per step (per dispatch when
 `config.steps_per_dispatch` > 1). `()` (the default) profiles nothing.
 
+The trace is written by jax.profiler itself (local paths and file:// URLs are given as
+absolute local paths, gs:// as it is; other URL schemes are not supported there).
+
 Steps are counted as `state.step` before the update: (100, 5) traces the updates of
 steps 100..104. A run resumed after `start_step` traces only the steps it still runs.
 """
