@@ -27,13 +27,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vaes import fs
 from vaes.registry import ConfigError, get_family
 
 
@@ -163,28 +163,31 @@ class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` in `workdir/checkpoints` (or
   `workdir/{subdir}`).
 
-  `read_only=True` (evaluation, code extraction) creates nothing: a workdir
+  `workdir` is a local path, a file:// URL (both given to Orbax as absolute local
+  paths) or a gs:// URL (given as it is; Orbax reads and writes it through epath and
+  tensorstore). `read_only=True` (evaluation, code extraction) creates nothing: a workdir
   without checkpoints is an error naming the command that makes them."""
 
   def __init__(self, workdir, max_to_keep=3, async_save=True, read_only=False,
                subdir=LATEST_DIR):
     self.workdir = workdir
-    self.directory = os.path.abspath(os.path.join(workdir, subdir))
-    self.corrupted_dir = os.path.join(os.path.dirname(self.directory), 'corrupted_checkpoints')
+    # Orbax takes absolute local paths and gs:// URLs (fs.resolve).
+    self.directory = fs.resolve(fs.join(workdir, subdir))
+    self.corrupted_dir = fs.join(fs.resolve(workdir), 'corrupted_checkpoints')
     if not isinstance(max_to_keep, int) or max_to_keep < 1:
       raise ConfigError(f'config.max_checkpoints_to_keep={max_to_keep!r}: must be a positive '
                         'integer (1 keeps only the latest checkpoint).')
     if read_only:
-      if not os.path.isdir(self.directory):
+      if not fs.isdir(self.directory):
         raise CheckpointError(f'No checkpoint in {self.directory}: train first with '
                               f'`python train.py --config=... --workdir={workdir}`.')
     else:
       try:
-        os.makedirs(self.directory, exist_ok=True)
+        fs.makedirs(self.directory)
       except OSError as e:
         raise CheckpointError(f'Cannot create the checkpoint directory {self.directory}: {e}. '
                               'Choose a writable --workdir.') from e
-      if not os.access(self.directory, os.W_OK):
+      if fs.is_local(self.directory) and not os.access(self.directory, os.W_OK):
         raise CheckpointError(f'The checkpoint directory {self.directory} is not writable; '
                               'choose a writable --workdir.')
     self.options = ocp.CheckpointManagerOptions(
@@ -208,7 +211,7 @@ class Checkpointer:
 
   def corrupted(self):
     """Checkpoints set aside earlier in WORKDIR/corrupted_checkpoints/."""
-    return sorted(os.listdir(self.corrupted_dir)) if os.path.isdir(self.corrupted_dir) else []
+    return fs.listdir(self.corrupted_dir) if fs.isdir(self.corrupted_dir) else []
 
   # --------------------------------------------------------------------------
   # Save.
@@ -371,7 +374,7 @@ class Checkpointer:
     diff = config_diff(pick(saved), pick(now))
     if diff:
       raise ConfigError(
-          f'The workdir {os.path.dirname(self.directory)} holds a checkpoint (step {step}) of '
+          f'The workdir {self.workdir} holds a checkpoint (step {step}) of '
           f'a different model/data config ({describe_diff(diff)}). Use the original config, or '
           'a fresh --workdir to start a new run.')
 
@@ -389,12 +392,12 @@ class Checkpointer:
         f'rerun with the original values, or use a fresh --workdir for a new run.{hint}')
 
   def _set_aside(self, step, reason):
-    path = os.path.join(self.directory, str(step))
-    target = os.path.join(self.corrupted_dir, f'{step}-{int(time.time())}')
+    path = fs.join(self.directory, str(step))
+    target = fs.join(self.corrupted_dir, f'{step}-{int(time.time())}')
     logging.warning('Checkpoint %s could not be restored (%s).', path, reason)
-    if jax.process_index() == 0 and os.path.exists(path):
-      os.makedirs(self.corrupted_dir, exist_ok=True)
-      shutil.move(path, target)
+    if jax.process_index() == 0 and fs.exists(path):
+      fs.makedirs(self.corrupted_dir)
+      fs.replace(path, target)
     print(f'WARNING: checkpoint {path} is incomplete or corrupted ({reason}); moved it to '
           f'{target} and falling back to the previous checkpoint.', flush=True)
     return True

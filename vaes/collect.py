@@ -27,8 +27,9 @@ import csv
 import io
 import json
 import math
-import os
 import sys
+
+from vaes import fs
 
 CONFIG_JSON = 'config.json'
 METRICS_JSON = 'eval_metrics.json'
@@ -42,10 +43,10 @@ class CollectError(ValueError):
 
 
 def read_json(path, what):
-  if not os.path.isfile(path):
+  if not fs.exists(path):
     raise CollectError(f'{path} does not exist: {what}.')
   try:
-    with open(path, encoding='utf-8') as f:
+    with fs.open(path) as f:
       return json.load(f)
   except (OSError, ValueError) as e:
     raise CollectError(f'{path} is not readable JSON ({e}): {what}.') from e
@@ -65,16 +66,16 @@ def flatten(tree, prefix=''):
 
 def load_run(workdir):
   """(flat config, metrics) of one workdir."""
-  metrics = read_json(os.path.join(workdir, METRICS_JSON),
+  metrics = read_json(fs.join(workdir, METRICS_JSON),
                       f'evaluate the run first (python eval.py --config=... --workdir={workdir})')
-  record = read_json(os.path.join(workdir, CONFIG_JSON),
+  record = read_json(fs.join(workdir, CONFIG_JSON),
                      'the run was made before runs wrote their provenance, or not by train.py; '
                      'rerun it (it resumes) to write it')
   if not isinstance(record, dict) or not isinstance(record.get('config'), dict):
-    raise CollectError(f"{os.path.join(workdir, CONFIG_JSON)} has no 'config' section: it was "
+    raise CollectError(f"{fs.join(workdir, CONFIG_JSON)} has no 'config' section: it was "
                        'not written by vaes.provenance; rerun train.py in that workdir.')
   if not isinstance(metrics, dict):
-    raise CollectError(f'{os.path.join(workdir, METRICS_JSON)} is not a JSON object of metrics.')
+    raise CollectError(f'{fs.join(workdir, METRICS_JSON)} is not a JSON object of metrics.')
   return flatten(record['config']), metrics, record
 
 
@@ -129,12 +130,12 @@ def run_table(workdirs, metrics=None, precise=False):
 def row_runs(row_dir):
   """The run folders of one results row: the row folder itself when it holds the files,
   else its sub-folders (one per seed), sorted."""
-  if os.path.exists(os.path.join(row_dir, METRICS_JSON)):
+  if fs.exists(fs.join(row_dir, METRICS_JSON)):
     return [row_dir]
-  if not os.path.isdir(row_dir):
+  if not fs.isdir(row_dir):
     return []
-  subs = sorted(os.path.join(row_dir, d) for d in os.listdir(row_dir)
-                if os.path.isdir(os.path.join(row_dir, d)))
+  subs = sorted(fs.join(row_dir, d) for d in fs.listdir(row_dir)
+                if fs.isdir(fs.join(row_dir, d)))
   if not subs:
     raise CollectError(f'{row_dir} holds neither {METRICS_JSON} nor per-seed folders; copy the '
                        f"run's {METRICS_JSON} and {CONFIG_JSON} into it.")
@@ -193,27 +194,27 @@ def ours(values, precise):
 def results_table(results_dir, precise=False):
   """(header, rows) of the results folder: one row per entry of paper_numbers.json, in its
   order; a row folder it does not name is an error."""
-  paper = read_json(os.path.join(results_dir, PAPER_JSON),
+  paper = read_json(fs.join(results_dir, PAPER_JSON),
                     'it names the rows of the results table (see results/README.md)')
   names = list(paper) + sorted(
-      d for d in os.listdir(results_dir)
-      if os.path.isdir(os.path.join(results_dir, d)) and d not in paper)
+      d for d in fs.listdir(results_dir)
+      if fs.isdir(fs.join(results_dir, d)) and d not in paper)
   header = ['row', 'metric', 'paper', 'ours', 'schedule', 'hardware', 'wall time']
   rows = []
   for name in names:
     if name not in paper:
-      raise CollectError(f'{os.path.join(results_dir, name)} is not a row of '
-                         f'{os.path.join(results_dir, PAPER_JSON)}; add "{name}": '
+      raise CollectError(f'{fs.join(results_dir, name)} is not a row of '
+                         f'{fs.join(results_dir, PAPER_JSON)}; add "{name}": '
                          '{"metric": ..., "paper": ...} there (or move the folder out).')
     meta = paper[name]
     metric = meta.get('metric')
     if not metric:
-      raise CollectError(f"{os.path.join(results_dir, PAPER_JSON)}: row '{name}' has no "
+      raise CollectError(f"{fs.join(results_dir, PAPER_JSON)}: row '{name}' has no "
                          "'metric'; add it (e.g. \"metric\": \"nll\").")
     paper_cell = ' '.join(c for c in (fmt(meta.get('paper'), precise) or '-',
                                       meta.get('paper_note', '')) if c)
     paper_schedule = meta.get('paper_schedule')
-    dirs = row_runs(os.path.join(results_dir, name))
+    dirs = row_runs(fs.join(results_dir, name))
     runs = [load_run(d) for d in dirs]
     if not runs:
       rows.append([name, metric, paper_cell, 'not run', f'paper: {paper_schedule}'
@@ -221,7 +222,7 @@ def results_table(results_dir, precise=False):
       continue
     missing = [d for d, (_, m, _) in zip(dirs, runs) if metric not in m]
     if missing:
-      raise CollectError(f'{os.path.join(missing[0], METRICS_JSON)} has no {metric!r}, the '
+      raise CollectError(f'{fs.join(missing[0], METRICS_JSON)} has no {metric!r}, the '
                          f"metric of row '{name}' in {PAPER_JSON}.")
     sched = joined(schedule(c, m) for c, m, _ in runs)
     if paper_schedule:

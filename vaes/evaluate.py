@@ -12,13 +12,13 @@ time of this evaluation ('eval_wall_time_s')."""
 
 import json
 import math
-import os
 import time
 
 import jax
 import numpy as np
 
 from vaes import data as data_lib
+from vaes import fs
 from vaes.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError
 from vaes.metric_writers import write_final_images
 from vaes.registry import get_family
@@ -34,9 +34,9 @@ def checkpoint_kind(config):
 
 
 def _checkpointer(config, workdir, kind):
-  if kind == 'best' and not os.path.isdir(os.path.join(workdir, BEST_DIR)):
+  if kind == 'best' and not fs.isdir(fs.join(workdir, BEST_DIR)):
     raise CheckpointError(
-        f'No best checkpoint in {os.path.join(os.path.abspath(workdir), BEST_DIR)}: it is kept '
+        f'No best checkpoint in {fs.join(workdir, BEST_DIR)}: it is kept '
         'by training with config.eval.select_metric set (and eval_every_steps > 0); evaluate '
         'the latest checkpoint with --config.eval.checkpoint=latest.')
   return Checkpointer(workdir, config.max_checkpoints_to_keep, async_save=False,
@@ -46,7 +46,7 @@ def _checkpointer(config, workdir, kind):
 def _training_record(workdir, kind, meta):
   """(train_wall_time_s, train_steps) of the run, from its latest checkpoint's meta."""
   if kind == 'best':
-    if not os.path.isdir(os.path.join(workdir, LATEST_DIR)):
+    if not fs.isdir(fs.join(workdir, LATEST_DIR)):
       return None, None
     latest = Checkpointer(workdir, async_save=False, read_only=True)
     step = latest.latest_step()
@@ -55,6 +55,15 @@ def _training_record(workdir, kind, meta):
     meta = latest.read_meta(step)
   wall = meta.get('train_wall_time_s')
   return (None if wall is None else float(wall)), meta.get('step')
+
+
+def write_eval_metrics(workdir, metrics, record):
+  """WORKDIR/eval_metrics.json: `metrics` (floats; NaN/inf as strings) and `record`.
+  Returns its path."""
+  path = fs.join(workdir, 'eval_metrics.json')
+  out = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
+  fs.write_atomic(path, json.dumps({**out, **record}, indent=2, sort_keys=True))
+  return path
 
 
 def evaluate(config, workdir):
@@ -92,10 +101,7 @@ def evaluate(config, workdir):
     metrics['train_steps'] = float(train_steps)
   metrics['eval_wall_time_s'] = time.time() - t_start
   if is_main:
-    path = os.path.join(workdir, 'eval_metrics.json')
-    out = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump({**out, **record}, f, indent=2, sort_keys=True)
+    path = write_eval_metrics(workdir, metrics, record)
     write_final_images(workdir, step, workdir, 'eval_')   # the PNGs, into TensorBoard too
     print(f'Evaluation of the {kind} checkpoint (step {step}) on '
           f'{splits.info.get("num_eval", "?")} examples of the '

@@ -3,14 +3,20 @@
 TensorBoard (WORKDIR/tensorboard) gets the scalars, the run's hyper-parameters (the
 HParams dashboard, and the flattened config as a table under Text), the PNG grids
 written at each evaluation (Images: `images/<name>` during training,
-`final_images/<name>` from eval.py) and, with `config.profile_steps`, the profile."""
+`final_images/<name>` from eval.py) and, with `config.profile_steps`, the profile.
 
-import glob
+Every file goes through `vaes.fs`. tensorboardX writes its event files itself: into
+local folders (local paths and file:// URLs), to gs:// and s3:// with its own writers
+(which need `google-cloud-storage`, resp. `boto3`, installed), and to any other fsspec
+URL (memory:// in tests) through `_FsspecEventFiles`. On an object store metrics.jsonl
+is rewritten whole at each write (objects cannot be appended to)."""
+
 import json
 import math
-import os
 import sys
 import time
+
+from vaes import fs
 
 TENSORBOARD_DIR = 'tensorboard'
 
@@ -21,24 +27,75 @@ def _fmt(v):
   return str(v)
 
 
-def drop_rows_after(path, step):
-  """Rewrites the JSON-lines file `path` without its rows of steps > `step`."""
-  if not os.path.exists(path):
-    return
-  with open(path, encoding='utf-8') as f:
-    lines = f.readlines()
+def _read(path):
+  if not fs.exists(path):
+    return ''
+  with fs.open(path) as f:
+    return f.read()
+
+
+def _kept_rows(text, step):
+  """The lines of JSON-lines `text` of steps <= `step`."""
   keep = []
-  for line in lines:
+  for line in text.splitlines(keepends=True):
     try:
       if json.loads(line)['step'] <= step:
         keep.append(line if line.endswith('\n') else line + '\n')
     except (ValueError, KeyError, TypeError):
       pass  # a line cut short by a kill
-  if len(keep) != len(lines):
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+  return keep
+
+
+def drop_rows_after(path, step):
+  """Rewrites the JSON-lines file `path` without its rows of steps > `step`."""
+  before = _read(path)
+  keep = ''.join(_kept_rows(before, step))
+  if keep != before:
+    fs.write_atomic(path, keep)
+
+
+class _FsspecEventFiles:
+  """tensorboardX's writer factory for URL schemes it has no writer of its own for."""
+
+  class _File:
+    def __init__(self, path):
+      self._f = fs.open(path, 'wb')
+
+    def write(self, data):
+      self._f.write(data)
+
+    def flush(self):
+      self._f.flush()
+
+    def close(self):
+      self._f.close()
+
+  def open(self, path):
+    return self._File(path)
+
+  def directory_check(self, path):
+    fs.makedirs(path)
+
+
+def summary_writer(logdir, **kwargs):
+  """A tensorboardX SummaryWriter into `logdir` (see the module docstring), or None (and
+  a note) without tensorboardX or the package its writer for `logdir` needs."""
+  try:
+    from tensorboardX import SummaryWriter
+    from tensorboardX import record_writer
+  except ImportError:
+    print('tensorboardX is not installed: no TensorBoard event files.', flush=True)
+    return None
+  logdir = fs.resolve(logdir)
+  if not fs.is_local(logdir):
+    scheme = logdir.split('://', 1)[0]
+    if scheme not in record_writer.REGISTERED_FACTORIES:
+      record_writer.register_writer_factory(scheme, _FsspecEventFiles())
+  try:
+    return SummaryWriter(logdir, **kwargs)
+  except ImportError as e:   # gs:// without google-cloud-storage, s3:// without boto3
+    print(f'No TensorBoard event files in {logdir}: {e}', flush=True)
+    return None
 
 
 class MetricWriter:
@@ -51,18 +108,17 @@ class MetricWriter:
     self.enabled = enabled
     self.tb = None
     self.jsonl = None
+    self.rows = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, 'metrics.jsonl')
-    drop_rows_after(path, resume_step)
-    self.jsonl = open(path, 'a', encoding='utf-8')
+    self.path = fs.join(workdir, 'metrics.jsonl')
+    if fs.is_local(self.path):
+      drop_rows_after(self.path, resume_step)
+      self.jsonl = fs.open(self.path, 'a')
+    else:   # rewritten whole at each write
+      self.rows = _kept_rows(_read(self.path), resume_step)
     if tensorboard:
-      try:
-        from tensorboardX import SummaryWriter
-        self.tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
-      except ImportError:
-        print('tensorboardX is not installed: no TensorBoard event files.', flush=True)
+      self.tb = summary_writer(fs.join(workdir, TENSORBOARD_DIR))
     if self.tb is not None and config is not None:
       write_hparams(self.tb, config)
 
@@ -70,8 +126,13 @@ class MetricWriter:
     if not self.enabled:
       return
     metrics = {f'{prefix}{k}': float(v) for k, v in metrics.items()}
-    self.jsonl.write(json.dumps({'step': int(step), **metrics}) + '\n')
-    self.jsonl.flush()
+    row = json.dumps({'step': int(step), **metrics}) + '\n'
+    if self.jsonl is not None:
+      self.jsonl.write(row)
+      self.jsonl.flush()
+    else:
+      self.rows.append(row)
+      fs.write_atomic(self.path, ''.join(self.rows))
     if self.tb is not None:
       for k, v in metrics.items():
         if math.isfinite(v):
@@ -207,20 +268,21 @@ def _flatten(tree, prefix=''):
 def add_pngs(tb, step, image_dir, prefix, tag):
   import numpy as np
   from PIL import Image
-  pattern = os.path.join(glob.escape(image_dir), glob.escape(prefix) + '*.png')
-  for path in sorted(glob.glob(pattern)):
-    with Image.open(path) as im:
+  names = fs.listdir(image_dir) if fs.isdir(image_dir) else []
+  for name in names:
+    if not (name.startswith(prefix) and name.endswith('.png')):
+      continue
+    with fs.open(fs.join(image_dir, name), 'rb') as f, Image.open(f) as im:
       pixels = np.asarray(im.convert('RGB'))
-    name = os.path.basename(path)[len(prefix):-len('.png')]
-    tb.add_image(f'{tag}/{name}', pixels, int(step), dataformats='HWC')
+    tb.add_image(f'{tag}/{name[len(prefix):-len(".png")]}', pixels, int(step),
+                 dataformats='HWC')
 
 
 def write_final_images(workdir, step, image_dir, prefix, tag='final_images'):
   """eval.py's grids into WORKDIR/tensorboard (an event file of their own, beside the
   training run's)."""
-  try:
-    from tensorboardX import SummaryWriter
-  except ImportError:
+  tb = summary_writer(fs.join(workdir, TENSORBOARD_DIR), filename_suffix='.eval')
+  if tb is None:
     return
-  with SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), filename_suffix='.eval') as tb:
+  with tb:
     add_pngs(tb, step, image_dir, prefix, tag)

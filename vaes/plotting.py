@@ -1,8 +1,10 @@
-"""Pictures people would rather look at than read: image grids, piano rolls, curves."""
+"""Pictures people would rather look at than read: image grids, piano rolls, curves.
 
-import os
+Each writes one PNG at `path`, a local path or URL (vaes.fs), creating its folder."""
 
 import numpy as np
+
+from vaes import fs
 
 
 def image_grid(images, ncols=None, pad=1):
@@ -31,8 +33,8 @@ def save_image_grid(path, images, ncols=None, upscale=None):
     grid = grid.repeat(upscale, 0).repeat(upscale, 1)
   if grid.shape[-1] == 1:
     grid = grid[..., 0]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(grid).save(path)
+  with fs.open(path, 'wb') as f:
+    Image.fromarray(grid).save(f, format='PNG')
   return path
 
 
@@ -55,8 +57,8 @@ def save_piano_rolls(path, rolls, titles=None, masks=None):
       ax.set_title(titles[i], fontsize=8)
   axes[-1, 0].set_xlabel('frame')
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=80)
+  with fs.open(path, 'wb') as f:
+    fig.savefig(f, dpi=80, format='png')
   plt.close(fig)
   return path
 
@@ -77,7 +79,7 @@ def save_line_plots(path, series, titles=None, overlays=None):
     if titles is not None:
       ax.set_title(titles[i], fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=80)
+  with fs.open(path, 'wb') as f:
+    fig.savefig(f, dpi=80, format='png')
   plt.close(fig)
   return path

@@ -6,14 +6,18 @@ wrapped in `jax.profiler.StepTraceAnnotation('train', step_num=step)`, so the tr
 viewer and the overview page show one region per step (per dispatch when
 `config.steps_per_dispatch` > 1). `()` (the default) profiles nothing.
 
+The trace is written by jax.profiler itself (local paths and file:// URLs are given as
+absolute local paths, gs:// as it is; other URL schemes are not supported there).
+
 Steps are counted as `state.step` before the update: (100, 5) traces the updates of
 steps 100..104. A run resumed after `start_step` traces only the steps it still runs.
 """
 
 import contextlib
-import os
 
 import jax
+
+from vaes import fs
 
 from vaes.registry import ConfigError
 
@@ -45,8 +49,8 @@ class StepProfiler:
     """Context for the jitted call that runs steps step .. step + n - 1."""
     if (self.enabled and not self.active and not self.done and step < self.end
         and step + n > self.start):
-      os.makedirs(self.logdir, exist_ok=True)
-      jax.profiler.start_trace(self.logdir)
+      fs.makedirs(self.logdir)
+      jax.profiler.start_trace(fs.resolve(self.logdir))
       self.active = True
     if self.active:
       return jax.profiler.StepTraceAnnotation('train', step_num=step)
@@ -58,7 +62,7 @@ class StepProfiler:
       jax.block_until_ready(outputs)   # the trace holds the devices' work of these steps
       self.close()
       print(f'Profile of steps {self.start}..{self.end - 1} written to '
-            f'{os.path.join(self.logdir, "plugins", "profile")}; view it with `xprof '
+            f'{fs.join(self.logdir, "plugins", "profile")}; view it with `xprof '
             f'--logdir {self.logdir}` or TensorBoard with the xprof plugin.', flush=True)
 
   def close(self):

@@ -22,6 +22,8 @@ import sys
 
 import jax
 
+from vaes import fs
+
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
 MAX_CHANGES = 50   # changed paths listed in git.changes (the count is always exact)
@@ -78,11 +80,6 @@ def write_config_json(workdir, config):
   if jax.process_index() != 0:
     return None
   record = provenance(config)
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(record, f, indent=2, sort_keys=True, default=str)
-    f.write('\n')
-  os.replace(tmp, path)
+  path = fs.join(workdir, 'config.json')
+  fs.write_atomic(path, json.dumps(record, indent=2, sort_keys=True, default=str) + '\n')
   return path

@@ -18,14 +18,15 @@ The 'vq_codes' data source (vaes/data/codes.py) only reads that file.
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
 from vaes import data as data_lib
+from vaes import fs
 from vaes.checkpoint import Checkpointer, CheckpointError, config_dict
 from vaes.data import DataError
 from vaes.data import codes as codes_data
@@ -68,7 +69,7 @@ def _checkpointer(workdir):
   except CheckpointError:
     step = None
   if step is None:
-    raise DataError(f'No VQ-VAE checkpoint in {os.path.join(workdir, "checkpoints")}. Train the '
+    raise DataError(f'No VQ-VAE checkpoint in {fs.join(workdir, "checkpoints")}. Train the '
                     f'first stage first: python train.py --config=<its config> '
                     f'--workdir={workdir} (see the docstring of the prior config).')
   return checkpointer
@@ -102,7 +103,7 @@ def load_first_stage(config) -> FirstStage:
   variables, step, info = checkpointer.restore_variables(
       {name: params, 'model_state': abstract}, vq_config, sharding=device)
   key = _key(info['checksums'], vq_config)
-  cache = (os.path.abspath(workdir), key)
+  cache = (fs.resolve(workdir), key)
   if cache not in _LOADED:
     _LOADED[cache] = FirstStage(
         model=model, variables={'params': variables[name], **variables['model_state']},
@@ -148,13 +149,13 @@ def prepare_codes(config):
   """Extracts (once) the codes of the first stage named by `config.data` and points
   `config.data.codes_path` at the cache. Returns the path."""
   first = load_first_stage(config)
-  path = os.path.join(first.workdir, f'codes_{first.key}.npz')
-  if not os.path.exists(path):
+  path = fs.join(first.workdir, f'codes_{first.key}.npz')
+  if not fs.exists(path):
     arrays = extract_codes(first)
     if jax.process_index() == 0:
-      tmp = path + f'.tmp{os.getpid()}.npz'
-      np.savez(tmp, **arrays)
-      os.replace(tmp, path)
+      buffer = io.BytesIO()
+      np.savez(buffer, **arrays)
+      fs.write_atomic(path, buffer.getvalue())
     else:   # the other processes use their own (identical) extraction
       codes_data.IN_MEMORY[path] = arrays
   config.data.codes_path = path

@@ -48,6 +48,7 @@ from ml_collections import config_flags
 
 from vaes import cli
 from vaes import collect
+from vaes import fs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NAME = 120
@@ -195,7 +196,7 @@ class Run:
   def finished(self):
     """Trained to config.num_train_steps and evaluated there."""
     try:
-      with open(os.path.join(self.workdir, collect.METRICS_JSON), encoding='utf-8') as f:
+      with fs.open(fs.join(self.workdir, collect.METRICS_JSON)) as f:
         metrics = json.load(f)
     except (OSError, ValueError):
       return False
@@ -237,7 +238,7 @@ def plan(config_path, sweep_path, workdir_root, extra_args):
     except Exception as e:  # pylint: disable=broad-except
       raise SweepError(f'--sweep={sweep_path}: run {i} ({overrides}) does not make a config: '
                        f'{_first_line(e).rstrip(".")}. Fix the value in the sweep file.') from e
-    planned.append(Run(overrides, os.path.join(workdir_root, name), config, config_path,
+    planned.append(Run(overrides, fs.join(workdir_root, name), config, config_path,
                        extra_args))
   return planned
 

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vaes import data as data_lib
+from vaes import fs
 from vaes import objectives
 from vaes import profiler as profiler_lib
 from vaes import provenance
@@ -792,7 +793,7 @@ def _train_and_evaluate(config, workdir):
   batches = device_batches(itertools.chain([first], host_batches),
                            dispatch_sizes(start_step, config), trainer)
   eval_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5EED)
-  image_dir = os.path.join(workdir, 'images') if is_main else None
+  image_dir = fs.join(workdir, 'images') if is_main else None
   pending, last = [], {}
   t_log, step_log = time.time(), start_step
 
@@ -806,7 +807,7 @@ def _train_and_evaluate(config, workdir):
           'config.grad_clip_norm, or check the data.')
 
   profiler = profiler_lib.StepProfiler(config.profile_steps,
-                                       os.path.join(workdir, TENSORBOARD_DIR), enabled=is_main)
+                                       fs.join(workdir, TENSORBOARD_DIR), enabled=is_main)
   try:
     with _Preemption(start_step) as preempt:
       step = start_step

@@ -21,6 +21,8 @@ import os
 import socket
 import sys
 
+from vaes import fs
+
 LOCK_NAME = 'train.lock'
 
 
@@ -30,15 +32,6 @@ class LockError(RuntimeError):
 
 class WorkdirBusy(LockError):
   """Another live process holds the workdir's lock."""
-
-
-def _is_remote(workdir):
-  return '://' in str(workdir) and not str(workdir).startswith('file://')
-
-
-def _local_path(workdir):
-  workdir = str(workdir)
-  return workdir[len('file://'):] if workdir.startswith('file://') else workdir
 
 
 class WorkdirLock:
@@ -81,13 +74,15 @@ def acquire(workdir):
   """Locks `workdir` for this process (creating the folder); raises `WorkdirBusy`
   naming the holder if another live process has it, `LockError` if the folder cannot
   be written."""
-  if _is_remote(workdir):
+  if not fs.is_local(workdir):
     return _acquire_remote(workdir)
-  directory = _local_path(workdir)
+  directory = fs.resolve(workdir)
   path = os.path.join(directory, LOCK_NAME)
   try:
     os.makedirs(directory, exist_ok=True)
-    handle = open(path, 'a+', encoding='utf-8')   # not truncated: the holder's note stays
+    # A local file of the OS (flock needs its descriptor), so the builtin open: not truncated,
+    # the holder's note stays.
+    handle = open(path, 'a+', encoding='utf-8')
   except OSError as e:
     raise LockError(f'Cannot create the lock file {path}: {e.strerror or e}. Choose a '
                     'writable --workdir.') from e

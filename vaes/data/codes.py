@@ -11,9 +11,10 @@ sets `config.data.codes_path`; this source only reads that file. Batches:
 """
 
 import json
-import os
 
 import numpy as np
+
+from vaes import fs
 
 from vaes.data.core import register
 from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits
@@ -24,12 +25,12 @@ IN_MEMORY = {}   # path -> arrays, for processes other than 0 (see vaes.stages)
 def read_codes(path):
   if path in IN_MEMORY:
     return dict(IN_MEMORY[path])
-  if not path or not os.path.exists(path):
+  if not path or not fs.exists(path):
     raise DataError(f"config.data.codes_path='{path}' is not a codes file: the codes of the "
                     'first stage are extracted before training by the vq_prior family; set '
                     'config.data.vqvae_workdir to the trained VQ-VAE and run train.py/eval.py.')
-  with np.load(path) as f:
-    return {k: f[k] for k in f.files}
+  with fs.open(path, 'rb') as f, np.load(f) as arrays:
+    return {k: arrays[k] for k in arrays.files}
 
 
 @register('vq_codes')

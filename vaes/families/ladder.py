@@ -32,7 +32,6 @@ mu_q of u (exact for z_1 in 'hierarchical' mode, Rao-Blackwellised otherwise).
 
 import functools
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from vaes import distributions as dist
+from vaes import fs
 from vaes import objectives
 from vaes.models import ladder as ladder_model
 from vaes.plotting import save_image_grid
@@ -367,7 +367,7 @@ def eval_images(ctx, host_batch):
   n = int(ctx.config.eval.num_images)
   rng_s, rng_r = jax.random.split(jax.random.fold_in(ctx.rng, 1 << 30))
   samples, reconstructions = _jitted_image_fns(ctx.model, likelihood, x_shape, n)
-  prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
+  prefix = fs.join(ctx.image_dir, ctx.image_prefix)
   save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(ctx.variables, rng_s)))
   x = np.asarray(host_batch['image'])[np.asarray(host_batch['valid'])][:max(1, n // 2)]
   recon = np.asarray(reconstructions(ctx.variables, jnp.asarray(x), rng_r))

@@ -14,14 +14,13 @@ z(x) the encoder's codes. With a uniform prior, -log p(z) = sum_l n_l log K_l.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vaes import distributions, plotting, stages
+from vaes import distributions, fs, plotting, stages
 from vaes.models.pixelcnn import CodePrior, sample_level
 from vaes.registry import ConfigError, ModelFamily, register_family
 
@@ -179,7 +178,7 @@ def eval_images(ctx, host_batch):
     codes = sampler(params, jax.random.fold_in(ctx.rng, int(round(1000 * t))))
     images = np.asarray(jax.device_get(decode(first.variables, codes)))
     plotting.save_image_grid(
-        os.path.join(ctx.image_dir, f'{ctx.image_prefix}samples_t{t:g}.png'), images,
+        fs.join(ctx.image_dir, f'{ctx.image_prefix}samples_t{t:g}.png'), images,
         ncols=int(np.ceil(np.sqrt(num))))
 
 

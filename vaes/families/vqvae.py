@@ -8,13 +8,12 @@ bits/dim). With EMA codebook updates the codebook term is dropped.
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaes import distributions, plotting
+from vaes import distributions, fs, plotting
 from vaes import quantizers
 from vaes.models.layers import IMPLEMENTATIONS as UPSAMPLE_IMPLEMENTATIONS
 from vaes.models.vqvae import VQVAE
@@ -242,7 +241,7 @@ def save_reconstructions(ctx, host_batch, reconstruct):
   xr = np.asarray(jax.device_get(reconstruct(ctx.variables, jnp.asarray(x))))
   pairs = np.stack([x, xr], 1).reshape((-1,) + x.shape[1:])  # original, reconstruction
   plotting.save_image_grid(
-      os.path.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs, ncols=16)
+      fs.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs, ncols=16)
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,7 +26,6 @@ of frames (observed frames kept), reconstructions (piano rolls, or line plots fo
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from vaes import distributions as dist
+from vaes import fs
 from vaes import objectives
 from vaes.models import vrae as vrae_model
 from vaes.registry import ConfigError, ModelFamily, register_family
@@ -343,8 +343,7 @@ def eval_images(ctx, host_batch):
   n = max(1, min(int(ctx.config.eval.num_plot_sequences), len(host_batch['mask'])))
   length = host_batch['mask'].shape[1]
   rng = jax.random.fold_in(ctx.rng, 0x1A6E)
-  prefix = os.path.join(ctx.image_dir, ctx.image_prefix)
-  os.makedirs(ctx.image_dir, exist_ok=True)
+  prefix = fs.join(ctx.image_dir, ctx.image_prefix)
   x, mask = np.asarray(host_batch['x'])[:n], np.asarray(host_batch['mask'])[:n]
   observed = hidden_block(mask)
   batch = {'x': x, 'mask': mask, 'observed': observed}
