@@ -143,6 +143,14 @@ def test_schedule_names_the_training_steps_and_the_best_checkpoint():
   assert collect.schedule(config, best) == '20,000 steps x 16, best valid at 3,000'
 
 
+def test_hardware_names_cpu_cores_and_processes():
+  assert collect.hardware({'devices': {'kind': 'cpu', 'count': 1, 'host_cpus': 2}}) == \
+      '1 x cpu (2 cores)'
+  assert collect.hardware({'devices': {'kind': 'TPU v4', 'count': 8, 'process_count': 2,
+                                       'host_cpus': 96}}) == '8 x TPU v4, 2 processes'
+  assert collect.hardware({'devices': {'kind': 'cpu', 'count': 1}}) == '1 x cpu'
+
+
 def test_the_projects_results_folder():
   """results/paper_numbers.json: every row names an existing config and a metric."""
   with open(os.path.join(REPO, 'results', 'paper_numbers.json')) as f:

@@ -37,7 +37,8 @@ def test_config_json_contents(tmp_path):
                                'kind': jax.devices()[0].device_kind,
                                'count': jax.device_count(),
                                'local_count': jax.local_device_count(),
-                               'process_count': jax.process_count()}
+                               'process_count': jax.process_count(),
+                               'host_cpus': len(os.sched_getaffinity(0))}
   assert record['command'] == sys.argv
   age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(
       record['time'])

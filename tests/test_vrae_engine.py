@@ -59,7 +59,8 @@ def test_pickle_vrnn_and_gaussian_series_configs_run(tmp_path):
   small = {'batch_size': 4, 'num_train_steps': 2, 'log_every_steps': 1, 'eval_every_steps': 0,
            'checkpoint_every_steps': 2, 'model.hidden': 8, 'model.latent': 2,
            'model.mlp_hidden': 8, 'eval.batch_size': 8, 'eval.num_importance_samples': 2,
-           'eval.iw_chunk_size': 2, 'eval.num_plot_sequences': 2, 'eval.select_metric': ''}
+           'eval.iw_chunk_size': 2, 'eval.num_plot_sequences': 2, 'eval.select_metric': '',
+           'eval.select_num_importance_samples': 0}
   config = load_config('configs/vrnn_jsb.py', dict(small, **{'data.name': 'polyphonic_pickle',
                                                            'data.path': str(path)}))
   last = train_and_evaluate(config, str(tmp_path / 'jsb'))

@@ -166,7 +166,8 @@ def hardware(record):
   if not d:
     return ''
   procs = f', {d["process_count"]} processes' if (d.get('process_count') or 1) > 1 else ''
-  return f'{d.get("count")} x {d.get("kind")}{procs}'
+  cores = f' ({d["host_cpus"]} cores)' if d.get('kind') == 'cpu' and d.get('host_cpus') else ''
+  return f'{d.get("count")} x {d.get("kind")}{cores}{procs}'
 
 
 def wall_time(metrics):

@@ -4,7 +4,8 @@
      "versions": {"python", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"},
      "git":      {"commit", "dirty", "changes"} of the code's repository (None where the code
                  is not in a git checkout or git is missing),
-     "devices":  {"platform", "kind", "count", "local_count", "process_count"},
+     "devices":  {"platform", "kind", "count", "local_count", "process_count",
+                  "host_cpus" (the CPU cores this process may use)},
      "command":  sys.argv,
      "time":     UTC start time, ISO 8601}
 
@@ -60,7 +61,9 @@ def git_state(repo_dir=CODE_DIR):
 def devices():
   return {'platform': jax.devices()[0].platform, 'kind': jax.devices()[0].device_kind,
           'count': jax.device_count(), 'local_count': jax.local_device_count(),
-          'process_count': jax.process_count()}
+          'process_count': jax.process_count(),
+          'host_cpus': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                       else os.cpu_count()}
 
 
 def provenance(config):
