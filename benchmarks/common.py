@@ -47,6 +47,33 @@ def synthetic_inputs(config):
   return info, spec, make_batch
 
 
+def compile_step(config):
+  """The config's train step (`vaes.train.build_trainer`), compiled, with a fresh state
+  and one device batch of random data of the config's shapes (`steps_per_dispatch`
+  batches stacked when that is above 1). Returns (trainer, compiled, state, batch,
+  host_batch, info, spec, compile_s); `compiled(state, batch)` -> (state, metrics)
+  runs config.steps_per_dispatch steps."""
+  import time
+  import jax
+  import vaes.families  # noqa: F401  (each family registers itself)
+  from vaes.train import build_trainer
+
+  info, spec, make_batch = synthetic_inputs(config)
+  trainer = build_trainer(config, info, spec)
+  state = trainer.init_fn()
+  host_batch = make_batch(config.batch_size // jax.process_count())
+  k = config.steps_per_dispatch    # train steps per jitted call
+  if k == 1:
+    batch, step_fn = trainer.put(host_batch), trainer.train_step
+  else:
+    batch, step_fn = trainer.put_stacked([host_batch] * k), trainer.multi_step
+
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  return trainer, compiled, state, batch, host_batch, info, spec, compile_s
+
+
 def emit(result, output=''):
   """Prints `result` as one JSON line and, if `output` is set, appends it there."""
   line = json.dumps(result)

@@ -46,23 +46,10 @@ PEAK_FLOPS = {
 def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
   import jax
   import numpy as np
-  from benchmarks.common import synthetic_inputs
-  import vaes.families  # noqa: F401  (each family registers itself)
-  from vaes.train import build_trainer
+  from benchmarks.common import compile_step
 
-  info, spec, make_batch = synthetic_inputs(config)
-  trainer = build_trainer(config, info, spec)
-  state = trainer.init_fn()
-  host_batch = make_batch(config.batch_size // jax.process_count())
-  k = config.steps_per_dispatch    # train steps per jitted call
-  if k == 1:
-    batch, step_fn = trainer.put(host_batch), trainer.train_step
-  else:
-    batch, step_fn = trainer.put_stacked([host_batch] * k), trainer.multi_step
-
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
+  trainer, compiled, state, batch, host_batch, info, spec, compile_s = compile_step(config)
+  k = config.steps_per_dispatch
 
   for _ in range(max(warmup, 1)):
     state, metrics = compiled(state, batch)

@@ -52,3 +52,26 @@ def test_evaluation_benchmark_prints_valid_json():
   metrics = result['metrics']
   assert metrics['num_importance_samples'] == 30
   assert 0 < metrics['nll'] <= metrics['neg_elbo'] + 1e-4
+
+
+def test_vs_pytorch_workloads_name_real_configs_and_fields():
+  """Every workload of benchmarks/vs_pytorch.py loads its config with its overrides (an
+  unknown field raises), and the table reports ours / PyTorch at its best thread count."""
+  from benchmarks import vs_pytorch
+  from tests.helpers import load_config
+  for name, (path, overrides, _, per_step, unit) in vs_pytorch.workloads().items():
+    config = load_config(path, overrides)
+    assert per_step % config.batch_size == 0 and unit.endswith('/s'), name
+  row = {'workload': 'w', 'ms_per_step': {'ours': 50.0, 'torch_1': 80.0, 'torch_2': 100.0},
+         'torch_best': 'torch_1', 'ratio_ours_over_torch': 0.625}
+  assert vs_pytorch.markdown([row]).splitlines()[-1] == '| w | 50.0 ms | 80.0 ms (1 thr.) | 0.62 |'
+
+
+def test_vs_pytorch_without_torch_names_the_install(tmp_path):
+  (tmp_path / 'torch.py').write_text("raise ImportError('no torch here')\n")
+  env = subprocess_env(1, {'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'})
+  proc = subprocess.run([PYTHON, os.path.join(REPO, 'benchmarks', 'vs_pytorch.py'),
+                         '--workloads=vqvae32'], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode != 0
+  assert 'pip install torch==2.13.0' in proc.stderr and 'Traceback' not in proc.stderr
