@@ -43,15 +43,6 @@ def subprocess_env(num_devices=1, extra=None):
   return env
 
 
-def compile_cache_env(directory):
-  """Environment variables for subprocesses that share JAX's persistent compilation cache
-  in `directory`: a program one of them compiled, the next loads (the same executable,
-  so the same numbers) instead of compiling it again."""
-  return {'JAX_COMPILATION_CACHE_DIR': str(directory),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1'}
-
-
 def train_steps_on_devices(config_path, overrides, device_counts, num_steps, out_dir):
   """Runs `num_steps` steps of the real jitted train step on meshes of each of
   `device_counts` simulated CPU devices, in one fresh process. Returns

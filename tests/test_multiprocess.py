@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from tests.helpers import PYTHON, REPO, compile_cache_env, load_config, subprocess_env
+from tests.helpers import PYTHON, REPO, load_config, subprocess_env
 from tests.test_engine import _free_port
 from tests.test_failures import TINY_VQ, _assert_same_state, _state
 from vaes.checkpoint import Checkpointer
@@ -26,7 +26,7 @@ def _start(workdir, port, log_dir, tag):
            f'--coordinator_address=localhost:{port}', '--num_processes=2',
            f'--process_id={pid}'] + [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
     log = open(os.path.join(log_dir, f'{tag}_{pid}.log'), 'w', encoding='utf-8')
-    env = subprocess_env(1, compile_cache_env(os.path.join(log_dir, 'jax_cache')))
+    env = subprocess_env(1)   # the session's compilation cache (tests/conftest.py)
     procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
                                    stderr=subprocess.STDOUT), log))
   return procs

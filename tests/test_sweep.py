@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, compile_cache_env, read_eval_metrics, subprocess_env
+from tests.helpers import PYTHON, REPO, read_eval_metrics, subprocess_env
 from tests.test_failures import TINY_VQ
 from vaes import evaluate, sweep
 from vaes.train import train_and_evaluate
@@ -148,7 +148,7 @@ def test_sweep_skips_the_finished_run_resumes_the_interrupted_one_and_prints_the
 
   proc = subprocess.run([PYTHON, '-m', 'vaes.sweep', f'--config={VQ}', f'--sweep={path}',
                          f'--workdir_root={root}', *COMMON], cwd=REPO,
-                        env=subprocess_env(1, compile_cache_env(tmp_path / 'jax_cache')),
+                        env=subprocess_env(1),
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   out = proc.stdout
