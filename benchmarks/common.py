@@ -1,6 +1,8 @@
-"""What the benchmarks share: random data of a config's shapes, the JSON output."""
+"""What the benchmarks share: random data of a config's shapes, its compiled train step, JSON output."""
 
 import json
+import time
+from typing import Any, NamedTuple
 
 
 def synthetic_inputs(config):
@@ -47,13 +49,23 @@ def synthetic_inputs(config):
   return info, spec, make_batch
 
 
+class CompiledStep(NamedTuple):
+  """What `compile_step` returns: `compiled(state, batch)` -> (state, metrics) runs
+  config.steps_per_dispatch train steps; host_batch is one step's batch on the host."""
+  trainer: Any
+  compiled: Any
+  state: Any
+  batch: Any
+  host_batch: dict
+  info: dict
+  spec: dict
+  compile_s: float
+
+
 def compile_step(config):
   """The config's train step (`vaes.train.build_trainer`), compiled, with a fresh state
   and one device batch of random data of the config's shapes (`steps_per_dispatch`
-  batches stacked when that is above 1). Returns (trainer, compiled, state, batch,
-  host_batch, info, spec, compile_s); `compiled(state, batch)` -> (state, metrics)
-  runs config.steps_per_dispatch steps."""
-  import time
+  batches stacked when that is above 1)."""
   import jax
   import vaes.families  # noqa: F401  (each family registers itself)
   from vaes.train import build_trainer
@@ -70,8 +82,8 @@ def compile_step(config):
 
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  return trainer, compiled, state, batch, host_batch, info, spec, compile_s
+  return CompiledStep(trainer, compiled, state, batch, host_batch, info, spec,
+                      time.perf_counter() - t0)
 
 
 def emit(result, output=''):

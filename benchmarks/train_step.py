@@ -48,7 +48,9 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
   import numpy as np
   from benchmarks.common import compile_step
 
-  trainer, compiled, state, batch, host_batch, info, spec, compile_s = compile_step(config)
+  step = compile_step(config)
+  trainer, compiled, state, batch = step.trainer, step.compiled, step.state, step.batch
+  host_batch, info, spec, compile_s = step.host_batch, step.info, step.spec, step.compile_s
   k = config.steps_per_dispatch
 
   for _ in range(max(warmup, 1)):

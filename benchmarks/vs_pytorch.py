@@ -29,12 +29,13 @@ Workloads (float32, random data of the real shapes):
             exists; addtt/ladder-vae-pytorch is convolutional).
 """
 
-import json
+import dataclasses
 import os
 import statistics
 import sys
 import tempfile
 import time
+from typing import Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,8 +47,9 @@ flags.DEFINE_list('workloads', ['vqvae32', 'vrnn32', 'vrnn128', 'lvae'], 'Which 
 flags.DEFINE_integer('rounds', 7, 'Interleaved rounds; medians over them are reported.')
 flags.DEFINE_float('window_s', 1.0, 'Target length of one timed window, in seconds.')
 flags.DEFINE_list('torch_threads', ['1', '2'], 'PyTorch thread counts to time.')
-flags.DEFINE_list('overrides', [], 'Extra key=value config overrides for the project side '
-                  '(e.g. model.upsample=phases), applied to every workload.')
+flags.DEFINE_list('overrides', [], 'Extra field=value config overrides for the project side, '
+                  'read as train.py reads --config.field=value (e.g. model.upsample=phases), '
+                  'applied to every workload.')
 flags.DEFINE_string('output', '', 'Also append the JSON lines to this file.')
 FLAGS = flags.FLAGS
 
@@ -240,82 +242,84 @@ def torch_ladder(torch, latent=(64, 32, 16, 8, 4), hidden=(512, 256, 128, 64, 32
 
 # -- the workloads ------------------------------------------------------------------
 
-def _fake_pianoroll():
-  path = os.path.join(tempfile.gettempdir(), 'vaes_bench_fake_jsb.pkl')
-  if not os.path.exists(path):
-    from benchmarks import make_fake_pianoroll
-    make_fake_pianoroll.main(path)
-  return path
+FAKE_PIANOROLL = os.path.join(tempfile.gettempdir(), 'vaes_bench_fake_jsb.pkl')
 
 
-def workloads():
-  """name -> (config file, overrides, torch builder(torch) -> (model, loss_fn, lr, clip,
-  make_input(torch)), examples or frames per step, unit)."""
-  def vrnn(seq_len):
-    return ('benchmarks/configs/vrnn_bench.py',
-            {'batch_size': 32, 'compute_dtype': 'float32', 'model.unroll': 1,
-             'data.max_len': seq_len, 'data.path': _fake_pianoroll()},
-            lambda torch: torch_vrnn(torch) + (1e-3, 10.0,
-                                               lambda: (torch.rand(seq_len, 32, 88) < 0.05).float()),
-            32 * seq_len, 'frames/s')
-  return {
-      'vqvae32': ('configs/vqvae_cifar10_sonnet.py', {'batch_size': 32},
-                  lambda torch: torch_vqvae(torch) + (3e-4, None, lambda: torch.rand(32, 3, 32, 32)),
-                  32, 'img/s'),
-      'vrnn32': vrnn(32),
-      'vrnn128': vrnn(128),
-      'lvae': ('configs/lvae_mnist.py', {},
-               lambda torch: torch_ladder(torch) + (2e-4, None,
-                                                    lambda: (torch.rand(256, 784) < 0.15).float()),
-               256, 'img/s'),
-  }
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  """The project's side (a config file and its overrides) and PyTorch's (a builder
+  `torch -> (model, loss_fn(model, x))`, Adam's learning rate, gradient clipping, and
+  the input batch `torch -> x`); `per_step` examples (or frames) per step, in `unit`."""
+  config: str
+  overrides: dict
+  torch_model: Callable
+  lr: float
+  clip: Optional[float]
+  make_input: Callable
+  per_step: int
+  unit: str
 
 
-def _parse_value(text):
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError:
-    return text
+def _vrnn(seq_len, batch=32):
+  return Workload('benchmarks/configs/vrnn_bench.py',
+                  {'batch_size': batch, 'compute_dtype': 'float32', 'model.unroll': 1,
+                   'data.max_len': seq_len, 'data.path': FAKE_PIANOROLL},
+                  torch_vrnn, 1e-3, 10.0,
+                  lambda torch: (torch.rand(seq_len, batch, 88) < 0.05).float(),
+                  batch * seq_len, 'frames/s')
 
 
-def run_workload(name, rounds, window_s, torch_threads, extra_overrides):
+WORKLOADS = {
+    'vqvae32': Workload('configs/vqvae_cifar10_sonnet.py', {'batch_size': 32}, torch_vqvae,
+                        3e-4, None, lambda torch: torch.rand(32, 3, 32, 32), 32, 'img/s'),
+    'vrnn32': _vrnn(32),
+    'vrnn128': _vrnn(128),
+    'lvae': Workload('configs/lvae_mnist.py', {}, torch_ladder, 2e-4, None,
+                     lambda torch: (torch.rand(256, 784) < 0.15).float(), 256, 'img/s'),
+}
+
+
+def workload_config(workload, extra_flags=()):
+  """The project's config of `workload`, built as train.py builds it from
+  `--config=... --config.k=v` (its overrides, then `extra_flags`)."""
+  from vaes import sweep
+  return sweep.parse_config(os.path.join(REPO, workload.config),
+                            sweep.override_flags(workload.overrides) + list(extra_flags))
+
+
+def run_workload(name, rounds, window_s, torch_threads, extra_flags=()):
   import jax
   import torch
   from benchmarks.common import compile_step
-  from tests.helpers import load_config   # the same override rules as the tests
 
-  config_path, overrides, torch_builder, per_step, unit = workloads()[name]
-  config = load_config(config_path, dict(overrides, **extra_overrides))
-  _, compiled, state, batch, _, _, _, compile_s = compile_step(config)
+  workload = WORKLOADS[name]
+  if workload.overrides.get('data.path') == FAKE_PIANOROLL and not os.path.exists(FAKE_PIANOROLL):
+    from benchmarks import make_fake_pianoroll
+    make_fake_pianoroll.main(FAKE_PIANOROLL)
+  config = workload_config(workload, extra_flags)
+  step = compile_step(config)
+  compiled, batch, state = step.compiled, step.batch, step.state
 
-  model, loss_fn, lr, clip, make_input = torch_builder(torch)
+  model, loss_fn = workload.torch_model(torch)
   model.train()
-  opt = torch.optim.Adam(model.parameters(), lr=lr)
-  x = make_input()
-
-  def torch_step():
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model, x)
-    loss.backward()
-    if clip:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-    return loss
-
-  holder = {'state': state}
+  opt = torch.optim.Adam(model.parameters(), lr=workload.lr)
+  x = workload.make_input(torch)
 
   def ours(n):
-    s = holder['state']
+    nonlocal state
     for _ in range(n):
-      s, metrics = compiled(s, batch)
-    jax.block_until_ready((s, metrics))
-    holder['state'] = s
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
 
   def theirs(threads):
     def run(n):
       torch.set_num_threads(threads)
       for _ in range(n):
-        torch_step()
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model, x).backward()
+        if workload.clip:
+          torch.nn.utils.clip_grad_norm_(model.parameters(), workload.clip)
+        opt.step()
     return run
 
   sides = {'ours': ours}
@@ -336,13 +340,14 @@ def run_workload(name, rounds, window_s, torch_threads, extra_overrides):
   ms = {side: 1e3 * statistics.median(t) for side, t in times.items()}
   best = min((s for s in ms if s != 'ours'), key=ms.get)
   return {
-      'workload': name, 'config': config_path, 'overrides': dict(overrides, **extra_overrides),
+      'workload': name, 'config': workload.config, 'overrides': workload.overrides,
+      'extra_flags': list(extra_flags),
       'jax_version': jax.__version__, 'torch_version': torch.__version__,
       'cpu_count': os.cpu_count(), 'load_average': os.getloadavg()[0],
-      'rounds': rounds, 'compile_s': compile_s,
+      'rounds': rounds, 'compile_s': step.compile_s,
       'ms_per_step': ms, 'spread_ms': {s: [1e3 * min(t), 1e3 * max(t)] for s, t in times.items()},
       'torch_best': best, 'ratio_ours_over_torch': ms['ours'] / ms[best],
-      'ours_throughput': per_step / ms['ours'] * 1e3, 'unit': unit,
+      'ours_throughput': workload.per_step / ms['ours'] * 1e3, 'unit': workload.unit,
   }
 
 
@@ -361,24 +366,18 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   from benchmarks.common import emit
-  known = workloads()
-  unknown = [w for w in FLAGS.workloads if w not in known]
+  unknown = [w for w in FLAGS.workloads if w not in WORKLOADS]
   if unknown:
-    raise app.UsageError(f'--workloads: unknown {unknown}; choose from {sorted(known)}.')
+    raise app.UsageError(f'--workloads: unknown {unknown}; choose from {sorted(WORKLOADS)}.')
   try:
     import torch  # noqa: F401
   except ImportError as e:
     raise app.UsageError('PyTorch is not installed: pip install torch==2.13.0 (CPU build), '
                          'for this benchmark only.') from e
-  extra = {}
-  for item in FLAGS.overrides:
-    key, sep, value = item.partition('=')
-    if not sep:
-      raise app.UsageError(f'--overrides={item!r}: write key=value.')
-    extra[key] = _parse_value(value)
+  extra_flags = [f'--config.{item}' for item in FLAGS.overrides]
   results = []
   for name in FLAGS.workloads:
-    result = run_workload(name, FLAGS.rounds, FLAGS.window_s, FLAGS.torch_threads, extra)
+    result = run_workload(name, FLAGS.rounds, FLAGS.window_s, FLAGS.torch_threads, extra_flags)
     emit(result, FLAGS.output)
     results.append(result)
   print(markdown(results))

@@ -33,7 +33,7 @@ Compare with STORN / DMM (6.4-6.9); the measured rows are in the README's result
 Schedule: 2,500 steps of batch 16 (whole chorales, T up to 160 frames) with the checkpoint
 of the best valid nll_per_frame (k = 25, every 250 steps) kept; the model overfits 229
 chorales within a few thousand steps (a 256-unit model: test 6.91 after 1,500 steps, 7.71
-after 4,000), so the selection, not the step count, ends training. Sizes (128 LSTM units,
+after 4,000), so the selection, not the step count, ends training. Sizes (128 GRU units,
 16 latents, 128-unit MLPs) fit a 2-core CPU: about 15 minutes of training there.
 """
 

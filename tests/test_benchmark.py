@@ -55,13 +55,24 @@ def test_evaluation_benchmark_prints_valid_json():
 
 
 def test_vs_pytorch_workloads_name_real_configs_and_fields():
-  """Every workload of benchmarks/vs_pytorch.py loads its config with its overrides (an
-  unknown field raises), and the table reports ours / PyTorch at its best thread count."""
+  """Every workload of benchmarks/vs_pytorch.py builds its config from its overrides the
+  way train.py does (an unknown field fails), and the table reports ours / PyTorch at
+  its best thread count."""
+  import pytest
   from benchmarks import vs_pytorch
-  from tests.helpers import load_config
-  for name, (path, overrides, _, per_step, unit) in vs_pytorch.workloads().items():
-    config = load_config(path, overrides)
-    assert per_step % config.batch_size == 0 and unit.endswith('/s'), name
+  for name, workload in vs_pytorch.WORKLOADS.items():
+    config = vs_pytorch.workload_config(workload)
+    for key, value in workload.overrides.items():
+      node = config
+      for part in key.split('.'):
+        node = node[part]
+      assert node == value, (name, key)
+    assert workload.per_step % config.batch_size == 0 and workload.unit.endswith('/s'), name
+  phases = vs_pytorch.workload_config(vs_pytorch.WORKLOADS['vqvae32'],
+                                      ['--config.model.upsample=phases'])
+  assert phases.model.upsample == 'phases' and phases.batch_size == 32
+  with pytest.raises(Exception, match='no_such_field'):
+    vs_pytorch.workload_config(vs_pytorch.WORKLOADS['vqvae32'], ['--config.no_such_field=1'])
   row = {'workload': 'w', 'ms_per_step': {'ours': 50.0, 'torch_1': 80.0, 'torch_2': 100.0},
          'torch_best': 'torch_1', 'ratio_ours_over_torch': 0.625}
   assert vs_pytorch.markdown([row]).splitlines()[-1] == '| w | 50.0 ms | 80.0 ms (1 thr.) | 0.62 |'

@@ -54,7 +54,7 @@ def model_config():
   m.prior = 'latent'          # 'latent' p(z_t|z_<t) | 'vrnn' p(z_t|z_<t,x_<t) | 'global'
   m.likelihood = 'bernoulli'  # 'bernoulli' | 'gaussian' | 'categorical' | '' (dataset's)
   m.num_classes = 0           # categorical only, when the dataset does not say (> 0)
-  m.hidden = 64               # LSTM units
+  m.hidden = 64               # units of each GRU (prior, posterior, decoder)
   m.latent = 8                # dimensions of z_t
   m.mlp_hidden = 64           # units of the prior, posterior and decoder MLPs
   m.unroll = 1                # scan unroll (speed only)
