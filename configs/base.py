@@ -46,6 +46,10 @@ def get_base_config():
   # float32 matmuls / convolutions in the train step: 'default' (fast: TF32 on NVIDIA
   # GPUs, one bfloat16 pass on TPUs), 'high', 'highest' (full float32).
   c.matmul_precision = 'default'
+  # Convolutions compiled for the CPU: 'xla' (XLA's own kernels; faster for the VQ-VAE
+  # train step on the CPUs measured) or 'ynnpack' (jaxlib's default). Matmuls keep
+  # YNNPACK either way; no effect on GPUs and TPUs (vaes/xla_options.py).
+  c.cpu_convolutions = 'xla'
 
   # (start_step, num_steps): a jax.profiler trace of those train steps on process 0
   # into WORKDIR/tensorboard/plugins/profile (TensorBoard / XProf); () = no profile.

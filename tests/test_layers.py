@@ -113,3 +113,16 @@ def test_vqvae2_wires_the_upsample_choice_into_every_transposed_convolution():
   assert len(convs['phases']) == plain + 6 * 4                     # four 2x2 convs each
   assert sum(s[:2] == (2, 2) for _, s in convs['phases']) == 6 * 4
   assert len(convs['subpixel']) == plain + 6                       # one 3x3 conv each
+
+
+def test_auto_upsample_is_phases_on_the_cpu_and_subpixel_elsewhere():
+  from tests.helpers import load_config
+  from vaes import data as data_lib
+  from vaes.families.vqvae import build_model, resolve_upsample
+  assert resolve_upsample('auto', 'cpu') == 'phases'
+  assert resolve_upsample('auto', 'gpu') == resolve_upsample('auto', 'tpu') == 'subpixel'
+  assert resolve_upsample('transpose', 'cpu') == 'transpose'
+  config = load_config('configs/vqvae.py')
+  assert config.model.upsample == 'auto'
+  model = build_model(config, data_lib.get_datasets(config).info)
+  assert model.upsample == ('phases' if jax.default_backend() == 'cpu' else 'subpixel')

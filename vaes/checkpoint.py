@@ -47,9 +47,12 @@ def implementation_fields(config):
   memory only): a run may resume with other values. `config` is a plain dict."""
   name = config.get('model', {}).get('name', '')
   try:
-    return frozenset(get_family(name).implementation_fields)
+    return _ENGINE_IMPLEMENTATION_FIELDS | frozenset(get_family(name).implementation_fields)
   except ConfigError:
-    return frozenset()
+    return _ENGINE_IMPLEMENTATION_FIELDS
+
+# The engine's own such fields (vaes/xla_options.py).
+_ENGINE_IMPLEMENTATION_FIELDS = frozenset({'cpu_convolutions'})
 
 # Fields that change neither the state nor the trained function: a finished run
 # re-run with other values of these is still the same run.

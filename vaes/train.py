@@ -33,6 +33,7 @@ from vaes import objectives
 from vaes import profiler as profiler_lib
 from vaes import provenance
 from vaes import workdir_lock
+from vaes import xla_options
 from vaes.checkpoint import (BEST_DIR, Checkpointer, config_diff, config_dict, describe_diff,
                              finished_run_diff)
 from vaes.metric_writers import TENSORBOARD_DIR, EvalProgress, MetricWriter, Progress
@@ -139,6 +140,9 @@ def validate_config(config, family=None, num_devices=None):
     raise ConfigError(f'config.steps_per_dispatch={k!r}: must be a positive integer '
                       '(1 = one train step per jitted call).')
   profiler_lib.validate(config.profile_steps)
+  message = xla_options.validate(config.cpu_convolutions)
+  if message:
+    raise ConfigError(message)
   if config.max_consecutive_skips <= 0:
     raise ConfigError(f'config.max_consecutive_skips={config.max_consecutive_skips}: must be '
                       'a positive integer.')
@@ -337,12 +341,16 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
     return new_state, metrics
 
   check_memory(config, abstract, train_step, example, len(mesh.devices.flat))
+  options = xla_options.compiler_options(config.cpu_convolutions,
+                                         mesh.devices.flat[0].platform)
   step_fn = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+                    out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                    compiler_options=options)
   stacked_sharding = NamedSharding(mesh, P(None, 'data'))
   multi_step_fn = jax.jit(lambda state, batches: jax.lax.scan(train_step, state, batches),
                           in_shardings=(state_sharding, stacked_sharding),
-                          out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+                          out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                          compiler_options=options)
   return Trainer(config, family, model, data_info, mesh, tx, state_sharding, batch_sharding,
                  init_fn, step_fn, abstract_state, multi_step_fn, stacked_sharding)
 
@@ -478,7 +486,8 @@ def evaluate_split(family, config, model, variables, source, data_info, rng, put
   after batch i + 1 is dispatched, so the device never waits for the host. Runs at
   `config.eval.matmul_precision` (default 'highest': reported likelihoods do not
   depend on the backend's fast float32 matmul modes)."""
-  stats_fn = jax.jit(family.eval_stats(config, model, data_info))
+  stats_fn = jax.jit(family.eval_stats(config, model, data_info),
+                     compiler_options=xla_options.compiler_options(config.cpu_convolutions))
   total_examples = data_info.get('num_eval')
   meter = EvalProgress(total_examples, enabled=progress and jax.process_index() == 0)
   totals, first, in_flight = None, None, None

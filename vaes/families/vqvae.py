@@ -33,8 +33,9 @@ def model_config():
   m.num_downsamples = 1               # 4x4 stride-2 convolutions: latents are 2^n smaller
   m.likelihood = 'gaussian'           # 'gaussian' (MSE / train variance) | 'logistic'
   # Implementation of the decoder's 4x4 stride-2 transposed convolutions, the same
-  # function and parameters (vaes/models/layers.py): 'transpose' | 'phases' | 'subpixel'.
-  m.upsample = 'subpixel'
+  # function and parameters (vaes/models/layers.py): 'transpose' | 'phases' | 'subpixel',
+  # or 'auto': 'phases' when the model runs on the CPU, 'subpixel' elsewhere.
+  m.upsample = 'auto'
   return m
 
 
@@ -60,9 +61,24 @@ def validate_config(config):
 
 
 def validate_upsample(m):
-  if m.upsample not in UPSAMPLE_IMPLEMENTATIONS:
+  if m.upsample not in UPSAMPLE_CHOICES:
     raise ConfigError(f"config.model.upsample='{m.upsample}': choose one of "
-                      f'{UPSAMPLE_IMPLEMENTATIONS} (the same function; see vaes/models/layers.py).')
+                      f'{UPSAMPLE_CHOICES} (the same function; see vaes/models/layers.py).')
+
+
+UPSAMPLE_CHOICES = ('auto',) + UPSAMPLE_IMPLEMENTATIONS
+# model.upsample='auto', per backend. On the 2-core CPU (with config.cpu_convolutions
+# 'xla') the 32x32 VQ-VAE step took 134 ms with 'phases' against 143 ms with
+# 'subpixel' (benchmarks/README.md); on GPUs 'subpixel' is one kernel instead of four.
+AUTO_UPSAMPLE = {'cpu': 'phases'}
+
+
+def resolve_upsample(name, backend=None):
+  """The ConvTranspose4x4 implementation that model.upsample `name` stands for on
+  `backend` (default: JAX's default backend)."""
+  if name != 'auto':
+    return name
+  return AUTO_UPSAMPLE.get(backend or jax.default_backend(), 'subpixel')
 
 
 def validate_quantizer_config(m):
@@ -97,7 +113,7 @@ def build_model(config, data_info):
       image_channels=c, hidden=m.hidden, res_hidden=m.res_hidden,
       num_res_blocks=m.num_res_blocks, num_downsamples=m.num_downsamples,
       vq=quantizers.QuantizerSpec.from_config(m), likelihood=m.likelihood,
-      dtype=compute_dtype(config), upsample=m.upsample)
+      dtype=compute_dtype(config), upsample=resolve_upsample(m.upsample))
 
 
 def codebook_size(m):

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 
 from vaes.families import vqvae as _vqvae_family
 from vaes.families.vqvae import (LIKELIHOODS, _recon_terms, code_stages, codebook_size,
-                                 compute_dtype, validate_quantizer_config, validate_upsample)
+                                 compute_dtype, resolve_upsample, validate_quantizer_config,
+                                 validate_upsample)
 from vaes.quantizers import QuantizerSpec
 from vaes.models.vqvae2 import VQVAE2
 from vaes.registry import ConfigError, ModelFamily, register_family
@@ -64,7 +65,8 @@ def build_model(config, data_info):
       image_channels=c, hidden=m.hidden, res_hidden=m.res_hidden,
       num_res_blocks=m.num_res_blocks, num_levels=m.num_levels,
       bottom_downsamples=m.bottom_downsamples, vq=QuantizerSpec.from_config(m),
-      likelihood=m.likelihood, dtype=compute_dtype(config), upsample=m.upsample)
+      likelihood=m.likelihood, dtype=compute_dtype(config),
+      upsample=resolve_upsample(m.upsample))
 
 
 def init_variables(model, rng, batch):

@@ -1,0 +1,62 @@
+"""Per-backend XLA compiler options of the compiled steps (`config.cpu_convolutions`).
+
+jaxlib 0.10's XLA:CPU hands every convolution (and its gradients) to YNNPACK as a
+fusion of its own. On the CPU workloads of `benchmarks/vs_pytorch.py` XLA's own
+convolution kernels are faster: the 32x32 VQ-VAE train step took 94 ms with them
+against 134 ms with YNNPACK's (benchmarks/README.md); matmuls and reductions stay
+with YNNPACK, which is the faster for them (turning YNNPACK off altogether slowed
+the VRNN step from 400 to 568 ms).
+
+The choice is made per compiled function, through `jax.jit(compiler_options=...)`,
+not through XLA_FLAGS: it touches nothing else in the process, applies only to
+computations compiled for the CPU, and a jaxlib that does not know the option
+raises an error that can be caught (an unknown XLA_FLAGS entry aborts the process).
+`compiler_options` tries the option once per process on a tiny computation and
+falls back to jaxlib's defaults, with one line saying so, when it is refused.
+"""
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+
+CPU_CONVOLUTIONS = ('xla', 'ynnpack')
+# The operations XLA:CPU gives to YNNPACK. jaxlib 0.10.2's default is matmuls,
+# convolutions and reductions (INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE: that
+# list compiles the VQ-VAE step to the same HLO as no option); 'xla' keeps the other
+# two, and compiles to the same HLO as
+# XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution.
+_YNN_WITHOUT_CONVOLUTIONS = {
+    'xla_cpu_experimental_ynn_fusion_type':
+        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def validate(value):
+  """The one-line message for a bad `config.cpu_convolutions`, or None."""
+  if value not in CPU_CONVOLUTIONS:
+    return (f'config.cpu_convolutions={value!r}: choose one of {CPU_CONVOLUTIONS} '
+            "('xla': XLA's own convolution kernels on the CPU, 'ynnpack': jaxlib's default).")
+  return None
+
+
+def compiler_options(cpu_convolutions, backend=None):
+  """`compiler_options` for `jax.jit` of a step compiled for `backend` (default: JAX's
+  default backend): None (jaxlib's defaults) except on the CPU with 'xla'."""
+  if (backend or jax.default_backend()) != 'cpu' or cpu_convolutions != 'xla':
+    return None
+  return _supported(tuple(_YNN_WITHOUT_CONVOLUTIONS.items()))
+
+
+@functools.cache
+def _supported(options):
+  options = dict(options)
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros((), jnp.float32)).compile()
+  except Exception as e:  # pylint: disable=broad-except  (jaxlib's error types vary)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"note: this jaxlib ({jax.__version__}) refuses the XLA:CPU option of "
+          f"config.cpu_convolutions='xla' ({first[:160]}); compiling with its defaults, "
+          "as with --config.cpu_convolutions=ynnpack.", file=sys.stderr, flush=True)
+    return None
+  return options
