@@ -111,3 +111,19 @@ def test_selection_evaluations_take_their_own_importance_sample_count():
   assert (config.eval.num_importance_samples, config.eval.iw_chunk_size) == (500, 25)
   config.eval.select_num_importance_samples = 0
   assert selection_config(config) is config
+
+
+def test_selection_sample_count_is_checked_by_the_family_that_evaluates_with_it():
+  """The engine only checks that the family evaluates with importance samples; whether
+  the count must fill whole chunks is the family's rule: the ladder's bound masks a
+  partial last chunk, the VRAE's needs whole chunks."""
+  from vaes.registry import get_family
+  from vaes.train import validate_config
+  ladder = load_config('configs/lvae_mnist.py', {'eval.select_num_importance_samples': 700})
+  validate_config(ladder, get_family('lvae'), num_devices=1)       # 500 + a partial 200
+  vrnn = load_config('configs/vrnn_jsb.py', {'eval.select_num_importance_samples': 30})
+  with pytest.raises(ConfigError, match='multiple of config.eval.iw_chunk_size=25'):
+    validate_config(vrnn, get_family('vrae'), num_devices=1)
+  vq = load_config('configs/vqvae.py', {'eval.select_num_importance_samples': 10})
+  with pytest.raises(ConfigError, match='families that evaluate with importance samples'):
+    validate_config(vq, get_family('vqvae'), num_devices=1)

@@ -119,12 +119,10 @@ def validate_config(config, family=None, num_devices=None):
     raise ConfigError(f"config.eval.checkpoint='{e.checkpoint}': choose one of "
                       f'{EVAL_CHECKPOINTS}.')
   k = e.select_num_importance_samples
-  if (not isinstance(k, int) or k < 0 or (k and 'num_importance_samples' not in e)
-      or (k and k % min(int(e.get('iw_chunk_size', k)), k))):
+  if not isinstance(k, int) or k < 0 or (k and 'num_importance_samples' not in e):
     raise ConfigError(f'config.eval.select_num_importance_samples={k!r}: must be 0 (the same '
-                      'as eval.num_importance_samples) or a positive multiple of '
-                      'eval.iw_chunk_size (or smaller than it), for families that evaluate '
-                      'with importance samples.')
+                      'as eval.num_importance_samples) or, for families that evaluate with '
+                      'importance samples (eval.num_importance_samples), a positive integer.')
   if e.select_metric and not config.eval_every_steps:
     raise ConfigError(f"config.eval.select_metric='{e.select_metric}' keeps the checkpoint of "
                       'the best evaluation during training, but config.eval_every_steps=0 '

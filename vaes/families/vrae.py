@@ -99,6 +99,11 @@ def validate_config(config):
   if k < 1 or chunk < 1 or k % min(chunk, k):
     raise ConfigError(f'config.eval.num_importance_samples={k} must be a positive multiple of '
                       f'config.eval.iw_chunk_size={chunk} (or smaller than it).')
+  k = config.eval.select_num_importance_samples
+  if k and k % min(chunk, k):   # 0: the selection uses num_importance_samples
+    raise ConfigError(f'config.eval.select_num_importance_samples={k}: must be 0 (the same as '
+                      'eval.num_importance_samples) or a positive multiple of '
+                      f'config.eval.iw_chunk_size={chunk} (or smaller than it).')
 
 
 def build_model(config, data_info):
