@@ -138,9 +138,7 @@ def validate_config(config, family=None, num_devices=None):
     raise ConfigError(f'config.steps_per_dispatch={k!r}: must be a positive integer '
                       '(1 = one train step per jitted call).')
   profiler_lib.validate(config.profile_steps)
-  message = xla_options.validate(config.cpu_convolutions)
-  if message:
-    raise ConfigError(message)
+  xla_options.validate(config.cpu_convolutions)
   if config.max_consecutive_skips <= 0:
     raise ConfigError(f'config.max_consecutive_skips={config.max_consecutive_skips}: must be '
                       'a positive integer.')
