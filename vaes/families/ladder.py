@@ -67,6 +67,8 @@ def model_config():
   m.strides = ()                      # conv only: one stride (1 or 2) per layer
   m.batch_norm = True                 # batch normalisation in the deterministic blocks
   m.activation = 'leaky_relu'         # one of ladder_model.ACTIVATIONS
+  m.residual = False                  # identity paths around each block layer after the first
+  m.top_down_skip = False             # p(z_l | z_>l) via t_l = down_l([z_l+1, t_l+1]); False: Markov
   m.likelihood = 'bernoulli'          # 'bernoulli' | 'logistic' (8-bit / grey levels) | 'gaussian'
   m.kl_warmup_steps = 1500            # beta = min(1, step / N); 0 = no warm-up
   m.kl_warmup_epochs = 0.0            # > 0 overrides kl_warmup_steps (epochs of the train split)
@@ -138,7 +140,8 @@ def build_model(config, data_info):
       latent_sizes=tuple(m.latent_sizes), hidden_sizes=tuple(m.hidden_sizes), x_shape=x_shape,
       inference=m.inference, block=m.block, block_depth=m.block_depth,
       strides=tuple(m.strides) if m.block == 'conv' else (), batch_norm=bool(m.batch_norm),
-      activation=m.activation, likelihood=m.likelihood, dtype=jnp.dtype(config.compute_dtype))
+      activation=m.activation, likelihood=m.likelihood, top_down_skip=bool(m.top_down_skip),
+      residual=bool(m.residual), dtype=jnp.dtype(config.compute_dtype))
 
 
 def init_variables(model, rng, batch):

@@ -20,6 +20,17 @@ Inference (`inference`):
 Both modes use the same modules (`up_l`, `head_l`, `down_l`, `prior_head_l`,
 the decoder); only the input of `up_l` and the use of `head_l` differ.
 
+The top-down path is Markov by default, t_l = down_l(z_l+1) and
+p(z_l | z_l+1) = prior_head_l(t_l), as in the paper. With `top_down_skip` it carries
+its deterministic features down (skip connections in the generative path, as in
+BIVA and the conv Ladder VAEs that followed the paper):
+
+    t_l = down_l([z_l+1, t_l+1])  (t_L absent),   p(z_l | z_>l) = prior_head_l(t_l),
+    p(x | z_1, t_1),
+
+so every conditional sees all the layers above it. `residual` adds an identity path
+around every layer of a block after its first (the one that may change the shape).
+
 Blocks are MLPs (the paper's) or convolutions: with 'conv' every z_l is a
 feature map at the resolution of d_l (the bottom-up block l downsamples by
 `strides[l-1]`, the top-down block upsamples back).
@@ -58,8 +69,9 @@ class Block(nn.Module):
   """`depth` x [Dense | Conv 3x3 -> optional BatchNorm -> activation].
 
   With 'conv', the first layer has stride `stride` (a ConvTranspose when
-  `upsample`). BatchNorm uses batch statistics when `train` and the running
-  averages in the 'batch_stats' collection otherwise.
+  `upsample`). With `residual`, layers i >= 1 compute h + layer(h). BatchNorm uses
+  batch statistics when `train` and the running averages in the 'batch_stats'
+  collection otherwise.
   """
   features: int
   depth: int
@@ -68,6 +80,7 @@ class Block(nn.Module):
   upsample: bool = False
   batch_norm: bool = False
   activation: str = 'relu'
+  residual: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -78,18 +91,19 @@ class Block(nn.Module):
     bias = not self.batch_norm
     for i in range(self.depth):
       if self.block == 'mlp':
-        h = nn.Dense(self.features, use_bias=bias, dtype=self.dtype)(h)
+        out = nn.Dense(self.features, use_bias=bias, dtype=self.dtype)(h)
       elif i == 0 and self.upsample:
-        h = nn.ConvTranspose(self.features, (3, 3), strides=(self.stride,) * 2,
-                             padding='SAME', use_bias=bias, dtype=self.dtype)(h)
+        out = nn.ConvTranspose(self.features, (3, 3), strides=(self.stride,) * 2,
+                               padding='SAME', use_bias=bias, dtype=self.dtype)(h)
       else:
         s = self.stride if i == 0 else 1
-        h = nn.Conv(self.features, (3, 3), strides=(s, s), padding='SAME', use_bias=bias,
-                    dtype=self.dtype)(h)
+        out = nn.Conv(self.features, (3, 3), strides=(s, s), padding='SAME', use_bias=bias,
+                      dtype=self.dtype)(h)
       if self.batch_norm:
-        h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         dtype=self.dtype)(h)
-      h = act(h)
+        out = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                           dtype=self.dtype)(out)
+      out = act(out)
+      h = h + out if self.residual and i > 0 else out
     return h
 
 
@@ -141,7 +155,8 @@ class LadderVAE(nn.Module):
   `block_depth` layers per block, `strides` (conv only, per layer),
   `x_shape` (H, W, C) and `likelihood` of x: 'bernoulli' (logits),
   'logistic' (discretised logistic: mean and log-scale), 'gaussian'
-  (mean and logvar; continuous data and tests).
+  (mean and logvar; continuous data and tests); `top_down_skip` and
+  `residual` as in the module docstring.
   """
   latent_sizes: Sequence[int]
   hidden_sizes: Sequence[int]
@@ -153,6 +168,8 @@ class LadderVAE(nn.Module):
   batch_norm: bool = False
   activation: str = 'leaky_relu'
   likelihood: str = 'bernoulli'
+  top_down_skip: bool = False
+  residual: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -161,7 +178,7 @@ class LadderVAE(nn.Module):
 
     def block(features, stride=1, upsample=False):
       return Block(features, self.block_depth, self.block, stride, upsample, self.batch_norm,
-                   self.activation, self.dtype)
+                   self.activation, self.residual, self.dtype)
 
     # Bottom-up: d_l = up_l(input), (mu, s) = head_l(d_l); in 'ladder' these are (mu_hat, s_hat).
     self.up = [block(self.hidden_sizes[l], strides[l]) for l in range(num)]
@@ -186,17 +203,28 @@ class LadderVAE(nn.Module):
 
   # -- generative pieces -------------------------------------------------------
 
-  def prior(self, l, z_above, train: bool = False):
-    """(mu_p, logvar_p) of p(z_l | z_l+1); l is 1-based, 1 <= l < L."""
-    return self.prior_head[l - 1](self.down[l - 1](z_above.astype(self.dtype), train))
+  def _top_down_input(self, z, t):
+    """z_l, or [z_l, t_l] (concatenated features) with `top_down_skip` below the top."""
+    z = z.astype(self.dtype)
+    if not self.top_down_skip or t is None:
+      return z
+    return jnp.concatenate([z, t.astype(self.dtype)], axis=-1)
 
-  def decode(self, z1, train: bool = False):
-    """Parameters of p(x | z_1), float32, each shaped (B,) + x_shape.
+  def top_down(self, l, z_above, t_above=None, train: bool = False):
+    """(t_l, (mu_p, logvar_p) of p(z_l | z_l+1), or of p(z_l | z_>l) with `top_down_skip`);
+    l is 1-based, 1 <= l < L; t_above is t_l+1 (None for l + 1 = L, and ignored when
+    the path is Markov)."""
+    t = self.down[l - 1](self._top_down_input(z_above, t_above), train)
+    return t, self.prior_head[l - 1](t)
+
+  def decode(self, z1, t1=None, train: bool = False):
+    """Parameters of p(x | z_1) (p(x | z_1, t_1) with `top_down_skip`), float32, each
+    shaped (B,) + x_shape.
 
     'bernoulli': {'logits'}; 'logistic': {'mean', 'log_scale'} on [-1, 1];
     'gaussian': {'mean', 'logvar'}.
     """
-    h = self.decoder_block(z1.astype(self.dtype), train)
+    h = self.decoder_block(self._top_down_input(z1, t1), train)
     out = self.decoder_out(h).astype(jnp.float32)
     batch = z1.shape[0]
     if self.block == 'mlp':
@@ -241,21 +269,23 @@ class LadderVAE(nn.Module):
       z[-1] = gaussian_reparam(*q[-1], noise[-1])
     p = [None] * num
     p[-1] = (jnp.zeros_like(z[-1]), jnp.zeros_like(z[-1]))
-    for l in range(num - 2, -1, -1):          # top-down: p(z_l | z_l+1)
-      p[l] = self.prior(l + 1, z[l + 1], train)
+    t = None
+    for l in range(num - 2, -1, -1):          # top-down: p(z_l | z_l+1) or p(z_l | z_>l)
+      t, p[l] = self.top_down(l + 1, z[l + 1], t, train)
       if self.inference == 'ladder':
         q[l] = precision_weighted_merge(*bottom_up[l], *p[l])
         z[l] = gaussian_reparam(*q[l], noise[l])
     layers = [{'z': z[l], 'q_mean': q[l][0], 'q_logvar': q[l][1],
                'p_mean': p[l][0], 'p_logvar': p[l][1]} for l in range(num)]
-    return {'layers': layers, 'x': self.decode(z[0], train)}
+    return {'layers': layers, 'x': self.decode(z[0], t, train)}
 
   def sample(self, noise, train: bool = False):
-    """Ancestral sample from the top-down prior: z_L = eps_L, z_l ~ p(z_l | z_l+1).
+    """Ancestral sample from the top-down prior: z_L = eps_L, z_l ~ p(z_l | z_>l).
 
-    Returns decode(z_1).
+    Returns decode(z_1, t_1).
     """
-    z = noise[-1]
+    z, t = noise[-1], None
     for l in range(len(self.latent_sizes) - 2, -1, -1):
-      z = gaussian_reparam(*self.prior(l + 1, z, train), noise[l])
-    return self.decode(z, train)
+      t, p = self.top_down(l + 1, z, t, train)
+      z = gaussian_reparam(*p, noise[l])
+    return self.decode(z, t, train)
