@@ -27,8 +27,9 @@ decay, 200 epochs of the 50,000 training images (781 steps each, 156,200 steps).
 of the lowest valid nll is kept (WORKDIR/best); eval.py reports `nll` on the whole test
 split with k = 1000, the reference's k.
 
-Hardware and runtime: a GPU job. Not run here yet: no device was lent to this task and
-a 2-core CPU takes about 1 s per step (156,200 steps: about two days). Smoke-tested:
+Hardware and runtime: a GPU job. Not run here yet: no device was lent to this task, and
+on the 2-core development CPU (another training run sharing it) 40 steps ran at 0.41
+steps/s, so 156,200 steps would take days. Smoke-tested:
 tests/test_table_configs.py trains two steps on the real data and evaluates 12 test
 images.
 """
