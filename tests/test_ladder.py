@@ -234,15 +234,21 @@ def _linear_gaussian(inference):
   return model, {'params': params}, a @ b_mat + b, cov
 
 
-@pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])
-def test_iw_bound_converges_to_exact_log_likelihood_of_linear_gaussian_model(inference):
-  model, variables, mean, cov = _linear_gaussian(inference)
-  x = np.random.default_rng(5).multivariate_normal(mean, cov, size=64)
+def _exact_batch(mean, cov, seed, num=64):
+  """Exact log N(x; mean, cov) of num draws x ~ N(mean, cov), and x as a (num, 2, 2, 1) eval batch."""
+  x = np.random.default_rng(seed).multivariate_normal(mean, cov, size=num)
   diff = x - mean
   exact = -0.5 * (np.einsum('bi,ij,bj->b', diff, np.linalg.inv(cov), diff)
                   + np.linalg.slogdet(2 * np.pi * cov)[1])
-  batch = {'image': jnp.asarray(x.reshape(64, 2, 2, 1), jnp.float32),
-           'valid': jnp.ones((64,), bool)}
+  batch = {'image': jnp.asarray(x.reshape(num, 2, 2, 1), jnp.float32),
+           'valid': jnp.ones((num,), bool)}
+  return exact, batch
+
+
+@pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])
+def test_iw_bound_converges_to_exact_log_likelihood_of_linear_gaussian_model(inference):
+  model, variables, mean, cov = _linear_gaussian(inference)
+  exact, batch = _exact_batch(mean, cov, seed=5)
   gaps = {}
   for k in (30, 3000):
     fn = jax.jit(family.make_eval_batch_fn(model, 'gaussian', inference, 256, k, 1000))
@@ -314,12 +320,7 @@ def test_skip_connections_iw_bound_and_samples_match_the_exact_marginal():
   converges at k = 3000 (bottom-up proposals of this linear model are 37 nats off)."""
   inference = 'ladder'
   model, variables, mean, cov = _linear_gaussian_skip(inference)
-  x = np.random.default_rng(8).multivariate_normal(mean, cov, size=64)
-  diff = x - mean
-  exact = -0.5 * (np.einsum('bi,ij,bj->b', diff, np.linalg.inv(cov), diff)
-                  + np.linalg.slogdet(2 * np.pi * cov)[1])
-  batch = {'image': jnp.asarray(x.reshape(64, 2, 2, 1), jnp.float32),
-           'valid': jnp.ones((64,), bool)}
+  exact, batch = _exact_batch(mean, cov, seed=8)
   fn = jax.jit(family.make_eval_batch_fn(model, 'gaussian', inference, 256, 3000, 1000))
   out = fn(variables, batch, jax.random.PRNGKey(3))
   gap_elbo = float(out['neg_elbo']) / 64 + exact.mean()
