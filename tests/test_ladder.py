@@ -235,7 +235,8 @@ def _linear_gaussian(inference):
 
 
 def _exact_batch(mean, cov, seed, num=64):
-  """Exact log N(x; mean, cov) of num draws x ~ N(mean, cov), and x as a (num, 2, 2, 1) eval batch."""
+  """Exact log N(x; mean, cov) of num draws x ~ N(mean, cov), and x as a (num, 2, 2, 1)
+  eval batch."""
   x = np.random.default_rng(seed).multivariate_normal(mean, cov, size=num)
   diff = x - mean
   exact = -0.5 * (np.einsum('bi,ij,bj->b', diff, np.linalg.inv(cov), diff)
