@@ -301,10 +301,12 @@ def _linear_gaussian_skip(inference):
 
   # (M, c) of z_3, z_2, z_1, x in turn: value = e M + c.
   z3 = (noise_map(offsets[0], sizes[2], 1.0), np.zeros(sizes[2]))
-  k, bias = f64(params['prior_head_1']['mean']['kernel']), f64(params['prior_head_1']['mean']['bias'])
+  head = params['prior_head_1']['mean']
+  k, bias = f64(head['kernel']), f64(head['bias'])
   z2 = (z3[0] @ k + noise_map(offsets[1], sizes[1], math.sqrt(softplus(0.2))), z3[1] @ k + bias)
   t1 = (np.concatenate([z2[0], z3[0]], 1), np.concatenate([z2[1], z3[1]]))
-  k, bias = f64(params['prior_head_0']['mean']['kernel']), f64(params['prior_head_0']['mean']['bias'])
+  head = params['prior_head_0']['mean']
+  k, bias = f64(head['kernel']), f64(head['bias'])
   z1 = (t1[0] @ k + noise_map(offsets[2], sizes[0], math.sqrt(softplus(0.4))), t1[1] @ k + bias)
   dec_in = (np.concatenate([z1[0], t1[0]], 1), np.concatenate([z1[1], t1[1]]))
   k, bias = f64(out['kernel'][:, :x_dim]), f64(out['bias'][:x_dim])
