@@ -261,7 +261,7 @@ def test_iw_bound_converges_to_exact_log_likelihood_of_linear_gaussian_model(inf
   assert abs(gaps[3000]) < min(0.03, gaps[30] / 5), gaps
 
 
-def _linear_gaussian_skip(inference):
+def _linear_gaussian_skip():
   """The 3-layer linear-Gaussian model with skip connections in the generative path:
   block_depth=0 makes t_2 = z_3 and t_1 = [z_2, z_3], so
       p(z_2 | z_3) = N(z_3 A_2 + a_2, v_2 I),   p(z_1 | z_2, z_3) = N([z_2, z_3] A_1 + a_1, v_1 I),
@@ -271,7 +271,7 @@ def _linear_gaussian_skip(inference):
   Inference keeps scaled-down means and broad constant variances (s^2 = 4)."""
   sizes, x_dim = (3, 2, 2), 4
   model = ladder_model.LadderVAE(latent_sizes=sizes, hidden_sizes=(1, 1, 1), x_shape=(2, 2, 1),
-                                 inference=inference, block_depth=0, activation='linear',
+                                 inference='ladder', block_depth=0, activation='linear',
                                  likelihood='gaussian', top_down_skip=True)
   x0 = jnp.zeros((1, 2, 2, 1))
   noise = ladder_model.draw_noise(model, jax.random.PRNGKey(0), (1,), (2, 2, 1))
@@ -299,19 +299,23 @@ def _linear_gaussian_skip(inference):
     m[start:start + size] = scale * np.eye(size)
     return m
 
+  def gaussian(inp, kernel, bias, start, size, var):
+    """(M, c) of N(inp W + b, var I), given inp's (M, c) and its own noise e[start:start+size]."""
+    return (inp[0] @ f64(kernel) + noise_map(start, size, math.sqrt(var)),
+            inp[1] @ f64(kernel) + f64(bias))
+
+  def concat(*maps):
+    return np.concatenate([m[0] for m in maps], 1), np.concatenate([m[1] for m in maps])
+
   # (M, c) of z_3, z_2, z_1, x in turn: value = e M + c.
   z3 = (noise_map(offsets[0], sizes[2], 1.0), np.zeros(sizes[2]))
   head = params['prior_head_1']['mean']
-  k, bias = f64(head['kernel']), f64(head['bias'])
-  z2 = (z3[0] @ k + noise_map(offsets[1], sizes[1], math.sqrt(softplus(0.2))), z3[1] @ k + bias)
-  t1 = (np.concatenate([z2[0], z3[0]], 1), np.concatenate([z2[1], z3[1]]))
+  z2 = gaussian(z3, head['kernel'], head['bias'], offsets[1], sizes[1], softplus(0.2))
+  t1 = concat(z2, z3)
   head = params['prior_head_0']['mean']
-  k, bias = f64(head['kernel']), f64(head['bias'])
-  z1 = (t1[0] @ k + noise_map(offsets[2], sizes[0], math.sqrt(softplus(0.4))), t1[1] @ k + bias)
-  dec_in = (np.concatenate([z1[0], t1[0]], 1), np.concatenate([z1[1], t1[1]]))
-  k, bias = f64(out['kernel'][:, :x_dim]), f64(out['bias'][:x_dim])
-  x_map = (dec_in[0] @ k + noise_map(offsets[3], x_dim, math.sqrt(softplus(1.0))),
-           dec_in[1] @ k + bias)
+  z1 = gaussian(t1, head['kernel'], head['bias'], offsets[2], sizes[0], softplus(0.4))
+  x_map = gaussian(concat(z1, t1), out['kernel'][:, :x_dim], out['bias'][:x_dim], offsets[3],
+                   x_dim, softplus(1.0))
   return model, {'params': params}, x_map[1], x_map[0].T @ x_map[0]
 
 
@@ -321,10 +325,9 @@ def test_skip_connections_iw_bound_and_samples_match_the_exact_marginal():
   ancestral samples have its mean and covariance (so `sample` walks the same path). The
   generative path is the same in both inference modes; 'ladder' gives the proposal that
   converges at k = 3000 (bottom-up proposals of this linear model are 37 nats off)."""
-  inference = 'ladder'
-  model, variables, mean, cov = _linear_gaussian_skip(inference)
+  model, variables, mean, cov = _linear_gaussian_skip()
   exact, batch = _exact_batch(mean, cov, seed=8)
-  fn = jax.jit(family.make_eval_batch_fn(model, 'gaussian', inference, 256, 3000, 1000))
+  fn = jax.jit(family.make_eval_batch_fn(model, 'gaussian', 'ladder', 256, 3000, 1000))
   out = fn(variables, batch, jax.random.PRNGKey(3))
   gap_elbo = float(out['neg_elbo']) / 64 + exact.mean()
   gap_iw = float(out['nll']) / 64 + exact.mean()
