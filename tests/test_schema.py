@@ -95,6 +95,7 @@ CASES = [
     ('configs/lvae.py', {'model.likelihood': 'gaussian', 'model.batch_norm': False}, 'image'),
     ('configs/lvae.py', {'model.kl_warmup_epochs': 2.0, 'model.free_bits': 0.5}, 'binary'),
     ('configs/vrae.py', {'model.prior': 'vrnn'}, 'bernoulli'),
+    ('configs/vrae.py', {'model.prior': 'vrnn', 'model.posterior': 'smooth'}, 'bernoulli'),
     ('configs/vrae.py', {'model.prior': 'global', 'model.free_bits': 0.1}, 'bernoulli'),
     ('configs/vrae.py', {'model.likelihood': 'gaussian'}, 'gaussian'),
     ('configs/vrae.py', {'model.likelihood': 'categorical'}, 'categorical'),

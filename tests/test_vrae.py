@@ -33,11 +33,11 @@ def random_variables(model, likelihood, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny(prior='latent', likelihood='bernoulli', unroll=1, remat=False):
+def tiny(prior='latent', likelihood='bernoulli', unroll=1, remat=False, posterior='filter'):
   """A tiny VRAE, its variables and jitted functions, built once per variant (compiling
   is what costs time here, so tests share these functions and their input shapes)."""
-  model = VRAE(features=P, likelihood=likelihood, prior=prior, hidden=H, latent=D,
-               mlp_hidden=H, unroll=unroll, remat=remat)
+  model = VRAE(features=P, likelihood=likelihood, prior=prior, posterior=posterior, hidden=H,
+               latent=D, mlp_hidden=H, unroll=unroll, remat=remat)
   variables = random_variables(model, likelihood)
   loss_fn = family.make_loss_fn(loss_config(free_bits=0.05), model, {})
   return types.SimpleNamespace(
@@ -46,6 +46,7 @@ def tiny(prior='latent', likelihood='bernoulli', unroll=1, remat=False):
       fwd=jax.jit(lambda v, x, mask, rng: model.apply(
           v, x, mask, family.latent_noise(model, rng, mask))),
       step=jax.jit(functools.partial(model.apply, method=VRAE.posterior_step)),
+      back_step=jax.jit(functools.partial(model.apply, method=VRAE.backward_step)),
       # loss (free bits 0.05, step 3) and its gradient
       grad=jax.jit(jax.value_and_grad(
           lambda p, b, rng: loss_fn(p, {}, b, rng, 3)[0])),
@@ -76,10 +77,10 @@ def loss_config(**model):
 
 
 @functools.lru_cache(maxsize=None)
-def pool(num=1024, seed=9):
-  """`num` posterior passes of the 'latent' model on data(): per-sample log p(x_t|.),
-  KL_t and log p(z)-log q(z) summed over time, each (num, B)."""
-  m = tiny('latent')
+def pool(num=1024, seed=9, prior='latent', posterior='filter'):
+  """`num` posterior passes of a tiny model on data(): per-sample log p(x_t|.), KL_t and
+  log p(z)-log q(z) summed over time, each (num, B)."""
+  m = tiny(prior, posterior=posterior)
   x, mask = data()
   keys = jax.random.split(jax.random.PRNGKey(seed), num)
   out = jax.jit(jax.vmap(lambda k: m.fwd(m.variables, x, mask, k)))(keys)
@@ -92,16 +93,29 @@ def pool(num=1024, seed=9):
 # -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('prior', ['latent', 'vrnn'])
-def test_scan_equals_python_loop_step_by_step(prior):
-  m = tiny(prior)
+def python_backward(m, x, mask):
+  """b_t = GRU_b(b_{t+1}, x_t) by a Python loop from the last frame to the first: (T, B, H)
+  for the smoothing posterior, (T, B, 0) for the filter."""
+  if m.model.posterior == 'filter':
+    return jnp.zeros((T, B, 0))
+  b, out = jnp.zeros((B, H)), [None] * T
+  for t in reversed(range(T)):
+    b, out[t] = m.back_step(m.variables, b, (x[:, t], mask[:, t]))
+  return jnp.stack(out)
+
+
+@pytest.mark.parametrize('prior,posterior', [('latent', 'filter'), ('vrnn', 'filter'),
+                                             ('vrnn', 'smooth')])
+def test_scan_equals_python_loop_step_by_step(prior, posterior):
+  m = tiny(prior, posterior=posterior)
   x, mask = data()
   rng = jax.random.PRNGKey(1)
   out = m.fwd(m.variables, x, mask, rng)
   eps = family.latent_noise(m.model, rng, mask)
+  back = python_backward(m, x, mask)
   carry = (jnp.zeros((B, H)),) * 3 + (jnp.zeros((B, D)), jnp.zeros((B, P)))
   for t in range(T):
-    carry, ys = m.step(m.variables, carry, (x[:, t], mask[:, t], eps[t]))
+    carry, ys = m.step(m.variables, carry, (x[:, t], mask[:, t], eps[t], back[t]))
     np.testing.assert_allclose(out['log_px'][:, t], ys['log_px'], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out['kl'][:, t], ys['kl'].sum(-1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out['z'][:, t], ys['z'], rtol=1e-5, atol=1e-6)
@@ -158,9 +172,10 @@ def test_bfloat16_compute_keeps_float32_params_and_log_probs():
 # -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('prior', ['latent', 'global'])
-def test_padding_changes_neither_loss_nor_gradients(prior):
-  m = tiny(prior)
+@pytest.mark.parametrize('prior,posterior', [('latent', 'filter'), ('global', 'filter'),
+                                             ('vrnn', 'smooth')])
+def test_padding_changes_neither_loss_nor_gradients(prior, posterior):
+  m = tiny(prior, posterior=posterior)
   x, mask = data()
   pad, rng = 5, jax.random.PRNGKey(4)
   garbage = jax.random.uniform(jax.random.PRNGKey(5), (B, T + pad, P))
@@ -184,7 +199,8 @@ def test_masked_frame_carries_the_recurrent_state_through_unchanged():
   rng = np.random.default_rng(7)
   carry = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)
                 for s in [(B, H)] * 3 + [(B, D), (B, P)])
-  new, ys = m.step(m.variables, carry, (x[:, 0], jnp.array([1.0, 0.0, 0.0]), jnp.ones((B, D))))
+  new, ys = m.step(m.variables, carry,
+                   (x[:, 0], jnp.array([1.0, 0.0, 0.0]), jnp.ones((B, D)), jnp.zeros((B, 0))))
   for a, b in zip(new, carry):
     np.testing.assert_array_equal(a[1:], b[1:])          # masked examples: state untouched
     assert np.abs(np.asarray(a[0] - b[0])).max() > 1e-4   # the real one moved
@@ -197,6 +213,30 @@ def test_masked_frame_carries_the_recurrent_state_through_unchanged():
   np.testing.assert_array_equal(full['log_px'], changed['log_px'])
   np.testing.assert_array_equal(full['kl'], changed['kl'])
   assert np.all(np.asarray(full['log_px'])[:, 3] == 0)
+
+
+def test_smoothing_posterior_reads_future_frames_and_the_filter_does_not():
+  """Flipping frame 5 moves z_t for t < 5 under q(z_t | z_<t, x_1:T) ('smooth') and leaves
+  it, and every term of frames t < 5, untouched under q(z_t | z_<t, x_<=t) ('filter')."""
+  x, mask = data()
+  x_flip = x.at[:, 5].set(1.0 - x[:, 5])
+  rng = jax.random.PRNGKey(3)
+  for posterior in ('filter', 'smooth'):
+    m = tiny('vrnn', posterior=posterior)
+    a, b = m.fwd(m.variables, x, mask, rng), m.fwd(m.variables, x_flip, mask, rng)
+    moved = np.abs(np.asarray(a['z'] - b['z']))[0, :5]    # sequence 0 has all T frames
+    if posterior == 'filter':
+      assert np.all(moved == 0)
+      np.testing.assert_array_equal(a['log_px'][:, :5], b['log_px'][:, :5])
+    else:
+      assert np.all(moved.max(-1) > 1e-5), moved
+  # A masked frame in the middle still reaches nothing, backward pass included.
+  m = tiny('vrnn', posterior='smooth')
+  hole = jnp.ones((B, T)).at[:, 3].set(0.0)
+  a = m.fwd(m.variables, x, hole, rng)
+  b = m.fwd(m.variables, x.at[:, 3].set(1.0 - x[:, 3]), hole, rng)
+  np.testing.assert_array_equal(a['log_px'], b['log_px'])
+  np.testing.assert_array_equal(a['z'], b['z'])
 
 
 # -----------------------------------------------------------------------------
@@ -217,10 +257,11 @@ def test_closed_form_gaussian_kl_matches_monte_carlo():
   np.testing.assert_array_equal(dist.gaussian_kl(mq, lq, mq, lq), np.zeros(4))
 
 
-def test_model_kl_matches_monte_carlo_of_its_log_weights():
+@pytest.mark.parametrize('prior,posterior', [('latent', 'filter'), ('vrnn', 'smooth')])
+def test_model_kl_matches_monte_carlo_of_its_log_weights(prior, posterior):
   """E_q[sum_t log q(z_t|.) - log p(z_t|.)] = E_q[sum_t KL_t]: the closed-form KL per step
   agrees with the densities at the samples (z_<t sampled in both)."""
-  s = pool()
+  s = pool(prior=prior, posterior=posterior)
   neg_logw, kl = -s['logw_z'], s['kl']                 # (N, B)
   se = neg_logw.std(0) / np.sqrt(len(kl))
   np.testing.assert_allclose(neg_logw.mean(0), kl.mean(0), atol=float(4 * se.max() + 1e-3))
@@ -341,9 +382,10 @@ def test_loss_is_per_frame_elbo_with_warmup_and_free_bits():
 # -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('prior', ['latent', 'global'])
-def test_imputation_keeps_observed_frames_and_ignores_hidden_values(prior):
-  m = tiny(prior)
+@pytest.mark.parametrize('prior,posterior', [('latent', 'filter'), ('global', 'filter'),
+                                             ('vrnn', 'smooth')])
+def test_imputation_keeps_observed_frames_and_ignores_hidden_values(prior, posterior):
+  m = tiny(prior, posterior=posterior)
   x, mask = data()
   observed = jnp.asarray(family.hidden_block(mask, (0.3, 0.7)))
   hidden = np.asarray((observed == 0) & (mask > 0))

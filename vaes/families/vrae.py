@@ -2,7 +2,7 @@
 
 Training objective per batch, in nats per real frame (F = number of frames with mask 1):
 
-    recon = -(1/F) sum_{b,t} mask_bt log p(x_t | z_<=t, x_<t),   z ~ q(z_t | z_<t, x_<=t)
+    recon = -(1/F) sum_{b,t} mask_bt log p(x_t | z_<=t, x_<t),   z ~ q(z_1:T | x_1:T)
     KL_d  = (1/F) sum_{b,t} mask_bt KL(q(z_t,d | .) || p(z_t,d | z_<t))     (closed form)
     loss  = recon + beta(step) * sum_d max(free_bits, KL_d)
 
@@ -52,6 +52,7 @@ def model_config():
   m = ml_collections.ConfigDict()
   m.name = 'vrae'
   m.prior = 'latent'          # 'latent' p(z_t|z_<t) | 'vrnn' p(z_t|z_<t,x_<t) | 'global'
+  m.posterior = 'filter'      # 'filter' q(z_t|z_<t,x_<=t) | 'smooth' q(z_t|z_<t,x_1:T)
   m.likelihood = 'bernoulli'  # 'bernoulli' | 'gaussian' | 'categorical' | '' (dataset's)
   m.num_classes = 0           # categorical only, when the dataset does not say (> 0)
   m.hidden = 64               # units of each GRU (prior, posterior, decoder)
@@ -78,6 +79,12 @@ def validate_config(config):
   m = config.model
   if m.prior not in vrae_model.PRIORS:
     raise ConfigError(f"config.model.prior='{m.prior}' is not one of {vrae_model.PRIORS}.")
+  if m.posterior not in vrae_model.POSTERIORS:
+    raise ConfigError(f"config.model.posterior='{m.posterior}' is not one of "
+                      f'{vrae_model.POSTERIORS}.')
+  if m.posterior == 'smooth' and m.prior == 'global':
+    raise ConfigError("config.model.posterior='smooth' needs per-step latents: prior='global' "
+                      "already conditions its z on x_1:T; use posterior='filter'.")
   lik = m.likelihood
   if lik and lik not in vrae_model.LIKELIHOODS:
     raise ConfigError(f"config.model.likelihood='{lik}' is not one of {vrae_model.LIKELIHOODS} "
@@ -122,8 +129,9 @@ def build_model(config, data_info):
     features = int(data_info['shape'][-1])
   m = config.model
   return vrae_model.VRAE(
-      features=features, likelihood=lik, prior=m.prior, hidden=m.hidden, latent=m.latent,
-      mlp_hidden=m.mlp_hidden, unroll=m.unroll, remat=bool(m.remat),
+      features=features, likelihood=lik, prior=m.prior, posterior=m.posterior,
+      hidden=m.hidden, latent=m.latent, mlp_hidden=m.mlp_hidden, unroll=m.unroll,
+      remat=bool(m.remat),
       dtype=jnp.dtype(config.compute_dtype))
 
 

@@ -13,6 +13,13 @@ with three GRUs whose states summarise exactly the conditioning sets:
     posterior  h^q_t = GRU_q(h^q_{t-1}, [x_t, z_{t-1}])     q(z_t | z_<t, x_<=t) = N(mlp_q([h^q_t, h^p_t]))
     decoder    h^d_t = GRU_d(h^d_{t-1}, [z_t, x_{t-1}])     p(x_t | z_<=t, x_<t) = mlp_x([h^d_t, z_t])
 
+`posterior` selects what q(z_t | .) sees of the sequence:
+  'filter' (default): q(z_t | z_<t, x_<=t) as above.
+  'smooth': q(z_t | z_<t, x_1:T) = N(mlp_q([h^q_t, h^p_t, b_t])) with a backward GRU over
+     the frames, b_t = GRU_b(b_{t+1}, x_t), b_{T+1} = 0 (the structured inference of
+     Krishnan et al. 2017 and Fraccaro et al. 2016): z_t can carry what the future frames
+     need. Every bound stays valid (any q is); the generative model is unchanged.
+
 `prior` selects the variant, all sharing this code:
   'latent' (default): p(z_t | z_<t) as above.
   'vrnn': the VRNN prior p(z_t | z_<t, x_<t): GRU_p also reads x_{t-1} (Chung et al. 2015).
@@ -44,6 +51,7 @@ import jax.numpy as jnp
 from vaes import distributions as dist
 
 PRIORS = ('latent', 'vrnn', 'global')
+POSTERIORS = ('filter', 'smooth')
 LIKELIHOODS = ('bernoulli', 'gaussian', 'categorical')
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 6.0
 F32 = jnp.float32
@@ -120,7 +128,7 @@ class VRAE(nn.Module):
   """Sequential VAE; see the module docstring for the equations.
 
   Attributes: features (P for Bernoulli/Gaussian x of shape (.., P), K classes for
-  categorical), likelihood, prior, hidden (GRU width), latent (dim of z_t), mlp_hidden,
+  categorical), likelihood, prior, posterior, hidden (GRU width), latent (dim of z_t), mlp_hidden,
   unroll (scan unroll factor), remat (rematerialise each step in the backward pass), dtype.
 
   Entry points (batch-major arrays in and out, time-major inside):
@@ -133,6 +141,7 @@ class VRAE(nn.Module):
   features: int
   likelihood: str = 'bernoulli'
   prior: str = 'latent'
+  posterior: str = 'filter'
   hidden: int = 128
   latent: int = 16
   mlp_hidden: int = 128
@@ -145,6 +154,11 @@ class VRAE(nn.Module):
       raise ValueError(f"prior='{self.prior}' is not one of {PRIORS}.")
     if self.likelihood not in LIKELIHOODS:
       raise ValueError(f"likelihood='{self.likelihood}' is not one of {LIKELIHOODS}.")
+    if self.posterior not in POSTERIORS:
+      raise ValueError(f"posterior='{self.posterior}' is not one of {POSTERIORS}.")
+    if self.posterior == 'smooth' and self.prior == 'global':
+      raise ValueError("posterior='smooth' needs per-step latents; prior='global' already "
+                       'conditions its one z on x_1:T.')
     gru = lambda: GRU(self.hidden, self.dtype)
     out = {'bernoulli': self.features, 'gaussian': 2 * self.features,
            'categorical': self.features}[self.likelihood]
@@ -157,6 +171,8 @@ class VRAE(nn.Module):
     else:
       self.gru_p = gru()
       self.prior_head = MLP(2 * self.latent, self.mlp_hidden, self.dtype)
+    if self.posterior == 'smooth':
+      self.gru_b = gru()
 
   # --------------------------------------------------------------------------
   # Likelihood p(x_t | .) helpers (float32).
@@ -206,10 +222,11 @@ class VRAE(nn.Module):
     mean, logvar = _gauss(self.prior_head(h))
     return h, mean, logvar
 
-  def _posterior(self, h_q, h_p, xf_t, z_prev):
-    """h^q_t = GRU_q(h^q_{t-1}, [x_t, z_{t-1}]); q(z_t | z_<t, x_<=t) = N(mlp_q([h^q_t, h^p_t]))."""
+  def _posterior(self, h_q, h_p, xf_t, z_prev, b_t):
+    """h^q_t = GRU_q(h^q_{t-1}, [x_t, z_{t-1}]); q(z_t | .) = N(mlp_q([h^q_t, h^p_t, b_t])),
+    b_t the backward state ('smooth') or (B, 0) ('filter': q(z_t | z_<t, x_<=t))."""
     h = self.gru_q(h_q, jnp.concatenate([xf_t, z_prev], -1))
-    mean, logvar = _gauss(self.post_head(jnp.concatenate([h, h_p], -1)))
+    mean, logvar = _gauss(self.post_head(jnp.concatenate([h, h_p, b_t], -1)))
     return h, mean, logvar
 
   def _decode(self, h_d, z_t, xf_prev):
@@ -223,14 +240,15 @@ class VRAE(nn.Module):
 
   def posterior_step(self, carry, inp):
     """One frame of the posterior pass. carry = (h^p, h^q, h^d, z_{t-1}, x_{t-1});
-    inp = (x_t, mask_t, eps_t). Outputs log p(x_t|.), KL_t per latent dim (closed form),
-    log p(z_t|.) - log q(z_t|.) at the sample, z_t and the parameters of p(x_t|.)."""
+    inp = (x_t, mask_t, eps_t, b_t), b_t from `backward` ('smooth') or (B, 0). Outputs
+    log p(x_t|.), KL_t per latent dim (closed form), log p(z_t|.) - log q(z_t|.) at the
+    sample, z_t and the parameters of p(x_t|.)."""
     h_p, h_q, h_d, z_prev, xf_prev = carry
-    x_t, m_t, eps_t = inp
+    x_t, m_t, eps_t, b_t = inp
     x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))       # padded values never reach the model
     xf_t = self.features_of(x_t)
     h_p_new, mean_p, logvar_p = self._prior(h_p, z_prev, xf_prev)
-    h_q_new, mean_q, logvar_q = self._posterior(h_q, h_p_new, xf_t, z_prev)
+    h_q_new, mean_q, logvar_q = self._posterior(h_q, h_p_new, xf_t, z_prev, b_t)
     z = dist.gaussian_reparam(mean_q, logvar_q, eps_t)
     h_d_new, out = self._decode(h_d, z, xf_prev)
     real = m_t > 0
@@ -255,16 +273,19 @@ class VRAE(nn.Module):
     return (h_p, h_d, z, self.features_of(x_t)), {'x': x_t, 'mean': self.mean_x(out), 'z': z}
 
   def impute_step(self, carry, inp):
-    """Observed frame (o_t = 1): z_t ~ q(z_t | z_<t, x_<=t) and x_t kept. Missing frame:
+    """Observed frame (o_t = 1): z_t ~ q(z_t | .) and x_t kept ('smooth': b_t reads the
+    observed frames s >= t). Missing frame:
     z_t ~ p(z_t | .), x_t ~ p(x_t | z_<=t, x_<t), and GRU_q reads the sampled x_t so later
     posteriors condition on the filled sequence. carry as in posterior_step;
-    inp = (x_t, o_t, mask_t, eps_t, u_t)."""
+    inp = (x_t, o_t, mask_t, eps_t, u_t, b_t), b_t the backward state of the observed
+    frames ('smooth') or (B, 0)."""
     h_p, h_q, h_d, z_prev, xf_prev = carry
-    x_t, o_t, m_t, eps_t, u_t = inp
+    x_t, o_t, m_t, eps_t, u_t, b_t = inp
     obs = (o_t > 0) & (m_t > 0)
     x_t = _sel(obs, x_t, jnp.zeros_like(x_t))
     h_p_new, mean_p, logvar_p = self._prior(h_p, z_prev, xf_prev)
-    h_q_obs, mean_q, logvar_q = self._posterior(h_q, h_p_new, self.features_of(x_t), z_prev)
+    h_q_obs, mean_q, logvar_q = self._posterior(h_q, h_p_new, self.features_of(x_t), z_prev,
+                                                b_t)
     z = _sel(obs, dist.gaussian_reparam(mean_q, logvar_q, eps_t),
              dist.gaussian_reparam(mean_p, logvar_p, eps_t))
     h_d_new, out = self._decode(h_d, z, xf_prev)
@@ -275,6 +296,14 @@ class VRAE(nn.Module):
     new = tuple(_sel(m_t, a, b) for a, b in
                 zip((h_p_new, h_q_new, h_d_new, z, xf_new), carry))
     return new, {'x': x_new, 'mean': self.mean_x(out)}
+
+  def backward_step(self, b, inp):
+    """b_t = GRU_b(b_{t+1}, x_t) (run in reverse), carried unchanged where the frame is not
+    used; outputs b_t."""
+    x_t, m_t = inp
+    x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))
+    b = _sel(m_t, self.gru_b(b, self.features_of(x_t)), b)
+    return b, b
 
   def global_encode_step(self, h_q, inp):
     """h^q_t = GRU_q(h^q_{t-1}, x_t), carried unchanged where the frame is not used."""
@@ -302,13 +331,24 @@ class VRAE(nn.Module):
   # Time loops.
   # --------------------------------------------------------------------------
 
-  def _scan(self, body, carry, xs):
-    """One nn.scan over the leading (time) axis of xs; params are broadcast across steps."""
+  def _scan(self, body, carry, xs, reverse=False):
+    """One nn.scan over the leading (time) axis of xs (last to first if `reverse`); params
+    are broadcast across steps."""
     if self.remat:
       body = nn.remat(body, prevent_cse=False)
     scan = nn.scan(body, variable_broadcast='params', split_rngs={'params': False},
-                   in_axes=0, out_axes=0, unroll=self.unroll)
+                   in_axes=0, out_axes=0, unroll=self.unroll, reverse=reverse)
     return scan(self, carry, xs)
+
+  def backward(self, x_tm, use_tm):
+    """(T, B, hidden) states b_t summarising the frames s >= t with use_s = 1 ('smooth'),
+    or (T, B, 0) ('filter'). Time-major inputs."""
+    length, batch = use_tm.shape
+    if self.posterior == 'filter':
+      return jnp.zeros((length, batch, 0), F32)
+    _, b = self._scan(VRAE.backward_step, self._zeros(batch, self.hidden), (x_tm, use_tm),
+                      reverse=True)
+    return b
 
   def _zeros(self, batch, dim):
     return jnp.zeros((batch, dim), F32)
@@ -353,7 +393,8 @@ class VRAE(nn.Module):
               'z': z, 'out': jnp.swapaxes(ys['out'], 0, 1)}
     carry = (self._zeros(batch, self.hidden),) * 3 + (
         self._zeros(batch, self.latent), self._zeros(batch, self.features))
-    _, ys = self._scan(VRAE.posterior_step, carry, (x_tm, m_tm, eps))
+    b = self.backward(x_tm, m_tm)
+    _, ys = self._scan(VRAE.posterior_step, carry, (x_tm, m_tm, eps, b))
     return {'log_px': ys['log_px'].T, 'kl': ys['kl'].sum(-1).T, 'kl_dims': ys['kl'].sum(0),
             'logw_z': ys['logw_z'].sum(0), 'z': jnp.swapaxes(ys['z'], 0, 1),
             'out': jnp.swapaxes(ys['out'], 0, 1)}
@@ -396,7 +437,8 @@ class VRAE(nn.Module):
     else:
       carry = (self._zeros(batch, self.hidden),) * 3 + (
           self._zeros(batch, self.latent), self._zeros(batch, self.features))
-      _, ys = self._scan(VRAE.impute_step, carry, (x_tm, o_tm, m_tm, eps, u))
+      b = self.backward(x_tm, o_tm)     # the observed frames only
+      _, ys = self._scan(VRAE.impute_step, carry, (x_tm, o_tm, m_tm, eps, u, b))
     filled = jnp.swapaxes(ys['x'], 0, 1)
     keep = obs > 0
     keep = keep.reshape(keep.shape + (1,) * (x.ndim - 2))
