@@ -43,8 +43,8 @@ def tiny(prior='latent', likelihood='bernoulli', unroll=1, remat=False, posterio
   return types.SimpleNamespace(
       model=model, variables=variables,
       # posterior pass with the noise of family.latent_noise(model, rng, mask)
-      fwd=jax.jit(lambda v, x, mask, rng: model.apply(
-          v, x, mask, family.latent_noise(model, rng, mask))),
+      fwd=jax.jit(lambda v, x, mask, rng, keep=None: model.apply(
+          v, x, mask, family.latent_noise(model, rng, mask), keep)),
       step=jax.jit(functools.partial(model.apply, method=VRAE.posterior_step)),
       back_step=jax.jit(functools.partial(model.apply, method=VRAE.backward_step)),
       # loss (free bits 0.05, step 3) and its gradient
@@ -72,7 +72,7 @@ def loss_config(**model):
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(
       {'free_bits': 0.0, 'kl_warmup_steps': 0, 'kl_warmup_fraction': 0.0,
-       'kl_warmup_start': 0.0, **model})
+       'kl_warmup_start': 0.0, 'dropout': 0.0, **model})
   return c
 
 
@@ -93,29 +93,32 @@ def pool(num=1024, seed=9, prior='latent', posterior='filter'):
 # -----------------------------------------------------------------------------
 
 
-def python_backward(m, x, mask):
-  """b_t = GRU_b(b_{t+1}, x_t) by a Python loop from the last frame to the first: (T, B, H)
-  for the smoothing posterior, (T, B, 0) for the filter."""
+def python_backward(m, x, mask, keep_x):
+  """b_t = GRU_b(b_{t+1}, x_t * keep_x_t) by a Python loop from the last frame to the first:
+  (T, B, H) for the smoothing posterior, (T, B, 0) for the filter."""
   if m.model.posterior == 'filter':
     return jnp.zeros((T, B, 0))
   b, out = jnp.zeros((B, H)), [None] * T
   for t in reversed(range(T)):
-    b, out[t] = m.back_step(m.variables, b, (x[:, t], mask[:, t]))
+    b, out[t] = m.back_step(m.variables, b, (x[:, t], mask[:, t], keep_x[t]))
   return jnp.stack(out)
 
 
-@pytest.mark.parametrize('prior,posterior', [('latent', 'filter'), ('vrnn', 'filter'),
-                                             ('vrnn', 'smooth')])
-def test_scan_equals_python_loop_step_by_step(prior, posterior):
+@pytest.mark.parametrize('prior,posterior,rate', [('latent', 'filter', 0.0),
+                                                  ('vrnn', 'filter', 0.0),
+                                                  ('vrnn', 'smooth', 0.4)])
+def test_scan_equals_python_loop_step_by_step(prior, posterior, rate):
   m = tiny(prior, posterior=posterior)
   x, mask = data()
   rng = jax.random.PRNGKey(1)
-  out = m.fwd(m.variables, x, mask, rng)
+  keep = vrae_model.dropout_keep(jax.random.PRNGKey(2), rate, T, B, m.model.dropout_dims)
+  out = m.fwd(m.variables, x, mask, rng, keep)
   eps = family.latent_noise(m.model, rng, mask)
-  back = python_backward(m, x, mask)
+  back = python_backward(m, x, mask, keep[0])
   carry = (jnp.zeros((B, H)),) * 3 + (jnp.zeros((B, D)), jnp.zeros((B, P)))
   for t in range(T):
-    carry, ys = m.step(m.variables, carry, (x[:, t], mask[:, t], eps[t], back[t]))
+    carry, ys = m.step(m.variables, carry,
+                       (x[:, t], mask[:, t], eps[t], back[t], (keep[0][t], keep[1][t])))
     np.testing.assert_allclose(out['log_px'][:, t], ys['log_px'], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out['kl'][:, t], ys['kl'].sum(-1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out['z'][:, t], ys['z'], rtol=1e-5, atol=1e-6)
@@ -199,8 +202,8 @@ def test_masked_frame_carries_the_recurrent_state_through_unchanged():
   rng = np.random.default_rng(7)
   carry = tuple(jnp.asarray(rng.normal(size=s), jnp.float32)
                 for s in [(B, H)] * 3 + [(B, D), (B, P)])
-  new, ys = m.step(m.variables, carry,
-                   (x[:, 0], jnp.array([1.0, 0.0, 0.0]), jnp.ones((B, D)), jnp.zeros((B, 0))))
+  new, ys = m.step(m.variables, carry, (x[:, 0], jnp.array([1.0, 0.0, 0.0]), jnp.ones((B, D)),
+                                        jnp.zeros((B, 0)), (jnp.ones((B, 1)),) * 2))
   for a, b in zip(new, carry):
     np.testing.assert_array_equal(a[1:], b[1:])          # masked examples: state untouched
     assert np.abs(np.asarray(a[0] - b[0])).max() > 1e-4   # the real one moved
@@ -237,6 +240,61 @@ def test_smoothing_posterior_reads_future_frames_and_the_filter_does_not():
   b = m.fwd(m.variables, x.at[:, 3].set(1.0 - x[:, 3]), hole, rng)
   np.testing.assert_array_equal(a['log_px'], b['log_px'])
   np.testing.assert_array_equal(a['z'], b['z'])
+
+
+# -----------------------------------------------------------------------------
+# Dropout (training only).
+# -----------------------------------------------------------------------------
+
+
+def test_dropout_masks_are_inverted_and_do_not_depend_on_padding():
+  rate = 0.25
+  keep = vrae_model.dropout_keep(jax.random.PRNGKey(0), rate, 50, 40, (30, 20))
+  longer = vrae_model.dropout_keep(jax.random.PRNGKey(0), rate, 60, 40, (30, 20))
+  for k, k_long in zip(keep, longer):
+    k = np.asarray(k)
+    assert set(np.unique(k)) == {0.0, np.float32(1 / (1 - rate))}
+    assert abs((k == 0).mean() - rate) < 0.01                  # 60,000 and 40,000 draws
+    assert abs(k.mean() - 1.0) < 0.02                          # inverted: E[keep] = 1
+    np.testing.assert_array_equal(k_long[:50], k)
+  assert not np.array_equal(np.asarray(keep[0])[:, :, :20], np.asarray(keep[1]))
+  ones = vrae_model.dropout_keep(None, 0.0, 5, 3, (30, 20))
+  assert all(np.all(np.asarray(o) == 1.0) and o.shape == (5, 3, 1) for o in ones)
+
+
+def test_dropping_a_frames_features_hides_it_from_the_inputs_but_not_from_the_score():
+  """keep_x = 0 on frame 2: every network input sees x_2 = 0 (as if the data had zeros
+  there, backward pass included), while log p(x_2 | .) still scores the real x_2."""
+  m = tiny('vrnn', posterior='smooth')
+  x, mask = data()
+  rng = jax.random.PRNGKey(6)
+  keep_x = jnp.ones((T, B, P)).at[2].set(0.0)
+  dropped = m.fwd(m.variables, x, mask, rng, (keep_x, jnp.ones((T, B, 1))))
+  zeroed = m.fwd(m.variables, x.at[:, 2].set(0.0), mask, rng)
+  others = np.arange(T) != 2
+  np.testing.assert_allclose(dropped['log_px'][:, others], zeroed['log_px'][:, others],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(dropped['z'], zeroed['z'], rtol=1e-6, atol=1e-6)
+  lit = np.asarray(x[:, 2].sum(-1) > 0)                     # frame 2 has notes to score
+  assert lit.any()
+  assert np.all(np.abs(np.asarray(dropped['log_px'] - zeroed['log_px'])[lit, 2]) > 1e-4)
+
+
+def test_dropout_training_loss_ignores_padding_and_differs_from_no_dropout():
+  m = tiny('vrnn', posterior='smooth')
+  loss_fn = family.make_loss_fn(loss_config(dropout=0.3), m.model, {})
+  grad = jax.jit(jax.value_and_grad(lambda p, b, rng: loss_fn(p, {}, b, rng, 3)[0]))
+  x, mask = data()
+  pad, rng, params = 4, jax.random.PRNGKey(4), m.variables['params']
+  mask_long = jnp.pad(mask, ((0, 0), (0, pad)))
+  x_long = jnp.pad(x, ((0, 0), (0, pad), (0, 0)), constant_values=1.0)
+  loss_a, g_a = grad(params, {'x': x, 'mask': mask}, rng)
+  loss_b, g_b = grad(params, {'x': x_long, 'mask': mask_long}, rng)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_a, g_b)
+  plain = family.make_loss_fn(loss_config(), m.model, {})
+  loss_0 = jax.jit(lambda p: plain(p, {}, {'x': x, 'mask': mask}, rng, 3)[0])(params)
+  assert abs(float(loss_a) - float(loss_0)) > 1e-3
 
 
 # -----------------------------------------------------------------------------

@@ -10,7 +10,8 @@ with the KL warm-up beta(step) = min(1, beta_0 + (1 - beta_0) step / N) (beta_0 
 config.model.kl_warmup_start, N = config.model.kl_warmup_steps, or kl_warmup_fraction *
 num_train_steps when that is > 0; N = 0 gives 1) and free bits in nats per latent
 dimension per frame (0 disables them). neg_elbo_per_frame = recon + sum_d KL_d is the
-exact negative ELBO whatever beta and free bits.
+exact negative ELBO whatever beta and free bits. With config.model.dropout > 0, training
+computes recon and KL_d under dropout masks (vaes/models/vrae.py); evaluation never drops.
 
 Evaluation over the whole eval split (all metrics in nats per real frame):
   neg_elbo_per_frame, recon_per_frame, kl_per_frame  one z ~ q per sequence, closed-form KL;
@@ -64,6 +65,8 @@ def model_config():
   m.kl_warmup_steps = 500     # N; 0 = no warm-up
   m.kl_warmup_fraction = 0.0  # > 0 overrides kl_warmup_steps: N = fraction * num_train_steps
   m.free_bits = 0.0           # nats per latent dimension per frame; 0 disables
+  m.dropout = 0.0             # training only: rate on the frames fed to the GRUs and on the
+                              # decoder's output-layer input (per-step priors); 0 = off
   return m
 
 
@@ -82,6 +85,11 @@ def validate_config(config):
   if m.posterior not in vrae_model.POSTERIORS:
     raise ConfigError(f"config.model.posterior='{m.posterior}' is not one of "
                       f'{vrae_model.POSTERIORS}.')
+  if not 0.0 <= m.dropout < 1.0:
+    raise ConfigError(f'config.model.dropout={m.dropout}: must lie in [0, 1).')
+  if m.dropout > 0 and m.prior == 'global':
+    raise ConfigError(f"config.model.dropout={m.dropout} is implemented for the per-step "
+                      "priors ('latent', 'vrnn'), not prior='global': set it to 0.")
   if m.posterior == 'smooth' and m.prior == 'global':
     raise ConfigError("config.model.posterior='smooth' needs per-step latents: prior='global' "
                       "already conditions its z on x_1:T; use posterior='filter'.")
@@ -153,11 +161,21 @@ def latent_noise(model, rng, mask):
   return vrae_model.step_noise(rng, length, (batch_size, model.latent))
 
 
-def elbo_terms(model, variables, x, mask, rng):
+DROPOUT_STREAM = 1 << 30
+
+
+def elbo_terms(model, variables, x, mask, rng, dropout=0.0):
   """Sums over the batch: recon = -sum mask log p(x_t|.), kl_dims (latent,) closed-form KL,
-  frames = sum mask, and the per-sequence log weights log p(x, z) - log q(z | x) (B,)."""
+  frames = sum mask, and the per-sequence log weights log p(x, z) - log q(z | x) (B,).
+  dropout > 0 (training): masks from fold_in(rng, DROPOUT_STREAM), a key no time step's
+  fold_in(rng, t) of the latent noise can equal."""
   mask = mask.astype(F32)
-  out = model.apply(variables, x, mask, latent_noise(model, rng, mask))
+  keep = None
+  if dropout > 0:
+    batch_size, length = mask.shape
+    keep = vrae_model.dropout_keep(jax.random.fold_in(rng, DROPOUT_STREAM), dropout, length,
+                                   batch_size, model.dropout_dims)
+  out = model.apply(variables, x, mask, latent_noise(model, rng, mask), keep)
   log_w = out['log_px'].sum(1) + out['logw_z']
   return -out['log_px'].sum(), out['kl_dims'].sum(0), mask.sum(), log_w
 
@@ -177,10 +195,12 @@ def make_loss_fn(config, model, data_info):
   free_bits = float(config.model.free_bits)
   warmup = kl_warmup(config, data_info)[0]
   start = float(config.model.kl_warmup_start)
+  dropout = float(config.model.dropout)
 
   def loss_fn(params, model_state, batch, rng, step):
     variables = {'params': params, **model_state}
-    recon, kl_dims, frames, _ = elbo_terms(model, variables, batch['x'], batch['mask'], rng)
+    recon, kl_dims, frames, _ = elbo_terms(model, variables, batch['x'], batch['mask'], rng,
+                                           dropout)
     frames = jnp.maximum(frames, 1.0)
     recon, kl_dims = recon / frames, kl_dims / frames
     kl = kl_dims.sum()

@@ -30,6 +30,12 @@ with three GRUs whose states summarise exactly the conditioning sets:
 Likelihoods p(x_t | .): 'bernoulli' (x in {0,1}^P, logits), 'gaussian' (diagonal, mean and
 log-variance), 'categorical' (x an int token in [0, K), logits).
 
+Dropout (training only, the per-step priors): `keep = dropout_keep(rng, rate, T, B, dims)`
+multiplies the frame features x_t wherever they enter a GRU (and as x_{t-1}) and the
+decoder's output-layer input [h^d_t, z_t] by masks in {0, 1/(1 - rate)}; log p(x_t | .)
+scores the undropped x_t. Drawn before the scan like all noise (below), so padding does not
+change the masks of real frames.
+
 Every time loop is one `nn.scan` (compiled once whatever T), time-major inside ('global'
 runs two in sequence: the encoder pass over x_1:T must finish before z exists). All noise
 is drawn before the scan: `step_noise(rng, T, shape)` gives a (T, ...) array whose slice t
@@ -72,6 +78,17 @@ def step_noise(rng, length, shape, kind='normal'):
       return jax.random.uniform(key, shape, F32, minval=1e-6, maxval=1.0 - 1e-6)
     raise ValueError(f"kind='{kind}' is not 'normal' or 'uniform'.")
   return jax.vmap(one)(jnp.arange(length))
+
+
+def dropout_keep(rng, rate, length, batch, dims):
+  """Inverted-dropout masks, one (length, batch, d) float32 array in {0, 1/(1 - rate)} per d
+  in dims, slice t drawn from fold_in (`step_noise`); rate 0 gives ones of shape
+  (length, batch, 1)."""
+  if rate == 0:
+    return tuple(jnp.ones((length, batch, 1), F32) for _ in dims)
+  return tuple(jnp.where(step_noise(jax.random.fold_in(rng, i), length, (batch, d), 'uniform')
+                         >= rate, 1.0 / (1.0 - rate), 0.0).astype(F32)
+               for i, d in enumerate(dims))
 
 
 def x_noise_kind(likelihood):
@@ -229,10 +246,11 @@ class VRAE(nn.Module):
     mean, logvar = _gauss(self.post_head(jnp.concatenate([h, h_p, b_t], -1)))
     return h, mean, logvar
 
-  def _decode(self, h_d, z_t, xf_prev):
-    """h^d_t = GRU_d(h^d_{t-1}, [z_t, x_{t-1}]); parameters of p(x_t | z_<=t, x_<t)."""
+  def _decode(self, h_d, z_t, xf_prev, keep_h=1.0):
+    """h^d_t = GRU_d(h^d_{t-1}, [z_t, x_{t-1}]); parameters of p(x_t | z_<=t, x_<t) =
+    mlp_x([h^d_t, z_t] * keep_h) (keep_h: the dropout mask, or 1)."""
     h = self.gru_d(h_d, jnp.concatenate([z_t, xf_prev], -1))
-    return h, self.out_head(jnp.concatenate([h, z_t], -1))
+    return h, self.out_head(jnp.concatenate([h, z_t], -1) * keep_h)
 
   # --------------------------------------------------------------------------
   # Scan bodies: (module, carry, per-step inputs) -> (carry, per-step outputs).
@@ -240,17 +258,18 @@ class VRAE(nn.Module):
 
   def posterior_step(self, carry, inp):
     """One frame of the posterior pass. carry = (h^p, h^q, h^d, z_{t-1}, x_{t-1});
-    inp = (x_t, mask_t, eps_t, b_t), b_t from `backward` ('smooth') or (B, 0). Outputs
+    inp = (x_t, mask_t, eps_t, b_t, (keep_x_t, keep_h_t)), b_t from `backward` ('smooth')
+    or (B, 0), the keeps the dropout masks of x_t's features and the output layer. Outputs
     log p(x_t|.), KL_t per latent dim (closed form), log p(z_t|.) - log q(z_t|.) at the
     sample, z_t and the parameters of p(x_t|.)."""
     h_p, h_q, h_d, z_prev, xf_prev = carry
-    x_t, m_t, eps_t, b_t = inp
+    x_t, m_t, eps_t, b_t, (keep_x, keep_h) = inp
     x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))       # padded values never reach the model
-    xf_t = self.features_of(x_t)
+    xf_t = self.features_of(x_t) * keep_x
     h_p_new, mean_p, logvar_p = self._prior(h_p, z_prev, xf_prev)
     h_q_new, mean_q, logvar_q = self._posterior(h_q, h_p_new, xf_t, z_prev, b_t)
     z = dist.gaussian_reparam(mean_q, logvar_q, eps_t)
-    h_d_new, out = self._decode(h_d, z, xf_prev)
+    h_d_new, out = self._decode(h_d, z, xf_prev, keep_h)
     real = m_t > 0
     log_px = jnp.where(real, self.log_px(x_t, out), 0.0)
     kl = jnp.where(real[:, None], dist.gaussian_kl(mean_q, logvar_q, mean_p, logvar_p), 0.0)
@@ -298,11 +317,11 @@ class VRAE(nn.Module):
     return new, {'x': x_new, 'mean': self.mean_x(out)}
 
   def backward_step(self, b, inp):
-    """b_t = GRU_b(b_{t+1}, x_t) (run in reverse), carried unchanged where the frame is not
-    used; outputs b_t."""
-    x_t, m_t = inp
+    """b_t = GRU_b(b_{t+1}, x_t * keep_x_t) (run in reverse), carried unchanged where the
+    frame is not used; outputs b_t."""
+    x_t, m_t, keep_x = inp
     x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))
-    b = _sel(m_t, self.gru_b(b, self.features_of(x_t)), b)
+    b = _sel(m_t, self.gru_b(b, self.features_of(x_t) * keep_x), b)
     return b, b
 
   def global_encode_step(self, h_q, inp):
@@ -340,15 +359,20 @@ class VRAE(nn.Module):
                    in_axes=0, out_axes=0, unroll=self.unroll, reverse=reverse)
     return scan(self, carry, xs)
 
-  def backward(self, x_tm, use_tm):
+  def backward(self, x_tm, use_tm, keep_x):
     """(T, B, hidden) states b_t summarising the frames s >= t with use_s = 1 ('smooth'),
-    or (T, B, 0) ('filter'). Time-major inputs."""
+    or (T, B, 0) ('filter'). Time-major inputs; keep_x (T, B, F or 1) dropout masks."""
     length, batch = use_tm.shape
     if self.posterior == 'filter':
       return jnp.zeros((length, batch, 0), F32)
-    _, b = self._scan(VRAE.backward_step, self._zeros(batch, self.hidden), (x_tm, use_tm),
-                      reverse=True)
+    _, b = self._scan(VRAE.backward_step, self._zeros(batch, self.hidden),
+                      (x_tm, use_tm, keep_x), reverse=True)
     return b
+
+  @property
+  def dropout_dims(self):
+    """Widths of the dropout masks: the frame features, the output layer's input."""
+    return (self.features, self.hidden + self.latent)
 
   def _zeros(self, batch, dim):
     return jnp.zeros((batch, dim), F32)
@@ -362,8 +386,10 @@ class VRAE(nn.Module):
   def _global_decoder_init(self, z):
     return jnp.tanh(self.dec_init(z).astype(F32))
 
-  def __call__(self, x, mask, eps):
-    """Posterior pass. x: (B, T, ...) data, mask: (B, T), eps: (T, B, latent).
+  def __call__(self, x, mask, eps, keep=None):
+    """Posterior pass. x: (B, T, ...) data, mask: (B, T), eps: (T, B, latent), keep: None
+    (no dropout) or the pair (keep_x, keep_h) of `dropout_keep(rng, rate, T, B,
+    self.dropout_dims)`.
 
     Returns batch-major
       log_px (B, T): log p(x_t | z_<=t, x_<t) at z ~ q, 0 on padding;
@@ -378,6 +404,8 @@ class VRAE(nn.Module):
     mask = mask.astype(F32)
     x_tm, m_tm = jnp.swapaxes(x, 0, 1), jnp.swapaxes(mask, 0, 1)
     if self.prior == 'global':
+      if keep is not None:
+        raise ValueError("dropout is implemented for the per-step priors, not prior='global'.")
       mean_q, logvar_q = self._global_posterior(x_tm, m_tm)
       z = dist.gaussian_reparam(mean_q, logvar_q, eps[0])
       has = (mask.sum(1) > 0)[:, None]
@@ -393,8 +421,9 @@ class VRAE(nn.Module):
               'z': z, 'out': jnp.swapaxes(ys['out'], 0, 1)}
     carry = (self._zeros(batch, self.hidden),) * 3 + (
         self._zeros(batch, self.latent), self._zeros(batch, self.features))
-    b = self.backward(x_tm, m_tm)
-    _, ys = self._scan(VRAE.posterior_step, carry, (x_tm, m_tm, eps, b))
+    keep = dropout_keep(None, 0, length, batch, (0, 0)) if keep is None else keep
+    b = self.backward(x_tm, m_tm, keep[0])
+    _, ys = self._scan(VRAE.posterior_step, carry, (x_tm, m_tm, eps, b, keep))
     return {'log_px': ys['log_px'].T, 'kl': ys['kl'].sum(-1).T, 'kl_dims': ys['kl'].sum(0),
             'logw_z': ys['logw_z'].sum(0), 'z': jnp.swapaxes(ys['z'], 0, 1),
             'out': jnp.swapaxes(ys['out'], 0, 1)}
@@ -437,7 +466,7 @@ class VRAE(nn.Module):
     else:
       carry = (self._zeros(batch, self.hidden),) * 3 + (
           self._zeros(batch, self.latent), self._zeros(batch, self.features))
-      b = self.backward(x_tm, o_tm)     # the observed frames only
+      b = self.backward(x_tm, o_tm, jnp.ones(o_tm.shape + (1,), F32))   # observed frames only
       _, ys = self._scan(VRAE.impute_step, carry, (x_tm, o_tm, m_tm, eps, u, b))
     filled = jnp.swapaxes(ys['x'], 0, 1)
     keep = obs > 0
