@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from tests.helpers import PYTHON, REPO, subprocess_env
+from tests.helpers import PYTHON, REPO, load_config, subprocess_env
+from vaes import checkpoint
 from vaes import collect
 
 
@@ -160,3 +161,39 @@ def test_the_projects_results_folder():
     assert row['metric'] and 'source' in row, name
   header, table = collect.results_table(os.path.join(REPO, 'results'))
   assert [r[0] for r in table] == list(rows)
+
+
+def _command_overrides(command, config):
+  """{'a.b': value} from the recorded command's --config.a.b=v flags, typed as the field."""
+  out = {}
+  for arg in command:
+    if not arg.startswith('--config.') or '=' not in arg:
+      continue
+    key, text = arg[len('--config.'):].split('=', 1)
+    node = config
+    for part in key.split('.'):
+      node = node[part]
+    kind = type(node)
+    out[key] = (text.lower() in ('1', 'true')) if kind is bool else kind(text)
+  return out
+
+
+def test_every_results_row_was_made_by_its_config_as_it_stands():
+  """Each results/<row>/[seedN/]config.json holds the config its run resolved and the
+  command line. Rebuilt from configs/<row>.py as it stands plus that command's --config
+  overrides, it must be the same run (checkpoint.finished_run_diff: fields added since
+  keep their defaults; eval.* and cadence fields aside). A config changed after its row was
+  run fails here: rerun the row, or give the change a row of its own."""
+  with open(os.path.join(REPO, 'results', 'paper_numbers.json')) as f:
+    rows = json.load(f)
+  checked = 0
+  for name, row in rows.items():
+    for run in collect.row_runs(os.path.join(REPO, 'results', name)):
+      with open(os.path.join(run, 'config.json')) as f:
+        recorded = json.load(f)
+      now = load_config(row['config'])
+      now = load_config(row['config'], _command_overrides(recorded['command'], now))
+      diff = checkpoint.finished_run_diff(recorded['config'], checkpoint.config_dict(now))
+      assert not diff, f'{run}: {checkpoint.describe_diff(diff)}'
+      checked += 1
+  assert checked >= 6
