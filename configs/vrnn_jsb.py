@@ -32,8 +32,8 @@ few thousand steps (REFERENCE.md: test 6.91 after 1,500 steps, 7.71 after 4,000)
 selection, not the step count, ends training.
 Sizes: 256 GRU units, 32 latents, 256-unit MLPs. Measured on the 2-core CPU, seeds 0 and 1:
 test nll_per_frame 6.883 and 6.956 (mean 6.920), the best valid step the last in both, about
-10 minutes of training and 2.5 of evaluation each. At 128 / 16 / 128 units and 2,500 steps this config gave 7.289: the larger model
-is 0.41 nats/frame better in fewer steps.
+10 minutes of training and 2.5 of evaluation each. At 128 / 16 / 128 units and 2,500 steps
+this config gave 7.289: the larger model is 0.41 nats/frame better in fewer steps.
 """
 
 from configs import base

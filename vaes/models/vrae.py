@@ -421,7 +421,7 @@ class VRAE(nn.Module):
               'z': z, 'out': jnp.swapaxes(ys['out'], 0, 1)}
     carry = (self._zeros(batch, self.hidden),) * 3 + (
         self._zeros(batch, self.latent), self._zeros(batch, self.features))
-    keep = dropout_keep(None, 0, length, batch, (0, 0)) if keep is None else keep
+    keep = (jnp.ones((length, batch, 1), F32),) * 2 if keep is None else keep   # no dropout
     b = self.backward(x_tm, m_tm, keep[0])
     _, ys = self._scan(VRAE.posterior_step, carry, (x_tm, m_tm, eps, b, keep))
     return {'log_px': ys['log_px'].T, 'kl': ys['kl'].sum(-1).T, 'kl_dims': ys['kl'].sum(0),
