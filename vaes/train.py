@@ -656,9 +656,13 @@ class _Preemption:
       os._exit(128 + signum)
     if self.signum is None:
       self.signum = signum
+      # Said at once: the step in flight, the save and Orbax's wait can take a while.
       if signum == signal.SIGINT:
         print('\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again to exit '
               'at once).', flush=True)
+      else:
+        print(f'\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step.',
+              flush=True)
       if self.synced:
         os.kill(os.getpid(), signal.SIGTERM)   # to JAX's preemption notifier
 
