@@ -14,8 +14,9 @@ http://www-etud.iro.umontreal.ca/~boulanni/icml2012):
 
 Model: prior p(z_t | z_<t, x_<t) (VRNN, Chung et al. 2015), posterior q(z_t | z_<t, x_<=t),
 Bernoulli decoder p(x_t | z_<=t, x_<t) (configs/vrnn_smooth_jsb.py: the same with the
-smoothing posterior q(z_t | z_<t, x_1:T) and 3,000 steps); eval.py reports nll_per_frame from
-500 importance samples, nats per real frame over the whole test split.
+smoothing posterior q(z_t | z_<t, x_1:T), 3,000 steps and a moving average of the weights);
+eval.py reports nll_per_frame from 500 importance samples, nats per real frame over the whole
+test split.
 
 Published test NLL per frame on JSB (nats, lower is better; REFERENCE.md, "recalled" cells
 are approximate): RNN 8.71 / LSTM 8.45 (recalled), STORN 6.91 (recalled), DMM 6.39, SRNN
