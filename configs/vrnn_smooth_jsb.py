@@ -7,8 +7,9 @@ Fraccaro et al. 2016).
   python train.py --config=configs/vrnn_smooth_jsb.py --workdir=/tmp/vrnn_smooth_jsb
   python eval.py  --config=configs/vrnn_smooth_jsb.py --workdir=/tmp/vrnn_smooth_jsb
 
-The generative model p(x, z) is the same family as vrnn_jsb's; only q (and so what
-training finds) differs. Chosen on 'valid' (k = 25, 2-core CPU shared with other runs),
+The generative model p(x, z) is the same family as vrnn_jsb's; q, the number of steps and
+the moving average of the weights differ (so the gap between the two rows is those three
+together). Chosen on 'valid' (k = 25, 2-core CPU shared with other runs),
 best valid nll_per_frame (and the step it came at):
   filtering posterior, 1,500 steps (configs/vrnn_jsb.py), seed 0  6.877 (1,500)
   smoothing posterior, 1,500 steps, seeds 0 / 1                   6.694 / 6.691 (1,500)
