@@ -1,7 +1,8 @@
 """The project's train steps against PyTorch references on the CPU, timed side by side.
 
   pip install torch==2.13.0          # CPU build; only for this benchmark (not in requirements.txt)
-  python benchmarks/vs_pytorch.py [--workloads=vqvae32,vrnn32,vrnn128,lvae] [--rounds=7]
+  python benchmarks/vs_pytorch.py [--workloads=vqvae32,vrnn32,vrnn128,lvae] [--rounds=7] \
+      [--cores=2] [--torch_threads=1,2]
 
 For each workload it builds the project's real train step (`benchmarks.common.
 compile_step`: forward, backward, Adam, donated state, exactly what training runs) and a
@@ -9,6 +10,13 @@ PyTorch model of the same sizes written after the reference implementation, then
 them in interleaved windows (ours, PyTorch at 1 thread, PyTorch at 2 threads, in an order
 that rotates every round), so that both see the same machine load. The PyTorch side is
 reported at its best thread count (its 2 threads collapse on a busy machine, REFERENCE.md).
+
+Threads. `--cores=N` (0 = all) confines the whole process, both sides, to the first N
+cores (`os.sched_setaffinity`, before JAX starts): XLA:CPU sizes its thread pool by the
+cores it may use, and PyTorch is then timed at N threads by default, so `--cores=1`
+compares one thread with one thread and `--cores=2` two with two. `--torch_threads=`
+(empty) times the project's side alone, e.g. on a Python where PyTorch's CPU build is
+not at hand (its numbers are then paired with another run's PyTorch column).
 One JSON line per workload (median ms/step of each side and the ratio ours / PyTorch,
 below 1 = the project is faster), then a Markdown table for benchmarks/README.md.
 
@@ -46,7 +54,9 @@ from absl import logging  # noqa: E402
 flags.DEFINE_list('workloads', ['vqvae32', 'vrnn32', 'vrnn128', 'lvae'], 'Which to run.')
 flags.DEFINE_integer('rounds', 7, 'Interleaved rounds; medians over them are reported.')
 flags.DEFINE_float('window_s', 1.0, 'Target length of one timed window, in seconds.')
-flags.DEFINE_list('torch_threads', ['1', '2'], 'PyTorch thread counts to time.')
+flags.DEFINE_list('torch_threads', None, 'PyTorch thread counts to time (default: the '
+                  '--cores count, or 1,2 with all cores); empty = the project side alone.')
+flags.DEFINE_integer('cores', 0, 'Confine the process to its first N cores (0 = all).')
 flags.DEFINE_list('overrides', [], 'Extra field=value config overrides for the project side, '
                   'read as train.py reads --config.field=value (e.g. model.upsample=phases), '
                   'applied to every workload.')
@@ -289,7 +299,6 @@ def workload_config(workload, extra_flags=()):
 
 def run_workload(name, rounds, window_s, torch_threads, extra_flags=()):
   import jax
-  import torch
   from benchmarks.common import compile_step
 
   workload = WORKLOADS[name]
@@ -300,10 +309,12 @@ def run_workload(name, rounds, window_s, torch_threads, extra_flags=()):
   step = compile_step(config)
   compiled, batch, state = step.compiled, step.batch, step.state
 
-  model, loss_fn = workload.torch_model(torch)
-  model.train()
-  opt = torch.optim.Adam(model.parameters(), lr=workload.lr)
-  x = workload.make_input(torch)
+  if torch_threads:
+    import torch
+    model, loss_fn = workload.torch_model(torch)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=workload.lr)
+    x = workload.make_input(torch)
 
   def ours(n):
     nonlocal state
@@ -338,15 +349,17 @@ def run_workload(name, rounds, window_s, torch_threads, extra_flags=()):
       sides[side](steps[side])
       times[side].append((time.perf_counter() - t0) / steps[side])
   ms = {side: 1e3 * statistics.median(t) for side, t in times.items()}
-  best = min((s for s in ms if s != 'ours'), key=ms.get)
+  best = min((s for s in ms if s != 'ours'), key=ms.get, default=None)
   return {
       'workload': name, 'config': workload.config, 'overrides': workload.overrides,
       'extra_flags': list(extra_flags),
-      'jax_version': jax.__version__, 'torch_version': torch.__version__,
+      'jax_version': jax.__version__,
+      'torch_version': torch.__version__ if torch_threads else None,
+      'python': sys.version.split()[0], 'cores': sorted(os.sched_getaffinity(0)),
       'cpu_count': os.cpu_count(), 'load_average': os.getloadavg()[0],
       'rounds': rounds, 'compile_s': step.compile_s,
       'ms_per_step': ms, 'spread_ms': {s: [1e3 * min(t), 1e3 * max(t)] for s, t in times.items()},
-      'torch_best': best, 'ratio_ours_over_torch': ms['ours'] / ms[best],
+      'torch_best': best, 'ratio_ours_over_torch': ms['ours'] / ms[best] if best else None,
       'ours_throughput': workload.per_step / ms['ours'] * 1e3, 'unit': workload.unit,
   }
 
@@ -357,6 +370,9 @@ def markdown(results):
   for r in results:
     ms = r['ms_per_step']
     best = r['torch_best']
+    if best is None:
+      lines.append(f"| {r['workload']} | {ms['ours']:.1f} ms | - | - |")
+      continue
     lines.append(f"| {r['workload']} | {ms['ours']:.1f} ms | {ms[best]:.1f} ms "
                  f"({best.split('_')[1]} thr.) | {r['ratio_ours_over_torch']:.2f} |")
   return '\n'.join(lines)
@@ -369,15 +385,25 @@ def main(argv):
   unknown = [w for w in FLAGS.workloads if w not in WORKLOADS]
   if unknown:
     raise app.UsageError(f'--workloads: unknown {unknown}; choose from {sorted(WORKLOADS)}.')
-  try:
-    import torch  # noqa: F401
-  except ImportError as e:
-    raise app.UsageError('PyTorch is not installed: pip install torch==2.13.0 (CPU build), '
-                         'for this benchmark only.') from e
+  if FLAGS.cores:
+    available = sorted(os.sched_getaffinity(0))
+    if FLAGS.cores > len(available):
+      raise app.UsageError(f'--cores={FLAGS.cores}: this process may use {len(available)}.')
+    os.sched_setaffinity(0, available[:FLAGS.cores])   # before JAX creates its CPU client
+  torch_threads = FLAGS.torch_threads
+  if torch_threads is None:
+    torch_threads = [str(FLAGS.cores)] if FLAGS.cores else ['1', '2']
+  if torch_threads:
+    try:
+      import torch  # noqa: F401
+    except ImportError as e:
+      raise app.UsageError('PyTorch is not installed: pip install torch==2.13.0 (CPU build), '
+                           'for this benchmark only; or --torch_threads= for the project '
+                           'side alone.') from e
   extra_flags = [f'--config.{item}' for item in FLAGS.overrides]
   results = []
   for name in FLAGS.workloads:
-    result = run_workload(name, FLAGS.rounds, FLAGS.window_s, FLAGS.torch_threads, extra_flags)
+    result = run_workload(name, FLAGS.rounds, FLAGS.window_s, torch_threads, extra_flags)
     emit(result, FLAGS.output)
     results.append(result)
   print(markdown(results))
