@@ -25,6 +25,7 @@ def get_base_config():
   c.lr_warmup_fraction = 0.0      # > 0: warm-up over this fraction of num_train_steps (wins)
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999
+  c.adam_eps = 1e-8               # epsilon of Adam's denominator (optax's default)
   c.weight_decay = 0.0
   c.grad_clip_norm = 0.0          # 0 disables global-norm clipping
   # Exponential moving average of the weights, updated every step (kept on a skipped

@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import load_config
 from vaes import data as data_lib
 from vaes import distributions as dist
+from vaes import objectives
 from vaes.families import ladder as family
 from vaes.models import ladder as ladder_model
 from vaes.registry import ConfigError, get_family
@@ -504,3 +505,88 @@ def test_paper_configs_build_with_their_data_shapes(path, layers):
     assert family.kl_warmup(config, info)[0] == 200 * steps_per_epoch
     assert config.data.binarize == 'none' and config.eval.select_metric == 'nll'
     assert config.model.inference == ('ladder' if 'lvae' in path else 'hierarchical')
+
+
+# -----------------------------------------------------------------------------
+# Importance-weighted training objective (config.model.train_importance_samples).
+# -----------------------------------------------------------------------------
+
+
+def _iw_loss_fn(inference, model, k, warmup_steps=0):
+  config = load_config('configs/lvae.py' if inference == 'ladder' else 'configs/hvae.py',
+                       {'model.latent_sizes': (3, 2), 'model.hidden_sizes': (1, 1),
+                        'model.likelihood': 'gaussian', 'model.batch_norm': False,
+                        'model.kl_warmup_steps': warmup_steps,
+                        'model.train_importance_samples': k})
+  family.validate_config(config)
+  info = {'shape': (2, 2, 1), 'num_levels': 256, 'kind': 'image'}
+  return jax.jit(family.make_loss_fn(config, model, info))
+
+
+@pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])
+def test_iw_training_loss_falls_with_k_to_the_exact_log_likelihood(inference):
+  """The linear-Gaussian model, whose log p(x) is exact: the training loss with k = 1 is the
+  closed-form ELBO's; with k > 1 it is the negative IW bound, which falls with k towards
+  -log p(x); one importance weight averaged over samples estimates the same ELBO."""
+  model, variables, mean, cov = _linear_gaussian(inference)
+  exact, batch = _exact_batch(mean, cov, seed=7)
+  params = variables['params']
+  loss = {}
+  for k in (1, 10, 100, 3000):
+    fn = _iw_loss_fn(inference, model, k)
+    values = [fn(params, {}, batch, jax.random.key(r), 10) for r in range(4)]
+    loss[k] = float(np.mean([float(v[0]) for v in values]))
+    if k == 1:
+      assert 'neg_iw_bound' not in values[0][1][0]
+    else:
+      np.testing.assert_allclose(float(values[0][1][0]['neg_iw_bound']), float(values[0][0]))
+  assert loss[1] > loss[10] > loss[100] > loss[3000], loss
+  assert loss[1] - loss[3000] > 0.5, loss
+  assert abs(loss[3000] + exact.mean()) < 0.05, (loss, -exact.mean())
+  # k = 1 in the IW form: one log weight per example, whose mean over samples is the ELBO.
+  noise = ladder_model.draw_noise(model, jax.random.key(9), (4000 * 64,), (2, 2, 1))
+  x = jnp.tile(batch['image'], (4000, 1, 1, 1))
+  out = model.apply(variables, x, noise, train=False)
+  log_px = family.log_likelihood('gaussian', x, out['x'], 256)
+  log_w = family.iw_log_weights(out['layers'], log_px, 1.0)
+  kl = family.layer_kls(inference, out['layers']).sum(0)           # closed form where it exists
+  np.testing.assert_allclose(-float(log_w.mean()), -float(log_px.mean()) + float(kl.mean()),
+                             atol=0.05)
+  np.testing.assert_allclose(float(objectives.iw_bound(log_w[None])[0]), float(log_w[0]),
+                             rtol=1e-6)
+
+
+def test_iw_training_warmup_scales_the_log_ratio_and_gradients_are_finite():
+  """beta = 0: the bound is over log p(x | z_k) alone; with batch norm and k = 5 the
+  gradients and the updated batch statistics are finite and the statistics move."""
+  config, fam, splits, model, batch, variables = tiny_setup('ladder', {'model.batch_norm': True})
+  config.model.train_importance_samples = 5
+  config.model.kl_warmup_steps = 100
+  fam.validate_config(config)
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  assert model_state, 'batch norm should give batch statistics'
+  loss_and_grad = jax.jit(jax.value_and_grad(fam.make_loss_fn(config, model, splits.info),
+                                             has_aux=True))
+  (loss, (m, new_state)), grads = loss_and_grad(variables['params'], model_state, batch,
+                                                jax.random.key(0), 0)
+  assert float(m['kl_weight']) == 0.0
+  assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 0
+  assert all(bool(jnp.isfinite(v).all()) for v in jax.tree.leaves(new_state))
+  assert any(float(jnp.abs(a - b).max()) > 0
+             for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(model_state)))
+  # beta = 0 and beta = 1 differ (the log-ratio term is scaled by beta).
+  (loss_1, _), _ = loss_and_grad(variables['params'], model_state, batch, jax.random.key(0),
+                                 100)
+  assert float(loss) != pytest.approx(float(loss_1), rel=1e-3)
+  assert float(loss) < float(m['recon_nll'])   # logmeanexp_k of log p(x|z_k) >= its mean
+
+
+def test_iw_training_config_errors():
+  config = load_config('configs/lvae.py', {'model.train_importance_samples': 0})
+  with pytest.raises(ConfigError, match='train_importance_samples=0'):
+    family.validate_config(config)
+  config = load_config('configs/lvae.py', {'model.train_importance_samples': 4,
+                                           'model.free_bits': 0.5})
+  with pytest.raises(ConfigError, match='free_bits'):
+    family.validate_config(config)

@@ -102,6 +102,8 @@ def validate_config(config, family=None, num_devices=None):
   for field in ('adam_b1', 'adam_b2', 'ema_decay'):
     if not 0.0 <= config[field] < 1.0:
       raise ConfigError(f'config.{field}={config[field]!r}: must be in [0, 1).')
+  if not config.adam_eps > 0:
+    raise ConfigError(f'config.adam_eps={config.adam_eps!r}: must be positive.')
   for field in ('weight_decay', 'grad_clip_norm', 'skip_grad_norm_above'):
     if not config[field] >= 0:
       raise ConfigError(f'config.{field}={config[field]!r}: must be >= 0 (0 disables it).')
@@ -216,10 +218,10 @@ def make_optimizer(config):
   elif warmup > 0:
     lr = optax.linear_schedule(0.0, config.learning_rate, warmup)
   if config.optimizer == 'adamw':
-    opt = optax.adamw(lr, b1=config.adam_b1, b2=config.adam_b2,
+    opt = optax.adamw(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                       weight_decay=config.weight_decay)
   else:
-    opt = optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
+    opt = optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
   return opt

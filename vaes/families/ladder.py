@@ -20,6 +20,16 @@ a fraction of the run, `kl_warmup`) and free bits
 lambda nats per layer (Kingma et al. 2016); the reported `neg_elbo` is always the
 true bound (beta = 1, lambda = 0).
 
+With `config.model.train_importance_samples` = k > 1 the loss is instead the negative
+importance-weighted bound of k samples (Burda et al. 2016; the Ladder VAE paper's
+fine-tuning uses k = 10):
+
+    loss = -mean_B [logsumexp_k(log w_k) - log k],
+    log w_k = log p(x | z_1^k) + beta(step) sum_l [log p(z_l^k | .) - log q(z_l^k | .)],
+
+the k samples drawn as k copies of the batch in one pass (batch norm sees k B rows),
+the same `objectives.iw_bound` as the evaluation. k = 1 keeps the closed-form ELBO above.
+
 Evaluation: the importance-weighted bound with k samples
     log p(x) >= logsumexp_k(log w_k) - log k,
     log w = log p(x | z_1) + sum_l [log p(z_l | z_l+1) - log q(z_l | .)],
@@ -74,6 +84,7 @@ def model_config():
   m.kl_warmup_epochs = 0.0            # > 0 overrides kl_warmup_steps (epochs of the train split)
   m.kl_warmup_fraction = 0.0          # > 0 overrides kl_warmup_steps (fraction of num_train_steps)
   m.free_bits = 0.0                   # lambda nats per layer; 0 disables
+  m.train_importance_samples = 1      # k of the training bound: 1 = the ELBO, > 1 = IWAE
   return m
 
 
@@ -117,6 +128,15 @@ def validate_config(config):
     raise ConfigError(f'config.model.kl_warmup_fraction={m.kl_warmup_fraction} and '
                       f'config.model.kl_warmup_epochs={m.kl_warmup_epochs} both set the KL '
                       'warm-up; set one of them to 0.')
+  k = m.train_importance_samples
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ConfigError(f'config.model.train_importance_samples={k!r}: must be an integer >= 1 '
+                      '(1 = the ELBO, k > 1 = the importance-weighted bound of k samples).')
+  if k > 1 and m.free_bits > 0:
+    raise ConfigError(f'config.model.train_importance_samples={k} with config.model.free_bits='
+                      f'{m.free_bits}: free bits act on per-layer KLs, which the '
+                      'importance-weighted bound does not have; set one of them to its default '
+                      '(free_bits=0 or train_importance_samples=1).')
   if config.eval.num_importance_samples < 1 or config.eval.iw_chunk_size < 1:
     raise ConfigError('config.eval.num_importance_samples and config.eval.iw_chunk_size must be '
                       '>= 1.')
@@ -231,10 +251,18 @@ def _warmup_steps(config, data_info):
 # -----------------------------------------------------------------------------
 
 
+def iw_log_weights(layers, log_px, beta):
+  """log w = log p(x | z_1) + beta sum_l [log p(z_l | .) - log q(z_l | .)], (B,): the
+  importance weight of the drawn z, its prior-to-posterior ratio scaled by the KL warm-up
+  weight (beta = 1: `log_weight`)."""
+  return log_px + beta * (log_weight(layers, jnp.zeros_like(log_px)))
+
+
 def make_loss_fn(config, model, data_info):
   """loss_fn(params, model_state, batch, rng, step) -> (loss, (metrics, new_model_state)).
 
-  loss = -mean_B log p(x | z_1) + beta(step) sum_l max(free_bits, mean_B KL_l).
+  loss = -mean_B log p(x | z_1) + beta(step) sum_l max(free_bits, mean_B KL_l), or with
+  k = config.model.train_importance_samples > 1 the negative IW bound (module docstring).
   """
   inference = config.model.inference
   likelihood = config.model.likelihood
@@ -244,9 +272,12 @@ def make_loss_fn(config, model, data_info):
   x_shape = tuple(data_info['shape'])
   num_layers = len(config.model.latent_sizes)
   num_dims = int(np.prod(x_shape))
+  k = int(config.model.train_importance_samples)
 
   def loss_fn(params, model_state, batch, rng, step):
     x = batch['image']
+    if k > 1:   # k copies of the batch, sample-major: row s * B + b is sample s of x_b
+      x = jnp.tile(x, (k,) + (1,) * (x.ndim - 1))
     noise = ladder_model.draw_noise(model, rng, x.shape[:1], x_shape)
     variables = {'params': params, **model_state}
     if model_state:
@@ -260,10 +291,16 @@ def make_loss_fn(config, model, data_info):
     kl_means = kls.mean(axis=1)                            # (L,)
     beta = objectives.kl_warmup_weight(step, warmup)
     rec = -log_px.mean()
-    loss = rec + beta * objectives.free_bits_kl(kl_means, free_bits)
     neg_elbo = rec + kl_means.sum()
-    metrics = {'loss': loss, 'neg_elbo': neg_elbo, 'recon_nll': rec, 'kl': kl_means.sum(),
+    metrics = {'neg_elbo': neg_elbo, 'recon_nll': rec, 'kl': kl_means.sum(),
                'kl_weight': beta, 'bits_per_dim': objectives.bits_per_dim(neg_elbo, num_dims)}
+    if k > 1:
+      log_w = iw_log_weights(out['layers'], log_px, beta).reshape(k, -1)   # (k, B)
+      loss = -objectives.iw_bound(log_w).mean()
+      metrics['neg_iw_bound'] = loss
+    else:
+      loss = rec + beta * objectives.free_bits_kl(kl_means, free_bits)
+    metrics['loss'] = loss
     for l in range(num_layers):
       metrics[f'kl_layer_{l + 1}'] = kl_means[l]
     return loss, (metrics, new_state)
