@@ -16,6 +16,8 @@ from vaes.train import build_trainer, evaluate_split
 TABLE_CONFIGS = {
     'configs/lvae_mnist.py': 'nll', 'configs/hvae_mnist.py': 'nll',
     'configs/vae_mnist.py': 'nll', 'configs/lvae_conv_mnist.py': 'nll',
+    'configs/lvae_mnist_dynamic.py': 'nll', 'configs/hvae_mnist_dynamic.py': 'nll',
+    'configs/vae_mnist_dynamic.py': 'nll',
     'configs/vrnn_jsb.py': 'nll_per_frame', 'configs/vrnn_smooth_jsb.py': 'nll_per_frame',
     'configs/vrae_latent_jsb.py': 'nll_per_frame', 'configs/vrae_global_jsb.py': 'nll_per_frame',
 }

@@ -1,0 +1,21 @@
+"""One-layer VAE on dynamically binarised MNIST: configs/lvae_mnist_dynamic.py with a
+single stochastic layer of 64 units (MLPs of 2 x 512), the baseline row of the Ladder VAE
+paper's comparison (Sonderby et al. 2016, Table 1).
+
+  python train.py --config=configs/vae_mnist_dynamic.py --workdir=~/runs/vae_mnist_dynamic_s0
+  python eval.py  --config=configs/vae_mnist_dynamic.py --workdir=~/runs/vae_mnist_dynamic_s0
+
+Data, schedule, optimiser and evaluation as configs/lvae_mnist_dynamic.py (its docstring);
+the model as configs/vae_mnist.py. Paper: results/paper_numbers.json.
+"""
+
+from configs import lvae_mnist_dynamic
+
+
+def get_config():
+  c = lvae_mnist_dynamic.get_config()
+  c.model.name = 'hvae'
+  c.model.inference = 'hierarchical'
+  c.model.latent_sizes = (64,)
+  c.model.hidden_sizes = (512,)
+  return c
