@@ -4,7 +4,10 @@ Objective (van den Oord et al. 2017, eq. 3), per example:
   L = -log p(x | z_q(x)) + ||sg[z_e(x)] - e||^2 + beta ||z_e(x) - sg[e]||^2
 with -log p(x | z_q) either the Gaussian (MSE / training-pixel variance, as in
 Sonnet's example) or a discretised logistic in nats per dimension (usable for
-bits/dim). With EMA codebook updates the codebook term is dropped.
+bits/dim). With EMA codebook updates the codebook term is dropped. With
+config.model.entropy_weight > 0 the training loss adds the batch term
+lambda (E[H(q(k|z))] - gamma H(E[q(k|z)])) (vaes/quantizers.py `entropy_loss`); it is
+not part of the per-example evaluation loss.
 """
 
 import functools
@@ -25,7 +28,9 @@ LIKELIHOODS = ('gaussian', 'logistic')
 def model_config():
   """Every `config.model` field of the VQ-VAE, with its default and meaning (the values
   of configs/vqvae.py); configs start from it and override."""
-  m = quantizers.quantizer_config()   # quantizer, num_codes, code_dim, beta, EMA, ...
+  # quantizer, num_codes, code_dim, beta, EMA, ...: each declared once, with its default
+  # and meaning, in vaes/quantizers.py QuantizerSpec.
+  m = quantizers.quantizer_config()
   m.name = 'vqvae'
   m.hidden = 64                       # channels of the convolutions
   m.res_hidden = 32                   # channels inside each residual block
@@ -88,17 +93,40 @@ def validate_quantizer_config(m):
                       f'{quantizers.QUANTIZERS}.')
   if not 0.0 <= m.ema_decay < 1.0:
     raise ConfigError(f'config.model.ema_decay={m.ema_decay}: must be in [0, 1).')
-  if m.quantizer == 'fsq' and (not m.fsq_levels or min(m.fsq_levels) < 2):
+  if m.quantizer in ('fsq', 'rfsq') and (not m.fsq_levels or min(m.fsq_levels) < 2):
     raise ConfigError(f'config.model.fsq_levels={m.fsq_levels}: FSQ needs a list of '
                       'levels >= 2 per channel, e.g. (8, 5, 5, 5).')
-  if m.quantizer == 'rvq' and m.rvq_stages < 1:
+  if m.quantizer in ('rvq', 'rfsq') and m.rvq_stages < 1:
     raise ConfigError(f'config.model.rvq_stages={m.rvq_stages}: must be >= 1.')
-  for field in ('kmeans_init', 'restart_after'):
+  for field in ('kmeans_init', 'restart_after', 'dead_code_threshold'):
     if m[field] and not m.use_ema:
       raise ConfigError(f'config.model.{field}={m[field]} rewrites the codebook inside the '
                         'train step and needs config.model.use_ema=True.')
-  if m.restart_after < 0 or m.lookup_dim < 0:
-    raise ConfigError('config.model.restart_after and lookup_dim must be >= 0.')
+  if m.restart_after < 0 or m.lookup_dim < 0 or m.dead_code_threshold < 0:
+    raise ConfigError('config.model.restart_after, lookup_dim and dead_code_threshold must '
+                      'be >= 0.')
+  if m.restart_after and m.dead_code_threshold:
+    raise ConfigError(f'config.model.restart_after={m.restart_after} and dead_code_threshold='
+                      f'{m.dead_code_threshold} are alternative dead-code restarts: set one.')
+  codebook_options = ('rotation_trick', 'simvq', 'dead_code_threshold')
+  for field in codebook_options + ('entropy_weight',):
+    allowed = ('vq', 'rvq') + (('lfq', 'bsq') if field == 'entropy_weight' else ())
+    if m[field] and m.quantizer not in allowed:
+      raise ConfigError(f"config.model.{field}={m[field]} has no effect with quantizer="
+                        f"'{m.quantizer}': use it with one of {allowed}.")
+  if m.simvq and m.use_ema:
+    raise ConfigError('config.model.simvq=True learns its code map W by gradient: set '
+                      'config.model.use_ema=False.')
+  if m.quantize_dropout and m.quantizer not in ('rvq', 'rfsq'):
+    raise ConfigError(f"config.model.quantize_dropout=True drops residual stages: use "
+                      f"quantizer='rvq' or 'rfsq', not '{m.quantizer}'.")
+  if m.quantizer in ('lfq', 'bsq') and not 1 <= m.binary_bits <= 16:
+    raise ConfigError(f'config.model.binary_bits={m.binary_bits}: must be in 1..16 '
+                      '(2^bits codes, one-hot for the code statistics).')
+  if m.entropy_weight < 0 or m.entropy_gamma < 0 or m.entropy_temperature <= 0:
+    raise ConfigError(f'config.model.entropy_weight={m.entropy_weight} and entropy_gamma='
+                      f'{m.entropy_gamma} must be >= 0, entropy_temperature='
+                      f'{m.entropy_temperature} > 0.')
 
 
 def build_model(config, data_info):
@@ -158,12 +186,14 @@ def make_loss_fn(config, model, data_info):
   likelihood = config.model.likelihood
   variance = float(data_info['train_variance'])
   levels = int(data_info.get('num_levels', 256))
+  entropy = config.model.entropy_weight > 0
 
   def loss_fn(params, model_state, batch, rng, step):
     del step
     x = batch['image']
     variables = {'params': params, **model_state}
-    # The 'vq' rng is drawn only by k-means initialisation and dead-code restarts.
+    # The 'vq' rng is drawn only by k-means initialisation, dead-code restarts and
+    # quantize dropout.
     if model_state:
       out, new_state = model.apply(variables, x, train=True, mutable=list(model_state),
                                    rngs={'vq': rng})
@@ -172,11 +202,15 @@ def make_loss_fn(config, model, data_info):
     nll, sq_err, _ = _recon_terms(out, x, likelihood, variance, levels)
     recon = jnp.mean(nll)
     loss = recon + out['codebook_loss'] + out['commitment_loss']
+    if entropy:  # lambda (E[H(q(k|z))] - gamma H(E[q(k|z)])), a batch term (not in eval)
+      loss = loss + out['entropy_loss']
     metrics = dict(
         loss=loss, recon_loss=recon, recon_mse=jnp.mean(sq_err),
         normalized_mse=jnp.mean(sq_err) / variance,
         codebook_loss=out['codebook_loss'], commitment_loss=out['commitment_loss'],
         restarted_codes=out['restarted_codes'])
+    if entropy:
+      metrics['entropy_loss'] = out['entropy_loss']
     if 'levels' in out:  # VQ-VAE-2: one codebook per level
       for l, o in enumerate(out['levels']):
         metrics[f'perplexity_level_{l}'] = o['perplexity']
@@ -284,8 +318,8 @@ def prior_interface(config, model, data_info):
   """
   m = config.model
   if code_stages(m) > 1:
-    raise ConfigError("config.model.quantizer='rvq': a prior over residual-VQ codes is not "
-                      "supported; use 'vq' or 'fsq' for the first stage.")
+    raise ConfigError(f"config.model.quantizer='{m.quantizer}': a prior over residual "
+                      "codes is not supported; use 'vq' or 'fsq' for the first stage.")
   h, w, c = data_info['shape']
   f = 2 ** m.num_downsamples
   levels = int(data_info.get('num_levels', 256))
