@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import PYTHON, REPO, load_config, run_cli, subprocess_env
+from tests.helpers import PYTHON, REPO, load_config, read_eval_metrics, run_cli, subprocess_env
 from vaes import data as data_lib
 from vaes import evaluate
 from vaes.checkpoint import Checkpointer, CheckpointError
@@ -421,11 +421,20 @@ def test_disk_full_while_saving_is_a_clear_error_and_keeps_earlier_checkpoints(
 SHORT = dict(TINY_VQ, num_train_steps=4, checkpoint_every_steps=2, log_every_steps=1)
 
 
-@pytest.mark.parametrize('field,value', [('grad_clip_norm', 1.0), ('lr_schedule', 'cosine')])
-def test_changed_optimiser_field_moves_nothing_and_eval_still_works(tmp_path, field, value):
+# (the run's fields, the field changed on resume, its new value). adam <-> adamw: the
+# optimiser states differ only by an empty entry (the same array paths), which only the
+# tree structure tells; Orbax's structure error is never taken for damage.
+CHANGED_OPTIMISER = [({}, 'grad_clip_norm', 1.0), ({}, 'lr_schedule', 'cosine'),
+                     ({}, 'optimizer', 'adamw'), ({'optimizer': 'adamw'}, 'optimizer', 'adam')]
+
+
+@pytest.mark.parametrize('base,field,value', CHANGED_OPTIMISER,
+                         ids=['grad_clip_norm', 'lr_schedule', 'adam_to_adamw', 'adamw_to_adam'])
+def test_changed_optimiser_field_moves_nothing_and_eval_still_works(tmp_path, base, field, value):
   wd = str(tmp_path / 'run')
-  train_and_evaluate(load_config('configs/vqvae.py', SHORT), wd)
-  changed = load_config('configs/vqvae.py', dict(SHORT, num_train_steps=6, **{field: value}))
+  train_and_evaluate(load_config('configs/vqvae.py', dict(SHORT, **base)), wd)
+  changed = load_config('configs/vqvae.py', dict(SHORT, num_train_steps=6,
+                                                 **dict(base, **{field: value})))
   with pytest.raises(ConfigError) as e:
     train_and_evaluate(changed, wd)
   assert f'{field}: checkpoint' in str(e.value) and 'Nothing was moved' in str(e.value)
@@ -435,8 +444,82 @@ def test_changed_optimiser_field_moves_nothing_and_eval_still_works(tmp_path, fi
   metrics = evaluate.evaluate(changed, wd)
   assert metrics['step'] == 4.0 and np.isfinite(metrics['loss'])
   # The original command still resumes (here: finds the finished run).
-  assert train_and_evaluate(load_config('configs/vqvae.py', SHORT), wd) == {}
+  assert train_and_evaluate(load_config('configs/vqvae.py', dict(SHORT, **base)), wd) == {}
   assert Checkpointer(wd).all_steps() == [2, 4]
+
+
+def test_optimizer_switch_on_resume_is_one_line_and_the_original_command_resumes(tmp_path,
+                                                                                capsys):
+  """train.py --config.optimizer=adamw on an adam run: one ERROR line naming the
+  optimiser, exit status 2, every checkpoint in place; the original command resumes."""
+  wd = str(tmp_path / 'run')
+  train_and_evaluate(load_config('configs/vqvae.py', SHORT), wd)
+  proc = run_cli('train.py', 'configs/vqvae.py', wd, dict(SHORT, num_train_steps=6,
+                                                          optimizer='adamw'), check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = [l for l in proc.stderr.splitlines() if l.startswith('ERROR')]
+  assert len(lines) == 1 and "optimizer: checkpoint 'adam' vs config 'adamw'" in lines[0], \
+      proc.stderr[-3000:]
+  assert 'opt_state: checkpoint a list of 2 entries vs config a list of 3 entries' in lines[0]
+  assert 'Traceback' not in proc.stderr and 'moved it to' not in proc.stdout + proc.stderr
+  assert Checkpointer(wd).all_steps() == [2, 4]
+  assert not os.path.exists(os.path.join(wd, 'corrupted_checkpoints'))
+  capsys.readouterr()
+  train_and_evaluate(load_config('configs/vqvae.py', dict(SHORT, num_train_steps=6)), wd)
+  assert 'Resuming from the checkpoint of step 4' in capsys.readouterr().out
+  assert Checkpointer(wd).all_steps()[-1] == 6
+
+
+def test_eval_weights_follow_the_checkpoint_not_the_command(tmp_path, capsys):
+  """eval.py without the training's --config.ema_decay still evaluates the moving
+  average (and with one, a run that kept none is evaluated with its parameters);
+  eval_metrics.json says which weights, and vaes.collect refuses a record that
+  contradicts its config.json."""
+  from vaes import collect
+  ema = str(tmp_path / 'ema')
+  train_and_evaluate(load_config('configs/vqvae.py', dict(SHORT, ema_decay=0.9)), ema)
+  with_flag = evaluate.evaluate(load_config('configs/vqvae.py', dict(SHORT, ema_decay=0.9)), ema)
+  capsys.readouterr()
+  without = evaluate.evaluate(load_config('configs/vqvae.py', SHORT), ema)
+  out = capsys.readouterr().out
+  assert 'trained with config.ema_decay=0.9: evaluating the moving average' in out
+  assert without['loss'] == with_flag['loss']
+  saved = read_eval_metrics(ema)
+  assert saved['weights'] == 'ema' and saved['weights_ema_decay'] == 0.9
+  assert collect.load_run(ema)[1]['weights'] == 'ema'
+
+  raw = str(tmp_path / 'raw')
+  train_and_evaluate(load_config('configs/vqvae.py', SHORT), raw)
+  evaluate.evaluate(load_config('configs/vqvae.py', dict(SHORT, ema_decay=0.9)), raw)
+  saved = read_eval_metrics(raw)
+  assert saved['weights'] == 'params' and 'weights_ema_decay' not in saved
+  # config.json of an ema_decay=0.9 run beside numbers of the raw weights: refused.
+  with open(os.path.join(ema, 'eval_metrics.json'), 'w', encoding='utf-8') as f:
+    json.dump(saved, f)
+  with pytest.raises(collect.CollectError, match=r'holds the numbers of the raw weights, but '
+                     r'.*config.json says ema_decay=0.9: they are not of one run'):
+    collect.load_run(ema)
+
+
+def test_second_stage_uses_the_first_stage_weights_its_checkpoint_kept(tmp_path):
+  """A prior whose config.data.vqvae lacks the first stage's ema_decay still encodes with
+  the first stage's moving average, and says so in the codes' record."""
+  from vaes import stages
+  vq_dir = str(tmp_path / 'vq')
+  stage1 = dict(TINY_VQ, num_train_steps=2, log_every_steps=1, checkpoint_every_steps=2)
+  prior = lambda **first: load_config('configs/vqvae_prior.py', dict(
+      {f'data.vqvae.{k}': v for k, v in dict(stage1, **first).items()},
+      **{'data.vqvae_workdir': vq_dir}))
+  trained = prior(ema_decay=0.5).data.vqvae
+  train_and_evaluate(trained, vq_dir)
+  config = prior()
+  assert config.data.vqvae.ema_decay == 0.0
+  first = stages.load_first_stage(config)
+  assert first.weights == 'ema'
+  state, _ = _state(trained, vq_dir)
+  for u, e in zip(jax.tree.leaves(jax.device_get(first.variables['params'])),
+                  jax.tree.leaves(jax.device_get(state.ema_params))):
+    np.testing.assert_array_equal(u, e)
 
 
 def _largest_data_file(step_dir):
@@ -495,6 +578,64 @@ def test_checksums_catch_a_silently_changed_array(tmp_path, capsys, monkeypatch)
   train_and_evaluate(config, wd)
   err = capsys.readouterr().err
   assert 'WARNING: starting from step 0' in err and 'set aside as damaged' in err
+
+
+def test_eval_beside_a_run_that_deletes_what_it_listed_moves_nothing(tmp_path, capsys,
+                                                                    monkeypatch):
+  """eval.py while train.py saves every step and keeps one: the steps eval.py listed are
+  deleted while it builds the data and the model. A step that vanished is not damage:
+  the newest that exists is evaluated, nothing is moved and no 'moved' is printed."""
+  wd = str(tmp_path / 'run')
+  overrides = dict(TINY_VQ, num_train_steps=100_000, checkpoint_every_steps=1,
+                   max_checkpoints_to_keep=1, log_every_steps=1000)
+  config = load_config('configs/vqvae.py', overrides)
+  steps_dir = os.path.join(wd, 'checkpoints')
+  on_disk = lambda: {int(d) for d in os.listdir(steps_dir) if d.isdigit()}
+  original = data_lib.get_datasets
+
+  def slow_datasets(cfg, *a, **k):   # data built while training moves on past every step
+    listed, t0 = on_disk(), time.time()
+    while on_disk() & listed and time.time() - t0 < 60:
+      time.sleep(0.01)
+    assert not on_disk() & listed, 'training did not move on'
+    return original(cfg, *a, **k)
+
+  proc = subprocess.Popen(_train_cmd(wd, overrides), cwd=REPO, env=subprocess_env(1),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_checkpoint(wd, proc)
+    capsys.readouterr()
+    monkeypatch.setattr(data_lib, 'get_datasets', slow_datasets)
+    steps = [evaluate.evaluate(config, wd)['step']]
+    monkeypatch.setattr(data_lib, 'get_datasets', original)
+    for _ in range(3):
+      steps.append(evaluate.evaluate(config, wd)['step'])
+    assert proc.poll() is None, 'training ended early'
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+  out = capsys.readouterr()
+  assert steps == sorted(steps) and steps[0] >= 1, steps
+  assert 'moved' not in out.out + out.err and 'corrupted' not in out.out + out.err
+  assert not os.path.exists(os.path.join(wd, 'corrupted_checkpoints'))
+
+
+def test_read_only_restore_leaves_a_damaged_step_in_place(tmp_path, capsys):
+  """eval.py moves nothing: a damaged latest step is reported as left in place and the
+  previous one is evaluated; the next train.py sets it aside."""
+  wd = str(tmp_path / 'run')
+  config = load_config('configs/vqvae.py', SHORT)
+  train_and_evaluate(config, wd)
+  with open(_largest_data_file(os.path.join(wd, 'checkpoints', '4')), 'r+b') as f:
+    f.write(b'garbage')
+  capsys.readouterr()
+  assert evaluate.evaluate(config, wd)['step'] == 2.0
+  out = capsys.readouterr().out
+  assert 'checkpoints/4 is incomplete or corrupted' in out and 'left it in place' in out
+  assert 'moved' not in out and not os.path.exists(os.path.join(wd, 'corrupted_checkpoints'))
+  assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['2', '4']
+  state, step = _state(config, wd)   # what train.py does: sets it aside
+  assert step == 2 and glob.glob(os.path.join(wd, 'corrupted_checkpoints', '4-*'))
 
 
 def test_non_finite_parameters_are_never_saved(tmp_path):

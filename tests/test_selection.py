@@ -127,3 +127,68 @@ def test_selection_sample_count_is_checked_by_the_family_that_evaluates_with_it(
   vq = load_config('configs/vqvae.py', {'eval.select_num_importance_samples': 10})
   with pytest.raises(ConfigError, match='families that evaluate with importance samples'):
     validate_config(vq, get_family('vqvae'), num_devices=1)
+
+
+def test_best_checkpoint_belongs_to_its_run(tmp_path, capsys):
+  """WORKDIR/best is keyed to the run (an id set at its first start, kept in every
+  checkpoint's meta): after checkpoints/ is deleted, eval.py refuses the best of the
+  earlier run next to a run without one, and a new run with selection moves it aside
+  and keeps its own, even where the old best value would never be beaten."""
+  import shutil
+  wd = str(tmp_path / 'run')
+  first = _config(num_train_steps=4)
+  train_and_evaluate(first, wd)
+  old_best = Checkpointer(wd, 1, subdir=BEST_DIR)
+  old_step = old_best.all_steps()[-1]
+  old_run = old_best.read_meta(old_step)['run']
+  assert old_run['id'] == Checkpointer(wd).read_meta(4)['run']['id']
+
+  # checkpoints/ deleted, retrained with another learning rate and no selection: the best
+  # left in the workdir is not this run's.
+  shutil.rmtree(os.path.join(wd, 'checkpoints'))
+  other = dict(num_train_steps=4, learning_rate=3e-3, **{'eval.select_metric': ''})
+  train_and_evaluate(_config(**other), wd)
+  with pytest.raises(CheckpointError) as info:
+    evaluate.evaluate(_config(**other, **{'eval.checkpoint': 'best'}), wd)
+  message = str(info.value)
+  assert f'(step {old_step}) belongs to another run than the checkpoints in' in message
+  assert f"it is of run {old_run['id']}" in message and '\n' not in message
+  assert '--config.eval.checkpoint=latest' in message
+
+  # A fresh run with selection (checkpoints/ deleted again): the old best is moved aside
+  # (not deleted) with one line, and the best is this run's own. select_mode='min' on a
+  # metric the earlier run maximised: its value would never have been beaten.
+  shutil.rmtree(os.path.join(wd, 'checkpoints'))
+  capsys.readouterr()
+  new = _config(num_train_steps=4, learning_rate=3e-3, **{'eval.select_mode': 'min'})
+  train_and_evaluate(new, wd)
+  out = capsys.readouterr().out
+  notes = [l for l in out.splitlines() if 'held the best checkpoint' in l]
+  assert len(notes) == 1 and 'of another run than this one' in notes[0], out
+  assert os.listdir(os.path.join(wd, 'best_of_earlier_runs'))[0].startswith(f'{old_step}-')
+  best = Checkpointer(wd, 1, subdir=BEST_DIR)
+  meta = best.read_meta(best.all_steps()[-1])
+  assert meta['run']['id'] == Checkpointer(wd).read_meta(4)['run']['id'] != old_run['id']
+  with open(os.path.join(wd, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  valid = {r['step']: r['valid/nll_per_frame'] for r in rows if 'valid/nll_per_frame' in r}
+  assert meta['selection']['value'] == min(valid.values())
+  metrics = evaluate.evaluate(new, wd)
+  assert metrics['checkpoint'] == 'best' and metrics['step'] == meta['selection']['step']
+
+
+def test_best_of_a_run_without_ids_is_told_apart_by_its_training_fields():
+  """Checkpoints written before runs had ids: the training fields tell the run."""
+  from vaes.checkpoint import config_dict
+  from vaes.train import _other_run
+  config = _config(num_train_steps=6)
+  run = {'id': 'abc', 'started': None}
+  same = {'config': config_dict(_config(num_train_steps=4))}   # a resume may extend a run
+  assert _other_run(same, run, 'legacy', config) is None
+  other = {'config': config_dict(_config(num_train_steps=4, learning_rate=3e-3))}
+  assert 'learning_rate: checkpoint 0.003 vs config 0.002' in _other_run(other, run, 'legacy',
+                                                                        config)
+  assert 'starts at step 0' in _other_run(same, run, 'fresh', config)
+  assert _other_run({**same, 'run': {'id': 'abc'}}, run, 'checkpoint', config) is None
+  assert 'it is of run xyz' in _other_run({**same, 'run': {'id': 'xyz'}}, run, 'checkpoint',
+                                          config)

@@ -171,3 +171,59 @@ def test_sweep_skips_the_finished_run_resumes_the_interrupted_one_and_prints_the
   assert table[5].startswith('(The same table later: python -m vaes.collect ')
   with open(os.path.join(interrupted, 'config.json'), encoding='utf-8') as f:
     assert json.load(f)['config']['seed'] == 1
+
+
+def _flags(**changes):
+  """COMMON with some fields changed (or added)."""
+  values = dict(TINY_VQ, num_train_steps=4, checkpoint_every_steps=2, log_every_steps=2)
+  values.update({k.replace('__', '.'): v for k, v in changes.items()})
+  return [f'--config.{k}={v}' for k, v in values.items()]
+
+
+def test_rerun_with_other_settings_is_refused_and_not_reported_as_finished(tmp_path, capsys):
+  """A finished sweep rerun with another common flag: its runs are not the new ones.
+  Training fields: refused before any run (one line naming them), with or without
+  --print_only; cadence fields: still finished; eval fields: evaluated again."""
+  path = _sweep_file(tmp_path, 'def get_sweep():\n  return [{"seed": 0}]\n')
+  root = str(tmp_path / 'root')
+  (run,) = sweep.plan(VQ, path, root, COMMON)
+  train_and_evaluate(run.config, run.workdir)
+  evaluate.evaluate(run.config, run.workdir)
+  assert run.status() == ('finished', [])
+  args = [f'--config={VQ}', f'--sweep={path}', f'--workdir_root={root}']
+
+  for extra in ([], ['--print_only']):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+      sweep.main(args + _flags(learning_rate=3e-4) + extra)
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == ''
+    assert err.strip().splitlines() == [
+        f'ERROR: {run.workdir} already holds a finished run of 4 steps with other settings '
+        '(learning_rate: run 0.001 vs sweep 0.0003); this sweep would report its numbers as '
+        'those of the new ones. Use a fresh --workdir_root for the new settings (or the '
+        'original flags to finish this sweep).']
+    assert 'trains nothing' not in err
+
+  # The cadence of logs and checkpoints changes nothing: still finished.
+  from vaes import checkpoint
+  assert sweep._CADENCE_FIELDS == checkpoint._CADENCE_FIELDS   # pylint: disable=protected-access
+  (same,) = sweep.plan(VQ, path, root, _flags(log_every_steps=1, checkpoint_every_steps=4))
+  assert same.status() == ('finished', [])
+  capsys.readouterr()
+  assert sweep.main(args + COMMON + ['--print_only']) == 0
+  assert '# 1 of 1 already finished (their train.py trains nothing): seed=0' in \
+      capsys.readouterr().err
+
+  # Other eval fields: the numbers are of another evaluation; only eval.py runs again.
+  (other_eval,) = sweep.plan(VQ, path, root, _flags(eval__num_images=8))
+  assert other_eval.status() == ('evaluate', [('eval.num_images', 64, 8)])
+  proc = subprocess.run([PYTHON, '-m', 'vaes.sweep', *args, *_flags(eval__num_images=8)],
+                        cwd=REPO, env=subprocess_env(1), capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert ('[sweep 1/1] seed=0: trained, evaluated with other eval fields (eval.num_images: '
+          'run 64 vs sweep 8); evaluating.') in proc.stdout
+  assert 'seed=0: train.py' not in proc.stdout and 'seed=0: eval.py' in proc.stdout
+  assert read_eval_metrics(run.workdir)['eval_config']['num_images'] == 8
+  assert other_eval.status() == ('finished', [])

@@ -5,8 +5,9 @@
 One row per workdir: the config fields that differ between the runs (dotted names, from
 each WORKDIR/config.json written by vaes/provenance.py), then the metrics of
 WORKDIR/eval_metrics.json (--metrics: those, in that order; default: every metric any run
-has). Markdown by default, CSV with --csv. A sweep's table is one command:
-`python -m vaes.collect runs/sweep/*`.
+has; the record of the weights evaluated, 'weights', is one of them, and a run whose
+'weights' disagree with its config.json's ema_decay is an error). Markdown by default,
+CSV with --csv. A sweep's table is one command: `python -m vaes.collect runs/sweep/*`.
 
     python -m vaes.collect --results results [--csv]
 
@@ -76,7 +77,27 @@ def load_run(workdir):
                        'not written by vaes.provenance; rerun train.py in that workdir.')
   if not isinstance(metrics, dict):
     raise CollectError(f'{fs.join(workdir, METRICS_JSON)} is not a JSON object of metrics.')
+  check_weights(workdir, record['config'], metrics)
   return flatten(record['config']), metrics, record
+
+
+def check_weights(workdir, config, metrics):
+  """Refuses numbers of other weights than the config's: eval_metrics.json's 'weights'
+  ('ema': the moving average, 'params'; absent in files written before it was recorded)
+  against config.json's ema_decay."""
+  weights = metrics.get('weights')
+  if weights not in ('ema', 'params'):
+    return
+  decay = config.get('ema_decay') or 0.0
+  if weights == ('ema' if decay > 0 else 'params') and (
+      weights == 'params' or metrics.get('weights_ema_decay') == decay):
+    return
+  used = ('the moving average of the weights (ema_decay='
+          f'{metrics.get("weights_ema_decay")})' if weights == 'ema' else 'the raw weights')
+  raise CollectError(f'{fs.join(workdir, METRICS_JSON)} holds the numbers of {used}, but '
+                     f'{fs.join(workdir, CONFIG_JSON)} says ema_decay={decay}: they are not '
+                     f'of one run. Evaluate it again (python eval.py --config=... '
+                     f'--workdir={workdir}).')
 
 
 def differing_fields(configs):
@@ -109,7 +130,9 @@ def run_table(workdirs, metrics=None, precise=False):
   runs = [load_run(w) for w in workdirs]
   configs = [r[0] for r in runs]
   fields = differing_fields(configs) if len(runs) > 1 else []
-  present = sorted(set().union(*(r[1] for r in runs)))
+  # Records that are not values (eval_config: the eval fields of the evaluation) are no
+  # columns.
+  present = sorted({k for r in runs for k, v in r[1].items() if not isinstance(v, dict)})
   if metrics:
     unknown = [m for m in metrics if m not in present]
     if unknown:

@@ -4,11 +4,18 @@
 Which checkpoint (config.eval.checkpoint): 'best', the one kept in WORKDIR/best by
 the best evaluation on config.eval.select_split during training; 'latest', the newest
 in WORKDIR/checkpoints; 'auto' (default), 'best' when config.eval.select_metric is
-set, else 'latest'. With config.ema_decay > 0 the moving average of the parameters
-is evaluated. eval_metrics.json also records the checkpoint ('checkpoint': 'best' |
-'latest', 'step'), the training wall time of the run ('train_wall_time_s', over every
-run of the workdir, up to its latest checkpoint of 'train_steps' steps) and the wall
-time of this evaluation ('eval_wall_time_s')."""
+set, else 'latest'. A best checkpoint of another run than the one in
+WORKDIR/checkpoints (an earlier run of the workdir) is refused with one line.
+
+Which weights are evaluated follows from the checkpoint, not from this command's
+config: the moving average of the parameters when the run kept one (it was trained
+with config.ema_decay > 0), else the parameters. eval_metrics.json records them
+('weights': 'ema' | 'params', and 'weights_ema_decay', the run's decay, for 'ema'),
+the checkpoint ('checkpoint': 'best' | 'latest', 'step'), the eval fields it ran with
+('eval_config': config.eval, so that a sweep tells an evaluation of other eval fields
+apart), the training wall time of the run ('train_wall_time_s', over every run of the
+workdir, up to its latest checkpoint of 'train_steps' steps) and the wall time of this
+evaluation ('eval_wall_time_s')."""
 
 import json
 import math
@@ -19,7 +26,8 @@ import numpy as np
 
 from vaes import data as data_lib
 from vaes import fs
-from vaes.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError
+from vaes.checkpoint import (BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError, describe_diff,
+                             describe_run, other_run_diff, weights_note)
 from vaes.metric_writers import write_final_images
 from vaes.registry import get_family
 from vaes.train import build_trainer, run_evaluation
@@ -43,16 +51,42 @@ def _checkpointer(config, workdir, kind):
                       read_only=True, subdir=BEST_DIR if kind == 'best' else LATEST_DIR)
 
 
-def _training_record(workdir, kind, meta):
+def _latest_meta(workdir):
+  """The meta item of the newest checkpoint in WORKDIR/checkpoints ({} without one)."""
+  if not fs.isdir(fs.join(workdir, LATEST_DIR)):
+    return {}
+  return Checkpointer(workdir, async_save=False, read_only=True).latest_meta()[1]
+
+
+def check_best_is_of_the_run(checkpointer, latest):
+  """Refuses (CheckpointError) a best checkpoint that belongs to another run than the
+  latest checkpoint's meta `latest` (an earlier run of the workdir, whose
+  WORKDIR/checkpoints were deleted): other run ids, or, where one is not recorded,
+  other training fields."""
+  step, best = checkpointer.latest_meta()
+  if step is None or not latest:
+    return
+  theirs, ours = best.get('run') or {}, latest.get('run') or {}
+  if theirs.get('id') and ours.get('id'):
+    if theirs['id'] == ours['id']:
+      return
+    why = f'it is of {describe_run(theirs)}, they are of {describe_run(ours)}'
+  else:
+    diff = other_run_diff(best.get('config') or {}, latest.get('config') or {})
+    if not diff:
+      return
+    why = f'it was trained with other settings: {describe_diff(diff)}'
+  raise CheckpointError(
+      f'The best checkpoint in {checkpointer.directory} (step {step}) belongs to another run '
+      f'than the checkpoints in {fs.join(checkpointer.workdir, LATEST_DIR)} ({why}). Train '
+      'this run with config.eval.select_metric set (its first evaluation replaces the best), '
+      'or evaluate its latest checkpoint with --config.eval.checkpoint=latest.')
+
+
+def _training_record(kind, meta, latest):
   """(train_wall_time_s, train_steps) of the run, from its latest checkpoint's meta."""
   if kind == 'best':
-    if not fs.isdir(fs.join(workdir, LATEST_DIR)):
-      return None, None
-    latest = Checkpointer(workdir, async_save=False, read_only=True)
-    step = latest.latest_step()
-    if step is None:
-      return None, None
-    meta = latest.read_meta(step)
+    meta = latest
   wall = meta.get('train_wall_time_s')
   return (None if wall is None else float(wall)), meta.get('step')
 
@@ -70,32 +104,44 @@ def evaluate(config, workdir):
   t_start = time.time()
   kind = checkpoint_kind(config)
   checkpointer = _checkpointer(config, workdir, kind)
+  latest = _latest_meta(workdir) if kind == 'best' else {}
+  if kind == 'best':
+    check_best_is_of_the_run(checkpointer, latest)
   family = get_family(config.model.name)
   if family.prepare is not None:
     family.prepare(config)
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  # Parameters and model state only: the optimiser fields need not match the run's.
+  # Parameters and model state only: the optimiser fields need not match the run's. The
+  # moving average comes with them when the checkpoint kept one, whatever config.ema_decay.
   abstract = trainer.abstract_state
   wanted = {'params': abstract.params, 'model_state': abstract.model_state}
-  if abstract.ema_params is not None:
-    wanted['ema_params'] = abstract.ema_params
   variables, step, info = checkpointer.restore_variables(wanted, config)
   if variables is None:
     raise CheckpointError(f'No checkpoint in {checkpointer.directory}: train first with '
                           f'`python train.py --config=... --workdir={workdir}`.')
-  state = abstract.replace(step=np.int32(step), **variables)   # run_evaluation: EMA if kept
+  # run_evaluation evaluates ema_params when it is not None.
+  state = abstract.replace(step=np.int32(step), params=variables['params'],
+                           model_state=variables['model_state'],
+                           ema_params=variables.get('ema_params'))
   is_main = jax.process_index() == 0
+  note = weights_note(info, config)
+  if note and is_main:
+    print(note, flush=True)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
   metrics = run_evaluation(trainer, state, splits, workdir, rng,
                            image_dir=workdir if is_main else None, image_prefix='eval_')
   metrics = {k: float(v) for k, v in metrics.items()}
   metrics['step'] = float(step)
-  record = {'checkpoint': kind}
+  # The eval fields it ran with: a sweep tells an evaluation of other eval fields apart.
+  record = {'checkpoint': kind, 'weights': info['weights'],
+            'eval_config': json.loads(config.eval.to_json_best_effort())}
+  if info['weights'] == 'ema':
+    record['weights_ema_decay'] = info['ema_decay']
   selection = info['meta'].get('selection')
   if kind == 'best' and selection:
     metrics[f'best_{selection["split"]}_{selection["metric"]}'] = float(selection['value'])
-  train_wall, train_steps = _training_record(workdir, kind, info['meta'])
+  train_wall, train_steps = _training_record(kind, info['meta'], latest)
   if train_wall is not None:
     metrics['train_wall_time_s'] = train_wall
     metrics['train_steps'] = float(train_steps)
@@ -109,4 +155,6 @@ def evaluate(config, workdir):
     for k in sorted(metrics):
       print(f'  {k}: {metrics[k]:.6g}', flush=True)
     print(f'  checkpoint: {kind}', flush=True)
+    print(f"  weights: {info['weights']}" + (f" (ema_decay={info['ema_decay']})"
+                                             if info['weights'] == 'ema' else ''), flush=True)
   return {**metrics, **record}

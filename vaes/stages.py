@@ -2,7 +2,9 @@
 
 As big_vision's UViM loads its oracle by path, a prior restores the first stage's
 *variables* (parameters, or their moving average when it kept one, and model state)
-from `config.data.vqvae_workdir`, not a trainer, and never from inside the data layer:
+from `config.data.vqvae_workdir`, not a trainer, and never from inside the data layer.
+Which weights follows from the first stage's checkpoint (it kept a moving average when
+it was trained with config.ema_decay > 0), not from config.data.vqvae.ema_decay:
 
   load_first_stage(config) -> FirstStage(model, variables, interface, step, key)
   prepare_codes(config)    -> path of the cached codes; sets config.data.codes_path
@@ -27,7 +29,7 @@ import numpy as np
 
 from vaes import data as data_lib
 from vaes import fs
-from vaes.checkpoint import Checkpointer, CheckpointError, config_dict
+from vaes.checkpoint import Checkpointer, CheckpointError, config_dict, weights_note
 from vaes.data import DataError
 from vaes.data import codes as codes_data
 from vaes.registry import get_family
@@ -44,6 +46,7 @@ class FirstStage:
   key: str                   # content + extraction hash, names the codes cache
   splits: Any
   workdir: str
+  weights: str = 'params'    # 'ema' (the checkpoint's moving average) or 'params'
 
 
 _LOADED = {}
@@ -97,18 +100,23 @@ def load_first_stage(config) -> FirstStage:
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                           abstract)
   params = abstract.pop('params')
-  # A first stage trained with config.ema_decay > 0 is used through its moving average,
-  # as its own evaluation does.
-  name = 'ema_params' if vq_config.ema_decay > 0 else 'params'
+  # A first stage whose checkpoint kept a moving average (trained with config.ema_decay
+  # > 0) is used through it, as its own evaluation does, whatever vq_config says.
   variables, step, info = checkpointer.restore_variables(
-      {name: params, 'model_state': abstract}, vq_config, sharding=device)
-  key = _key(info['checksums'], vq_config)
+      {'params': params, 'model_state': abstract}, vq_config, sharding=device)
+  name = 'ema_params' if info['weights'] == 'ema' else 'params'
+  # The key: the checksums of the weights used and the model state.
+  key = _key({p: c for p, c in info['checksums'].items()
+              if p.split('/')[0] in (name, 'model_state')}, vq_config)
   cache = (fs.resolve(workdir), key)
   if cache not in _LOADED:
+    note = weights_note(info, vq_config)
+    if note and jax.process_index() == 0:
+      print(f'{note[:-1]} (first stage in {workdir}).', flush=True)
     _LOADED[cache] = FirstStage(
         model=model, variables={'params': variables[name], **variables['model_state']},
         interface=family.prior_interface(vq_config, model, splits.info), step=int(step),
-        key=key, splits=splits, workdir=workdir)
+        key=key, splits=splits, workdir=workdir, weights=info['weights'])
   return _LOADED[cache]
 
 
@@ -139,7 +147,7 @@ def extract_codes(first: FirstStage):
       'grids': [list(g) for g in first.interface['levels']],
       'num_codes': [int(k) for k in first.interface['num_codes']],
       'image_shape': list(first.splits.info['shape']),
-      'vqvae_step': first.step, 'key': first.key,
+      'vqvae_step': first.step, 'key': first.key, 'vqvae_weights': first.weights,
   }
   out['info_json'] = np.array(json.dumps(info))
   return out

@@ -15,10 +15,16 @@ other than letters, digits and `._+-=,`, that holds a tuple, or that is longer t
 120 characters is cleaned and ends in a hash of the overrides, so names stay unique.
 
 The runs go one after another, each as `train.py` then `eval.py` in a subprocess (the
-same code path as by hand). A run whose WORKDIR/eval_metrics.json is of its last step
-(`config.num_train_steps`) is skipped; any other resumes from its latest checkpoint
-(train.py does that) and is evaluated. The sweep ends with the table of
-`python -m vaes.collect` over its finished workdirs.
+same code path as by hand). A run is finished, and skipped, when its WORKDIR/config.json
+(the config its training ran with) is the config this sweep would run (fields of the
+cadence of logs, evaluations and checkpoints aside) and its WORKDIR/eval_metrics.json is
+of its last step (`config.num_train_steps`) and of the same eval fields; a run trained
+to the end whose evaluation had other eval fields is only evaluated again; any other
+resumes from its latest checkpoint (train.py does that) and is evaluated. A workdir that
+holds a finished run of other settings (e.g. the sweep rerun with another common
+`--config.learning_rate`) is refused before any run starts, with one line naming the
+fields, as train.py refuses it: its numbers are not those of this sweep. The sweep ends
+with the table of `python -m vaes.collect` over its finished workdirs.
 
 Other flags are passed to every train.py and eval.py: `--config.FIELD=VALUE` (for every
 run; a field may not be set both there and in the sweep), `--jax_distributed=off`, ...
@@ -193,21 +199,129 @@ class Run:
     self.train_args = [os.path.join(REPO, 'train.py'), *common]
     self.eval_args = [os.path.join(REPO, 'eval.py'), *common]
 
-  def finished(self):
-    """Trained to config.num_train_steps and evaluated there."""
+  def _json(self, name):
     try:
-      with fs.open(fs.join(self.workdir, collect.METRICS_JSON)) as f:
-        metrics = json.load(f)
+      with fs.open(fs.join(self.workdir, name)) as f:
+        value = json.load(f)
     except (OSError, ValueError):
-      return False
-    step = metrics.get('step') if isinstance(metrics, dict) else None
-    return isinstance(step, (int, float)) and step >= self.config.num_train_steps
+      return None
+    return value if isinstance(value, dict) else None
+
+  def trained_steps(self):
+    """The steps trained in the workdir: its newest checkpoint's (or, without
+    checkpoints, those eval_metrics.json records); None when nothing says."""
+    found = []
+    directory = fs.join(self.workdir, 'checkpoints')
+    if fs.isdir(directory):
+      found += [int(d) for d in fs.listdir(directory) if d.isdigit()]
+    metrics = self._json(collect.METRICS_JSON) or {}
+    found += [int(metrics[k]) for k in ('train_steps', 'step')
+              if isinstance(metrics.get(k), (int, float))]
+    return max(found) if found else None
+
+  def status(self):
+    """(what to do, differing fields [(field, run's value, sweep's value)]):
+    'finished' (skip), 'other_run' (trained to the end with other settings: refused),
+    'evaluate' (trained to the end, evaluated with other eval fields or not at all at
+    that step: only eval.py), 'run' (train.py, then eval.py)."""
+    record = self._json(collect.CONFIG_JSON) or {}
+    steps = self.trained_steps()
+    if not isinstance(record.get('config'), dict) or steps is None \
+        or steps < self.config.num_train_steps:
+      return 'run', []   # train.py resumes, or refuses by the checkpoint's config
+    planned = _plain(self.config.to_dict())
+    differ = _differing_fields(record['config'], planned)
+    trained = [d for d in differ if not d[0].startswith('eval.')]
+    if trained:
+      return 'other_run', trained
+    metrics = self._json(collect.METRICS_JSON) or {}
+    evaluated = max([metrics[k] for k in ('step', 'train_steps')
+                     if isinstance(metrics.get(k), (int, float))], default=None)
+    if evaluated is None or evaluated < self.config.num_train_steps:
+      return 'evaluate', []
+    # The eval fields of the evaluation (recorded since eval.py writes them), else of the
+    # training's config.json.
+    then = metrics.get('eval_config')
+    then = {'eval': then} if isinstance(then, dict) else record['config']
+    differ = [d for d in _differing_fields(then, {'eval': planned.get('eval', {})})
+              if d[0].startswith('eval.')]
+    return ('evaluate', differ) if differ else ('finished', [])
+
+  def finished(self):
+    """Trained to config.num_train_steps with this config and evaluated there with its
+    eval fields."""
+    return self.status()[0] == 'finished'
 
   def command_line(self):
     """`python train.py ... && python eval.py ...`, paths relative to the current folder."""
     rel = lambda args: [os.path.relpath(args[0])] + args[1:]
     return (shlex.join(['python'] + rel(self.train_args)) + ' && '
             + shlex.join(['python'] + rel(self.eval_args)))
+
+
+# Fields that change neither the state nor the trained function (those of
+# vaes.checkpoint): a finished run rerun with other values of these is the same run.
+_CADENCE_FIELDS = frozenset({'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
+                             'max_checkpoints_to_keep', 'steps_per_dispatch', 'profile_steps'})
+# Fields that train.py sets itself at the start of a run (the vq_prior family's prepare
+# points data.codes_path at the first stage's codes); a sweep leaves them empty.
+_SET_BY_TRAINING = frozenset({'data.codes_path'})
+
+
+def _plain(tree):
+  """JSON values, as config.json holds them (tuples become lists)."""
+  return json.loads(json.dumps(tree, default=str))
+
+
+def _differing_fields(then, now):
+  """Sorted [(field, recorded value, sweep's value)] of the fields of the recorded config
+  `then` that differ in `now` (both nested dicts), the cadence fields, those train.py sets
+  itself and the family's implementation-only fields (vaes.checkpoint) aside."""
+  then, now = collect.flatten(_plain(then)), collect.flatten(now)
+  differ = [(k, then[k], now.get(k)) for k in sorted(then)
+            if k in now and then[k] != now[k] and k not in _CADENCE_FIELDS
+            and not (k in _SET_BY_TRAINING and not now[k])]
+  if not differ:
+    return []
+  # Which fields only choose how the same function is computed is the family's to say;
+  # asked only here, since it imports JAX and the families.
+  import vaes.families  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  from vaes import checkpoint  # pylint: disable=import-outside-toplevel
+  ignore = checkpoint.implementation_fields(_unflatten(now))
+  return [d for d in differ if d[0] not in ignore]
+
+
+def _unflatten(flat):
+  """{'a.b': 1} -> {'a': {'b': 1}}."""
+  out = {}
+  for key, value in flat.items():
+    node = out
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
+def _describe(differ, limit=6):
+  text = ', '.join(f'{k}: run {a!r} vs sweep {b!r}' for k, a, b in differ[:limit])
+  return text + (f' (and {len(differ) - limit} more)' if len(differ) > limit else '')
+
+
+def check_finished_runs(runs):
+  """Refuses (SweepError, one line) a sweep whose workdirs hold finished runs of other
+  settings than it would run: their numbers would be reported as the new settings'."""
+  other = [(run, run.status()) for run in runs]
+  other = [(run, differ) for run, (what, differ) in other if what == 'other_run']
+  if not other:
+    return
+  run, differ = other[0]
+  more = (f' So do {len(other) - 1} more of its runs: '
+          f'{", ".join(r.name for r, _ in other[1:])}.' if len(other) > 1 else '')
+  raise SweepError(f'{run.workdir} already holds a finished run of {run.trained_steps()} steps '
+                   f'with other settings ({_describe(differ)}); this sweep would report its '
+                   f'numbers as those of the new ones.{more} Use a fresh --workdir_root for '
+                   'the new settings (or the original flags to finish this sweep).')
 
 
 def plan(config_path, sweep_path, workdir_root, extra_args):
@@ -284,11 +398,18 @@ def run_sweep(runs):
   with _Children() as children:
     for i, run in enumerate(runs, 1):
       tag = f'[sweep {i}/{n}] {run.name}'
-      if run.finished():
+      status, differ = run.status()
+      if status == 'finished':
         print(f'{tag}: finished (eval_metrics.json of step {run.config.num_train_steps}); '
               'skipped.', flush=True)
         continue
-      for what, args in (('train.py', run.train_args), ('eval.py', run.eval_args)):
+      steps = (('train.py', run.train_args), ('eval.py', run.eval_args))
+      if status == 'evaluate':
+        why = (f'evaluated with other eval fields ({_describe(differ)})' if differ else
+               f'not evaluated at step {run.config.num_train_steps}')
+        print(f'{tag}: trained, {why}; evaluating.', flush=True)
+        steps = steps[1:]
+      for what, args in steps:
         print(f'{tag}: {what} ...', flush=True)
         code = children.call(args)
         if children.signum is not None or code >= 128 or code < 0:
@@ -335,6 +456,7 @@ def main(argv=None):
              '--workdir_root=DIR instead.')
   try:
     runs = plan(args.config, args.sweep, args.workdir_root, extra)
+    check_finished_runs(runs)
   except SweepError as e:
     cli.fail(str(e))
   if args.print_only:

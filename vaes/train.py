@@ -35,7 +35,7 @@ from vaes import provenance
 from vaes import workdir_lock
 from vaes import xla_options
 from vaes.checkpoint import (BEST_DIR, Checkpointer, config_diff, config_dict, describe_diff,
-                             finished_run_diff)
+                             describe_run, finished_run_diff, new_run, other_run_diff)
 from vaes.metric_writers import TENSORBOARD_DIR, EvalProgress, MetricWriter, Progress
 from vaes.registry import ConfigError, ImageContext, get_family
 
@@ -556,17 +556,43 @@ def selection_splits(config, splits):
   return dataclasses.replace(built, train=splits.train)
 
 
+# Where a best checkpoint of an earlier run of the workdir is moved (never deleted).
+EARLIER_BEST_DIR = 'best_of_earlier_runs'
+
+
 class BestCheckpoint:
   """The checkpoint of the best evaluation during training by config.eval.select_metric,
   in WORKDIR/best (one kept). Its meta item records 'selection': {metric, mode, split,
-  value, step}. A resumed run reads the best so far back from there."""
+  value, step} and 'run', the run it belongs to. A resumed run reads the best so far
+  back from there.
 
-  def __init__(self, workdir, config):
+  The best belongs to one run: with `run` ({'id', 'started'} of this run) and `origin`
+  ('fresh': this run starts at step 0; 'checkpoint': its id was read from the checkpoint
+  it resumes; 'legacy': it resumes a checkpoint written before runs had ids), a best of
+  another run (another id; for ids not recorded, other training fields; any best, for
+  a run that starts at step 0) is moved to WORKDIR/best_of_earlier_runs/ with one line,
+  and this run keeps its own from its next evaluation on. Without `run` nothing is
+  checked."""
+
+  def __init__(self, workdir, config, run=None, origin='checkpoint'):
     e = config.eval
     self.metric, self.mode, self.split = e.select_metric, e.select_mode, e.select_split
     self.checkpointer = Checkpointer(workdir, 1, subdir=BEST_DIR)
     self.value = self.step = None
     steps = self.checkpointer.all_steps()
+    if steps and run is not None:
+      meta = self.checkpointer.read_meta(steps[-1])
+      other = _other_run(meta, run, origin, config)
+      if other:
+        targets = self.checkpointer.move_aside(steps, fs.join(workdir, EARLIER_BEST_DIR))
+        if jax.process_index() == 0:
+          found = meta.get('selection') or {}
+          print(f'Note: {self.checkpointer.directory} held the best checkpoint (step '
+                f'{found.get("step", steps[-1])}, {found.get("split")} {found.get("metric")}='
+                f'{found.get("value")}) of another run than this one ({other}); moved it to '
+                f'{", ".join(targets)}. This run keeps its own best from its next '
+                'evaluation.', flush=True)
+        steps = []
     if steps:
       found = self.checkpointer.read_meta(steps[-1]).get('selection') or {}
       if all(found.get(k) == v for k, v in (('metric', self.metric), ('mode', self.mode),
@@ -607,6 +633,21 @@ class BestCheckpoint:
             f'{self.checkpointer.directory}.', flush=True)
     self.value, self.step = value, int(step)
     return True
+
+
+def _other_run(meta, run, origin, config):
+  """Why the best checkpoint of `meta` belongs to another run than `run` (one clause),
+  or None when it is this run's."""
+  theirs = meta.get('run') or {}
+  if origin == 'fresh':
+    return (f'it is of {describe_run(theirs)}; this run, {describe_run(run)}, starts at '
+            'step 0')
+  if theirs.get('id') and origin == 'checkpoint':
+    return None if theirs['id'] == run['id'] else \
+        f'it is of {describe_run(theirs)}, this one is {describe_run(run)}'
+  # An id is missing on one side: the training fields tell.
+  diff = other_run_diff(meta.get('config') or {}, config_dict(config))
+  return f'it was trained with other settings: {describe_diff(diff)}' if diff else None
 
 
 class _Preemption:
@@ -744,9 +785,15 @@ def _train_and_evaluate(config, workdir):
     state = trainer.init_fn()
     start_step = 0
     wall_before = 0.0
+    run, run_origin = new_run(), 'fresh'   # the run this start begins
   else:
     start_step = int(restored_step)
-    wall_before = float(checkpointer.read_meta(start_step).get('train_wall_time_s', 0.0))
+    meta = checkpointer.read_meta(start_step)
+    wall_before = float(meta.get('train_wall_time_s', 0.0))
+    run, run_origin = meta.get('run'), 'checkpoint'
+    if not (isinstance(run, dict) and run.get('id')):   # written before runs had ids
+      run, run_origin = new_run(), 'legacy'
+    run = {'id': run['id'], 'started': run.get('started')}
     now = config_dict(config)
     if start_step >= config.num_train_steps:
       differ = finished_run_diff(saved_config or {}, now) if saved_config else []
@@ -771,11 +818,12 @@ def _train_and_evaluate(config, workdir):
   if int(jax.device_get(state.step)) != start_step:
     raise TrainingError(f'Checkpoint step {start_step} holds state.step={int(state.step)}.')
   if config.eval.select_metric:
-    best = BestCheckpoint(workdir, config)
+    best = BestCheckpoint(workdir, config, run, run_origin)
 
   def wall_meta():
-    """Training wall time up to now, over every run of this workdir (with checkpoints)."""
-    return {'train_wall_time_s': wall_before + time.time() - t_start}
+    """Training wall time up to now, over every run of this workdir (with checkpoints),
+    and the run the checkpoint belongs to."""
+    return {'train_wall_time_s': wall_before + time.time() - t_start, 'run': run}
 
   if is_main:
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
