@@ -1,7 +1,8 @@
-"""Per-backend XLA compiler options of the compiled steps (`config.cpu_convolutions`).
+"""Per-backend XLA compiler options of the compiled steps (`config.cpu_convolutions`): the
+one home of code that depends on the jaxlib release.
 
-jaxlib 0.10's XLA:CPU hands every convolution (and its gradients) to YNNPACK as a
-fusion of its own. On the CPU workloads of `benchmarks/vs_pytorch.py` XLA's own
+XLA:CPU (jaxlib 0.10 to 0.12) hands every convolution (and its gradients) to YNNPACK as
+a fusion of its own. On the CPU workloads of `benchmarks/vs_pytorch.py` XLA's own
 convolution kernels are faster: the 32x32 VQ-VAE train step (2 cores, 'subpixel')
 took 143 ms with them against 206 ms with YNNPACK's (benchmarks/README.md); matmuls and reductions stay
 with YNNPACK, which is the faster for them (turning YNNPACK off altogether slowed
@@ -24,7 +25,9 @@ import jax.numpy as jnp
 from vaes.registry import ConfigError
 
 CPU_CONVOLUTIONS = ('xla', 'ynnpack')
-# The operations XLA:CPU gives to YNNPACK. jaxlib 0.10.2's default is matmuls,
+# The operations XLA:CPU gives to YNNPACK (the option is accepted and acts the same on
+# jaxlib 0.11.2 and 0.12.0.1: tests/test_xla_options.py reads the optimised HLO). jaxlib
+# 0.10.2's default is matmuls,
 # convolutions and reductions (INDIVIDUAL_DOT, INDIVIDUAL_CONVOLUTION, REDUCE: that
 # list compiles the VQ-VAE step to the same HLO as no option); 'xla' keeps the other
 # two, and compiles to the same HLO as
