@@ -2,12 +2,33 @@
 python eval.py --config=configs/vqvae.py --workdir=/tmp/vqvae
 Writes WORKDIR/eval_metrics.json and PNG grids (WORKDIR/eval_*.png). Reads only
 the parameters, so optimiser fields need not match the run's; creates nothing in
-a workdir without checkpoints."""
+a workdir without checkpoints. Exit status: 0 done, 2 bad input (one line says what
+to fix), 130 for a Ctrl-C."""
 
-from absl import app
-from absl import logging
+import os
+import signal
+import sys
 
-from vaes import cli
+
+def _interrupted(signum, frame):
+  """Ctrl-C: one line and exit 130 at once (eval.py saves nothing on the way). Installed
+  before anything else is imported, as in train.py."""
+  del frame
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except Exception:  # pylint: disable=broad-except  (a write in progress)
+      pass
+  os.write(2, b'\nInterrupted: eval.py stopped before it finished; rerun it.\n')
+  os._exit(128 + signum)
+
+
+signal.signal(signal.SIGINT, _interrupted)
+
+from absl import app  # noqa: E402  pylint: disable=wrong-import-position
+from absl import logging  # noqa: E402  pylint: disable=wrong-import-position
+
+from vaes import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main(argv):

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -74,3 +75,27 @@ def test_bad_profile_steps_are_refused(value):
   config.profile_steps = value
   with pytest.raises(ConfigError, match=r"config\.profile_steps=.*\(start_step, num_steps\)"):
     validate_config(config, num_devices=1)
+
+
+def test_profile_steps_past_the_run_are_refused_or_noted():
+  """A profile that starts at or after the run's end would trace nothing: refused (one
+  line). One that the run ends inside of, or that a resumed run starts after, traces
+  fewer steps than asked: a note says which at the start of the run."""
+  from vaes import profiler
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=50))
+  config.profile_steps = (50, 5)
+  with pytest.raises(ConfigError, match=re.escape(
+      'config.profile_steps=(50, 5) starts at step 50, but the run ends at '
+      "config.num_train_steps=50: nothing would be profiled. Start it earlier, e.g. "
+      "--config.profile_steps='(10, 5)'")):
+    validate_config(config, num_devices=1)
+  config.profile_steps = (48, 5)
+  validate_config(config, num_devices=1)
+  assert profiler.note((48, 5), 50) == ('Note: config.profile_steps=(48, 5): the run ends at '
+                                       'config.num_train_steps=50, so only steps 48..49 are '
+                                       'profiled.')
+  assert profiler.note((10, 5), 50, start_step=12) == (
+      'Note: config.profile_steps=(10, 5): this run resumes at step 12, so only steps 12..14 '
+      'are profiled.')
+  assert 'nothing is profiled' in profiler.note((10, 5), 50, start_step=20)
+  assert profiler.note((10, 5), 50) is None and profiler.note((), 50) is None

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import load_config, read_eval_metrics
+from tests.helpers import REPO, load_config, read_eval_metrics
 from vaes import data as data_lib
 from vaes import evaluate
 from vaes.checkpoint import BEST_DIR, Checkpointer, CheckpointError
@@ -85,6 +85,57 @@ def test_unknown_select_metric_is_one_clear_line(tmp_path):
   assert "config.eval.select_metric='nll_per_frme' is not a metric" in message
   assert "['neg_elbo_per_frame', 'nll_per_frame']" in message and '\n' not in message
   assert not os.listdir(os.path.join(str(tmp_path), BEST_DIR))   # nothing saved
+
+
+def test_unknown_select_metric_is_refused_before_training(tmp_path):
+  """The family's metric names come from its evaluation traced on shapes only: a typo is
+  one line before the first step, not at the first evaluation after training."""
+  wd = str(tmp_path / 'run')
+  config = _config(num_train_steps=4, **{'eval.select_metric': 'nll_per_frme'})
+  with pytest.raises(ConfigError) as info:
+    train_and_evaluate(config, wd)
+  message = str(info.value)
+  assert "config.eval.select_metric='nll_per_frme' is not a metric of the 'vrae' " \
+      'evaluation; choose one of' in message and "'nll_per_frame'" in message
+  assert '\n' not in message
+  assert not os.path.exists(os.path.join(wd, 'checkpoints'))   # before any step
+  assert not os.path.exists(os.path.join(wd, 'metrics.jsonl'))
+  names = evaluation_names(config)
+  assert {'nll_per_frame', 'neg_elbo_per_frame', 'kl_per_frame'} <= names
+
+
+def evaluation_names(config):
+  from vaes.train import build_trainer, evaluation_metric_names, selection_config
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  return evaluation_metric_names(trainer, selection_config(config),
+                                 selection_splits(config, splits).info,
+                                 splits.train.element_spec)
+
+
+def test_run_selected_on_valid_is_reported_on_test_without_retraining(tmp_path):
+  """data.eval_split is evaluation-only: eval.py evaluates a run trained (and selected)
+  with data.eval_split='valid' on 'test', records the split, and a sweep rerun with
+  --config.data.eval_split=test only evaluates again; train.py finds the run finished."""
+  from vaes import sweep
+  path = tmp_path / 's.py'
+  path.write_text('def get_sweep():\n  return [{"seed": 0}]\n')
+  series = os.path.join(REPO, 'configs/vrae_series.py')
+  flags = lambda split: sweep.override_flags(dict(SERIES, num_train_steps=2,
+                                                  **{'data.eval_split': split}))
+  (run,) = sweep.plan(series, str(path), str(tmp_path / 'root'), flags('valid'))
+  train_and_evaluate(run.config, run.workdir)
+  evaluate.evaluate(run.config, run.workdir)
+  assert read_eval_metrics(run.workdir)['eval_data'] == {'eval_split': 'valid'}
+  assert run.status() == ('finished', [])
+
+  (on_test,) = sweep.plan(series, str(path), str(tmp_path / 'root'), flags('test'))
+  assert on_test.status() == ('evaluate', [('data.eval_split', 'valid', 'test')])
+  metrics = evaluate.evaluate(on_test.config, on_test.workdir)   # no refusal, no training
+  assert metrics['checkpoint'] == 'best' and metrics['eval_data'] == {'eval_split': 'test'}
+  assert read_eval_metrics(run.workdir)['eval_data'] == {'eval_split': 'test'}
+  assert on_test.status() == ('finished', [])
+  assert train_and_evaluate(on_test.config, on_test.workdir) == {}   # finished, not refused
 
 
 def test_dataset_without_a_valid_split_names_the_fix():

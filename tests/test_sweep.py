@@ -58,8 +58,21 @@ def test_workdir_names_are_readable_safe_deterministic_and_distinct():
     ('def get_sweep():\n  return {"seed": 1}\n', 'return a non-empty list of dicts'),
     ('def get_sweep():\n  return [{"seed": 1}, {"seed": 1}]\n', 'runs 0 and 1 are the same'),
     ('def get_sweep(:\n', 'syntax error at line 1'),
+    # Values train.py would refuse at a run's start: caught before the first run trains.
+    ('def get_sweep():\n  return [{"seed": 0}, {"model.code_dim": -4}]\n',
+     "run 1 ({'model.code_dim': -4}) would be refused by train.py: config.model.code_dim=-4"),
+    ('def get_sweep():\n  return [{"seed": 0}, {"profile_steps": (10, 2)}]\n',
+     "run 1 ({'profile_steps': (10, 2)}) would be refused by train.py: "
+     'config.profile_steps=(10, 2) starts at step 10, but the run ends at '
+     'config.num_train_steps=4'),
+    ('def get_sweep():\n  return [{"seed": 0}, {"data.name": "mnits"}]\n',
+     "run 1 ({'data.name': 'mnits'}) would be refused by train.py: config.data.name='mnits' "
+     'is not a known dataset'),
+    ('def get_sweep():\n  return [{"seed": 0}, {"eval.select_mode": "lowest"}]\n',
+     "config.eval.select_mode='lowest': choose 'min' or 'max'"),
 ], ids=['no_get_sweep', 'unknown_field', 'group', 'bad_value', 'not_a_list', 'duplicate',
-        'syntax'])
+        'syntax', 'family_refuses', 'profile_past_the_run', 'unknown_dataset',
+        'engine_refuses'])
 def test_bad_sweep_file_is_refused_before_any_run(tmp_path, body, expected):
   path = _sweep_file(tmp_path, body)
   with pytest.raises(sweep.SweepError, match=re.escape(expected)) as e:
@@ -79,6 +92,23 @@ def test_bad_sweep_file_is_one_error_line_on_the_command_line(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       f"ERROR: --sweep={path}: run 0 sets 'model.num_code', which {VQ} does not have; did you "
       "mean 'model.num_codes'?"]
+
+
+def test_value_the_engine_refuses_stops_the_sweep_before_its_first_run(tmp_path):
+  """model.num_codes=0 in the second run: one ERROR line before the first run trains (the
+  README's promise), not a failure of run 2 after run 1 trained."""
+  path = _sweep_file(tmp_path, 'def get_sweep():\n  return [{"model.num_codes": 16}, '
+                     '{"model.num_codes": 0}]\n')
+  root = tmp_path / 'root'
+  proc = subprocess.run([PYTHON, '-m', 'vaes.sweep', f'--config={VQ}', f'--sweep={path}',
+                         f'--workdir_root={root}'], cwd=REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [
+      f"ERROR: --sweep={path}: run 1 ({{'model.num_codes': 0}}) would be refused by train.py: "
+      'config.model.num_codes=0: must be a positive integer. Fix the value in the sweep file '
+      'or on the command line; no run was started.']
+  assert proc.stdout == '' and not root.exists()
 
 
 # The example sweep of each family and the config it is written for.

@@ -74,6 +74,18 @@ _CADENCE_FIELDS = frozenset({'log_every_steps', 'eval_every_steps', 'checkpoint_
                              'max_checkpoints_to_keep', 'steps_per_dispatch', 'profile_steps'})
 
 
+# Data fields that choose only what the evaluations report (the split eval.py and the
+# evaluations during training run on), like config.eval.*: neither the trained state nor
+# the trained function. eval.py and a resume compare neither with the run's.
+EVAL_DATA_FIELDS = frozenset({'data.eval_split'})
+
+
+def is_eval_field(name):
+  """Whether the dotted config field `name` is evaluation-only (config.eval.*,
+  config.data.eval_split)."""
+  return name.startswith('eval.') or name in EVAL_DATA_FIELDS
+
+
 def config_dict(config):
   """The config as plain JSON values (tuples become lists)."""
   return json.loads(config.to_json_best_effort())
@@ -109,7 +121,7 @@ def describe_diff(diff, limit=12):
 def finished_run_diff(then, now):
   """The differing fields that would make a finished run a different run."""
   return [(k, a, b) for k, a, b in config_diff(then, now)
-          if k not in _CADENCE_FIELDS and not k.startswith('eval.')]
+          if k not in _CADENCE_FIELDS and not is_eval_field(k)]
 
 
 def other_run_diff(then, now):
@@ -123,7 +135,7 @@ def _state_suspects(diff):
   """The fields of `diff` that can change the train state's structure (not the cadence,
   the length of the run or the evaluation); all of `diff` when none is left."""
   kept = [d for d in diff if d[0] not in _CADENCE_FIELDS and d[0] != 'num_train_steps'
-          and not d[0].startswith('eval.')]
+          and not is_eval_field(d[0])]
   return kept or diff
 
 
@@ -576,11 +588,12 @@ class Checkpointer:
                       'weights': weights, 'ema_decay': None if decay is None else float(decay)}
 
   def _check_model_data(self, step, saved, now):
-    """Refuses a checkpoint of different model/data fields (nothing is moved)."""
+    """Refuses a checkpoint of different model/data fields (nothing is moved); the
+    evaluation-only ones (config.data.eval_split) may differ."""
     if not saved:
       return
     pick = lambda d: {k: d[k] for k in ('model', 'data') if k in d}
-    diff = config_diff(pick(saved), pick(now))
+    diff = [d for d in config_diff(pick(saved), pick(now)) if not is_eval_field(d[0])]
     if diff:
       raise ConfigError(
           f'The workdir {self.workdir} holds a checkpoint (step {step}) of '

@@ -2,8 +2,15 @@
 
 Expected failures (a bad flag, config, data, checkpoint or path) print one line
 naming the field, the value and the fix, and exit with status 2; `--verbose` (or
-VAES_VERBOSE=1) prints the traceback as well."""
+VAES_VERBOSE=1) prints the traceback as well, and what the libraries log about it
+(Orbax's error records and the asyncio noise of its failed writes, otherwise dropped:
+see `_quiet_library_errors`).
 
+A --workdir URL whose file system is missing or unknown is refused while the flags are
+read, before anything is imported or built (`vaes.fs.check_url`)."""
+
+import errno
+import logging
 import os
 import re
 import sys
@@ -12,6 +19,8 @@ import traceback
 
 from absl import flags
 from ml_collections import config_flags
+
+from vaes import fs
 
 FLAGS = flags.FLAGS
 
@@ -93,11 +102,15 @@ def parse_flags(argv):
   try:
     rest = FLAGS(argv)
     FLAGS.config.to_dict()  # a config file that failed to load raises only when used
-    return rest
   except flags.Error as e:
     fail(f'{e}. See --helpfull for the flags.', argv)
   except Exception as e:  # pylint: disable=broad-except  (config files run arbitrary code)
     fail(_flag_error_message(e, argv), argv)
+  try:
+    fs.check_url(FLAGS.workdir, '--workdir')   # before JAX, the data or the model
+  except fs.PathError as e:
+    fail(str(e), argv)
+  return rest
 
 
 def _quiet_thread_errors():
@@ -110,6 +123,52 @@ def _quiet_thread_errors():
           f'{str(args.exc_value).splitlines()[0][:200] if str(args.exc_value) else ""})',
           file=sys.stderr, flush=True)
   threading.excepthook = hook
+
+
+class _LibraryNoise(logging.Filter):
+  """Drops what a failure the engine reports in one line leaves in the log: Orbax's
+  error records, with their tracebacks (a save or restore that failed: CheckpointError,
+  or a damaged checkpoint set aside), and asyncio's 'Future exception was never
+  retrieved' for the other writes of the same save."""
+
+  def filter(self, record):
+    if record.name == 'absl':   # Orbax logs through absl
+      return not (record.levelno >= logging.ERROR and
+                  '/orbax/' in record.pathname.replace(os.sep, '/'))
+    return False   # the asyncio and concurrent.futures loggers
+
+
+# What tensorstore's callbacks raise, through sys.unraisablehook, when the event loop of
+# an Orbax save or restore that failed was closed before its other reads or writes ended.
+_HARMLESS_UNRAISABLE = ('Event loop is closed',
+                        'cannot schedule new futures after interpreter shutdown')
+
+
+def _harmless(exc):
+  """An unraisable error that repeats a failure already reported in one line: the above,
+  or a full disk met again by a writer's flush at exit."""
+  if isinstance(exc, RuntimeError) and str(exc) in _HARMLESS_UNRAISABLE:
+    return True
+  return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+def _quiet_library_errors():
+  """One line per expected failure, not 30 to 90 library tracebacks: filters Orbax's
+  error records and the asyncio loggers (`_LibraryNoise`), and the 'Event loop is
+  closed' RuntimeErrors tensorstore reports as unraisable (a disk-full save, the restore
+  of a damaged checkpoint, and the interpreter's exit after either), with the full disk
+  met again at exit (`_harmless`). --verbose keeps them all."""
+  if verbose():
+    return
+  noise = _LibraryNoise()
+  for name in ('absl', 'asyncio', 'concurrent.futures'):
+    logging.getLogger(name).addFilter(noise)
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _harmless(unraisable.exc_value):
+      previous(unraisable)
+  sys.unraisablehook = hook
 
 
 def maybe_initialize_distributed():
@@ -140,6 +199,7 @@ def run(body):
   """Runs `body()` (the work of train.py / eval.py) with the shared error handling:
   expected errors become one line and exit 2; `Preempted` exits 128 + signal."""
   _quiet_thread_errors()
+  _quiet_library_errors()
   from vaes.checkpoint import CheckpointError
   from vaes.data import DataError
   from vaes.registry import ConfigError
@@ -150,7 +210,8 @@ def run(body):
   except train.Preempted as e:
     print(str(e), flush=True)
     sys.exit(e.exit_code)
-  except (ConfigError, DataError, CheckpointError, train.TrainingError, StartupError) as e:
+  except (ConfigError, DataError, CheckpointError, train.TrainingError, StartupError,
+          fs.PathError) as e:
     fail(str(e))
   except KeyboardInterrupt:
     print('\nInterrupted before training started: nothing was saved.', file=sys.stderr,

@@ -19,7 +19,8 @@ mean and each seed's value when there are several), schedule, hardware, wall tim
 without a run folder say 'not run'; a folder that paper_numbers.json does not name is an
 error.
 
-Missing or unreadable files end the command with one line naming the file and the fix.
+Missing or unreadable files, and a URL whose file system is missing or unknown, end the
+command with one line naming the file and the fix.
 This module does not import JAX, so it runs anywhere in a second.
 """
 
@@ -289,6 +290,12 @@ def main(argv=None):
     parser.error('--metrics is for WORKDIR...; --results takes each row\'s metric from '
                  'paper_numbers.json')
   try:
+    for path, flag in ([(args.results, '--results')] if args.results else
+                       [(w, None) for w in args.workdirs]):
+      try:
+        fs.check_url(path, flag, read_only=True)
+      except fs.PathError as e:
+        raise CollectError(str(e)) from e
     if args.results:
       header, rows = results_table(args.results, precise=args.csv)
     else:

@@ -12,13 +12,21 @@ config: the moving average of the parameters when the run kept one (it was train
 with config.ema_decay > 0), else the parameters. eval_metrics.json records them
 ('weights': 'ema' | 'params', and 'weights_ema_decay', the run's decay, for 'ema'),
 the checkpoint ('checkpoint': 'best' | 'latest', 'step'), the eval fields it ran with
-('eval_config': config.eval, so that a sweep tells an evaluation of other eval fields
-apart), the training wall time of the run ('train_wall_time_s', over every run of the
-workdir, up to its latest checkpoint of 'train_steps' steps) and the wall time of this
-evaluation ('eval_wall_time_s')."""
+('eval_config': config.eval, and 'eval_data': {'eval_split'}, so that a sweep tells an
+evaluation of other eval fields apart), the training wall time of the run
+('train_wall_time_s', over every run of the workdir, up to its latest checkpoint of
+'train_steps' steps) and the wall time of this evaluation ('eval_wall_time_s').
 
+What eval.py writes (eval_metrics.json, WORKDIR/eval_*.png, an event file in
+WORKDIR/tensorboard) is checked to be writable before anything is built, and a write
+that fails anyway (a full disk) is one line naming the path, after the metrics are
+printed. Evaluation-only fields (config.eval.*, config.data.eval_split) may differ from
+the run's: a run selected on 'valid' is reported on 'test' without retraining."""
+
+import glob
 import json
 import math
+import os
 import time
 
 import jax
@@ -28,9 +36,9 @@ from vaes import data as data_lib
 from vaes import fs
 from vaes.checkpoint import (BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError, describe_diff,
                              describe_run, other_run_diff, weights_note)
-from vaes.metric_writers import write_final_images
+from vaes.metric_writers import TENSORBOARD_DIR, write_final_images
 from vaes.registry import get_family
-from vaes.train import build_trainer, run_evaluation
+from vaes.train import ImageWriteError, build_trainer, run_evaluation
 
 
 def checkpoint_kind(config):
@@ -100,10 +108,37 @@ def write_eval_metrics(workdir, metrics, record):
   return path
 
 
+def check_writable(workdir):
+  """Refuses (fs.PathError, one line), before anything is built, a local workdir that
+  eval.py could evaluate but not write its results into: the folder itself, and what it
+  overwrites there (WORKDIR/tensorboard, earlier eval_*.png). Object stores are not
+  checked (a failed write is reported when it happens)."""
+  if not fs.is_local(workdir):
+    return
+  local = fs.resolve(workdir)
+  targets = [local] + [p for p in [os.path.join(local, TENSORBOARD_DIR)] if os.path.isdir(p)]
+  targets += sorted(glob.glob(os.path.join(glob.escape(local), 'eval_*.png')))
+  for path in targets:
+    if os.access(path, os.W_OK):
+      continue
+    try:
+      read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+      read_only = False
+    why = 'on a read-only file system' if read_only else 'not writable by this user'
+    raise fs.PathError(
+        f'--workdir={workdir}: {path} is {why}, and eval.py writes eval_metrics.json, '
+        'eval_*.png and TensorBoard images there. Make it writable, or evaluate a copy '
+        f'(cp -r {workdir} COPY; python eval.py ... --workdir=COPY).')
+
+
 def evaluate(config, workdir):
   t_start = time.time()
+  fs.check_url(workdir)
   kind = checkpoint_kind(config)
   checkpointer = _checkpointer(config, workdir, kind)
+  if jax.process_index() == 0:
+    check_writable(workdir)
   latest = _latest_meta(workdir) if kind == 'best' else {}
   if kind == 'best':
     check_best_is_of_the_run(checkpointer, latest)
@@ -129,13 +164,18 @@ def evaluate(config, workdir):
   if note and is_main:
     print(note, flush=True)
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
-  metrics = run_evaluation(trainer, state, splits, workdir, rng,
-                           image_dir=workdir if is_main else None, image_prefix='eval_')
+  unwritten = None   # the OSError of a result that could not be written
+  try:
+    metrics = run_evaluation(trainer, state, splits, workdir, rng,
+                             image_dir=workdir if is_main else None, image_prefix='eval_')
+  except ImageWriteError as e:   # the metrics are kept and printed; then one line
+    metrics, unwritten = e.metrics, e.__cause__
   metrics = {k: float(v) for k, v in metrics.items()}
   metrics['step'] = float(step)
   # The eval fields it ran with: a sweep tells an evaluation of other eval fields apart.
   record = {'checkpoint': kind, 'weights': info['weights'],
-            'eval_config': json.loads(config.eval.to_json_best_effort())}
+            'eval_config': json.loads(config.eval.to_json_best_effort()),
+            'eval_data': {'eval_split': config.data.eval_split}}
   if info['weights'] == 'ema':
     record['weights_ema_decay'] = info['ema_decay']
   selection = info['meta'].get('selection')
@@ -147,14 +187,29 @@ def evaluate(config, workdir):
     metrics['train_steps'] = float(train_steps)
   metrics['eval_wall_time_s'] = time.time() - t_start
   if is_main:
-    path = write_eval_metrics(workdir, metrics, record)
-    write_final_images(workdir, step, workdir, 'eval_')   # the PNGs, into TensorBoard too
+    try:   # the metrics are written even when the PNGs could not be
+      path = write_eval_metrics(workdir, metrics, record)
+    except OSError as e:
+      path, unwritten = None, unwritten or e
+    if unwritten is None:
+      try:
+        write_final_images(workdir, step, workdir, 'eval_')   # the PNGs, into TensorBoard too
+      except OSError as e:
+        unwritten = e
+    # Printed before a failed write is reported: the metrics are not lost.
     print(f'Evaluation of the {kind} checkpoint (step {step}) on '
           f'{splits.info.get("num_eval", "?")} examples of the '
-          f'{splits.info.get("eval_split", "evaluation")} split -> {path}', flush=True)
+          f'{splits.info.get("eval_split", "evaluation")} split -> '
+          f'{path or "(eval_metrics.json not written)"}', flush=True)
     for k in sorted(metrics):
       print(f'  {k}: {metrics[k]:.6g}', flush=True)
     print(f'  checkpoint: {kind}', flush=True)
     print(f"  weights: {info['weights']}" + (f" (ema_decay={info['ema_decay']})"
                                              if info['weights'] == 'ema' else ''), flush=True)
+    if unwritten is not None:
+      kept = 'printed above' + (f' and in {path}' if path else '')
+      raise fs.PathError(
+          f'--workdir={workdir}: writing the results failed ({unwritten}); the metrics are '
+          f'{kept}. Make the workdir writable (or free disk space), or evaluate a copy '
+          f'(cp -r {workdir} COPY; python eval.py ... --workdir=COPY).') from unwritten
   return {**metrics, **record}

@@ -12,6 +12,7 @@ absolute local path for local paths and `file://` URLs, the URL itself otherwise
   makedirs(path), exists(path), isdir(path), listdir(path) -> sorted names
   replace(src, dst)     move a file or folder
   join(path, *parts), is_local(path), resolve(path)
+  check_url(path, flag)  a URL whose file system is missing or unknown -> PathError
 
 On object stores a file appears when it is closed, folders are implicit and a
 move is a copy.
@@ -20,8 +21,55 @@ move is a copy.
 import os
 
 import fsspec
+from fsspec.registry import known_implementations as _KNOWN_URLS
+from fsspec.registry import registry as _REGISTERED_URLS
 
 FILE_URL = 'file://'
+
+# URL schemes a workdir may have besides local paths and file:// URLs, and the package
+# each needs: Orbax writes checkpoints there (through etils.epath and tensorstore).
+WORKDIR_URLS = {'gs': 'gcsfs', 's3': 's3fs'}
+_WORKDIR_HINT = ('give a local path, a file:// URL, gs://bucket/dir (pip install gcsfs) or '
+                 's3://bucket/dir (pip install s3fs)')
+
+
+class PathError(ValueError):
+  """A path or URL that cannot be used; the message names the flag, the value and the fix."""
+
+
+def check_url(path, flag='--workdir', read_only=False):
+  """Refuses (PathError: one line naming `flag`=`path`, or `path` for flag=None) a URL
+  that cannot be a workdir, before anything is built: a scheme without its package
+  installed (gs:// needs gcsfs, s3:// s3fs), an unknown scheme, memory:// (it lives in
+  one process: nothing would outlive the command) and, unless `read_only` (files that
+  are only read, as by vaes.collect, may be on any file system fsspec has), schemes Orbax
+  cannot write checkpoints to."""
+  path = str(path)
+  if is_local(path):
+    return
+  scheme = path.split('://', 1)[0]
+  named = f'{flag}={path}' if flag else path
+  if scheme == 'memory':
+    why = ('a new command finds nothing there' if read_only else
+           'nothing would outlive this command (nor can Orbax write checkpoints there)')
+    raise PathError(f'{named}: memory:// keeps files inside one Python process, so '
+                    f'{why}; {_WORKDIR_HINT}.')
+  if scheme not in _KNOWN_URLS and scheme not in _REGISTERED_URLS:
+    raise PathError(f"{named}: unknown URL scheme '{scheme}://'; {_WORKDIR_HINT}.")
+  if not read_only and scheme not in WORKDIR_URLS:
+    raise PathError(f'{named}: {scheme}:// is not supported for a workdir (Orbax '
+                    f'writes checkpoints to local paths, gs:// and s3:// only); '
+                    f'{_WORKDIR_HINT}.')
+  try:
+    fsspec.get_filesystem_class(scheme)
+  except ImportError as e:
+    package = WORKDIR_URLS.get(scheme)
+    if package is None:   # fsspec's own words name the packages
+      why = _KNOWN_URLS.get(scheme, {}).get('err') or str(e)
+      raise PathError(f'{named}: {scheme}:// URLs need a package that is not '
+                      f'installed ({str(why).rstrip(".")}).') from e
+    raise PathError(f'{named}: {scheme}:// URLs need the {package} package, which is '
+                    f'not installed: pip install {package} (or give a local path).') from e
 
 
 def is_local(path):

@@ -148,11 +148,16 @@ class MetricWriter:
       add_pngs(self.tb, step, image_dir, prefix, tag)
       self.tb.flush()
 
-  def close(self):
-    if self.jsonl is not None:
-      self.jsonl.close()
-    if self.tb is not None:
-      self.tb.close()
+  def close(self, quiet=False):
+    """Closes metrics.jsonl and the event file. `quiet`: an OSError while closing (the run
+    stops on an error already, e.g. a full disk) is not raised."""
+    for f in (self.jsonl, self.tb):
+      try:
+        if f is not None:
+          f.close()
+      except OSError:
+        if not quiet:
+          raise
 
 
 class Progress:

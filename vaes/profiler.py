@@ -10,7 +10,9 @@ The trace is written by jax.profiler itself (local paths and file:// URLs are gi
 absolute local paths, gs:// as it is; other URL schemes are not supported there).
 
 Steps are counted as `state.step` before the update: (100, 5) traces the updates of
-steps 100..104. A run resumed after `start_step` traces only the steps it still runs.
+steps 100..104. A start at or past `config.num_train_steps` would trace nothing: it is
+a ConfigError. A run that ends inside the steps, or is resumed after `start_step`, traces
+only the steps it still runs, and says so in one line at its start (`note`).
 """
 
 import contextlib
@@ -22,8 +24,9 @@ from vaes import fs
 from vaes.registry import ConfigError
 
 
-def validate(profile_steps):
-  """`()` or a pair (start_step >= 0, num_steps > 0) of integers."""
+def validate(profile_steps, num_train_steps=None):
+  """`()` or a pair (start_step >= 0, num_steps > 0) of integers; with `num_train_steps`,
+  a start_step before it (else nothing would be profiled)."""
   value = tuple(profile_steps) if isinstance(profile_steps, (tuple, list)) else profile_steps
   ok = value == () or (isinstance(value, tuple) and len(value) == 2 and all(
       isinstance(v, int) and not isinstance(v, bool) for v in value) and value[0] >= 0
@@ -31,6 +34,33 @@ def validate(profile_steps):
   if not ok:
     raise ConfigError(f'config.profile_steps={profile_steps!r}: give (start_step, num_steps), '
                       "e.g. --config.profile_steps='(100, 5)', or () for no profile.")
+  if value and num_train_steps is not None and value[0] >= num_train_steps:
+    start = max(0, min(10, num_train_steps - value[1]))
+    raise ConfigError(f'config.profile_steps={value!r} starts at step {value[0]}, but the run '
+                      f'ends at config.num_train_steps={num_train_steps}: nothing would be '
+                      f"profiled. Start it earlier, e.g. --config.profile_steps='({start}, "
+                      f"{min(value[1], num_train_steps)})', or give () for no profile.")
+
+
+def note(profile_steps, num_train_steps, start_step=0):
+  """One line when only part of `profile_steps` will be traced (the run ends inside them,
+  or a resumed run starts after their first step), else None."""
+  if not tuple(profile_steps):
+    return None
+  start, count = tuple(profile_steps)
+  first, last = max(start, start_step), min(start + count, num_train_steps) - 1
+  if first == start and last == start + count - 1:
+    return None
+  value = (start, count)
+  if first > last:
+    return (f'Note: config.profile_steps={value!r}: this run resumes at step {start_step}, '
+            'after those steps: nothing is profiled.')
+  why = ' and '.join(
+      ([f'this run resumes at step {start_step}'] if first > start else []) +
+      ([f'the run ends at config.num_train_steps={num_train_steps}']
+       if last < start + count - 1 else []))
+  return (f'Note: config.profile_steps={value!r}: {why}, so only steps {first}..{last} are '
+          'profiled.')
 
 
 class StepProfiler:

@@ -18,13 +18,14 @@ The runs go one after another, each as `train.py` then `eval.py` in a subprocess
 same code path as by hand). A run is finished, and skipped, when its WORKDIR/config.json
 (the config its training ran with) is the config this sweep would run (fields of the
 cadence of logs, evaluations and checkpoints aside) and its WORKDIR/eval_metrics.json is
-of its last step (`config.num_train_steps`) and of the same eval fields; a run trained
-to the end whose evaluation had other eval fields is only evaluated again; any other
-resumes from its latest checkpoint (train.py does that) and is evaluated. A workdir that
-holds a finished run of other settings (e.g. the sweep rerun with another common
-`--config.learning_rate`) is refused before any run starts, with one line naming the
-fields, as train.py refuses it: its numbers are not those of this sweep. The sweep ends
-with the table of `python -m vaes.collect` over its finished workdirs.
+of its last step (`config.num_train_steps`) and of the same eval fields (config.eval.*,
+config.data.eval_split); a run trained to the end whose evaluation had other eval fields
+is only evaluated again; any other resumes from its latest checkpoint (train.py does
+that) and is evaluated. A workdir that holds a finished run of other settings (e.g. the
+sweep rerun with another common `--config.learning_rate`) is refused before any run
+starts, with one line naming the fields, as train.py refuses it: its numbers are not
+those of this sweep. The sweep ends with the table of `python -m vaes.collect` over its
+finished workdirs.
 
 Other flags are passed to every train.py and eval.py: `--config.FIELD=VALUE` (for every
 run; a field may not be set both there and in the sweep), `--jax_distributed=off`, ...
@@ -34,7 +35,10 @@ eval.py ...` (for a cluster scheduler; run them from the repository root).
 SIGTERM or Ctrl-C: passed on once to the run in progress, which saves a checkpoint; the
 sweep then stops with that run's exit status, and the same command resumes it. A run
 that fails does not stop the others; the failures are listed at the end (exit status 1).
-A bad sweep file or override is one `ERROR:` line (exit status 2) before any run starts.
+A bad sweep file or override, a run's config that train.py would refuse (the engine's
+and the family's checks, e.g. `model.num_codes=0`; no data or model is built for them) or
+a --workdir_root URL whose file system is missing is one `ERROR:` line (exit status 2)
+before any run starts.
 """
 
 import argparse
@@ -231,7 +235,7 @@ class Run:
       return 'run', []   # train.py resumes, or refuses by the checkpoint's config
     planned = _plain(self.config.to_dict())
     differ = _differing_fields(record['config'], planned)
-    trained = [d for d in differ if not d[0].startswith('eval.')]
+    trained = [d for d in differ if not _is_eval_field(d[0])]
     if trained:
       return 'other_run', trained
     metrics = self._json(collect.METRICS_JSON) or {}
@@ -239,12 +243,16 @@ class Run:
                      if isinstance(metrics.get(k), (int, float))], default=None)
     if evaluated is None or evaluated < self.config.num_train_steps:
       return 'evaluate', []
-    # The eval fields of the evaluation (recorded since eval.py writes them), else of the
-    # training's config.json.
-    then = metrics.get('eval_config')
-    then = {'eval': then} if isinstance(then, dict) else record['config']
-    differ = [d for d in _differing_fields(then, {'eval': planned.get('eval', {})})
-              if d[0].startswith('eval.')]
+    # The eval fields of the evaluation (recorded since eval.py writes them: config.eval as
+    # 'eval_config', config.data.eval_split in 'eval_data'), else of the training's
+    # config.json.
+    then = record['config']
+    if isinstance(metrics.get('eval_config'), dict):
+      data = metrics.get('eval_data')
+      then = {'eval': metrics['eval_config'],
+              'data': data if isinstance(data, dict) else then.get('data', {})}
+    now = {'eval': planned.get('eval', {}), 'data': planned.get('data', {})}
+    differ = [d for d in _differing_fields(then, now) if _is_eval_field(d[0])]
     return ('evaluate', differ) if differ else ('finished', [])
 
   def finished(self):
@@ -263,6 +271,15 @@ class Run:
 # vaes.checkpoint): a finished run rerun with other values of these is the same run.
 _CADENCE_FIELDS = frozenset({'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                              'max_checkpoints_to_keep', 'steps_per_dispatch', 'profile_steps'})
+# Evaluation-only fields besides config.eval.* (vaes.checkpoint.EVAL_DATA_FIELDS): a
+# finished run rerun with other values is evaluated again, not trained again.
+_EVAL_DATA_FIELDS = frozenset({'data.eval_split'})
+
+
+def _is_eval_field(name):
+  return name.startswith('eval.') or name in _EVAL_DATA_FIELDS
+
+
 # Fields that train.py sets itself at the start of a run (the vq_prior family's prepare
 # points data.codes_path at the first stage's codes); a sweep leaves them empty.
 _SET_BY_TRAINING = frozenset({'data.codes_path'})
@@ -324,8 +341,37 @@ def check_finished_runs(runs):
                    'the new settings (or the original flags to finish this sweep).')
 
 
+def validate_runs(sweep_path, runs):
+  """Refuses (SweepError, one line) a sweep with a run whose config train.py would refuse
+  at its start: the engine's and the run's family's checks (vaes.train.validate_config)
+  and the dataset's name, for every run before any starts. Nothing is built: no data, no
+  model, and JAX's devices are not touched (each run checks the batch sizes against its
+  device count)."""
+  # pylint: disable=import-outside-toplevel
+  import vaes.families  # noqa: F401  pylint: disable=unused-import  (they register)
+  from vaes import data as data_lib
+  from vaes.registry import ConfigError, get_family
+  from vaes.train import validate_config
+  for i, run in enumerate(runs):
+    try:
+      if run.config.data.name not in data_lib.dataset_names():
+        raise data_lib.DataError(f"config.data.name='{run.config.data.name}' is not a known "
+                                 f'dataset; choose one of {data_lib.dataset_names()}.')
+      validate_config(run.config, get_family(run.config.model.name), num_devices=1)
+    except (ConfigError, data_lib.DataError) as e:
+      where = f'run {i} ({run.overrides})' if run.overrides else f'run {i}'
+      raise SweepError(f'--sweep={sweep_path}: {where} would be refused by train.py: '
+                       f'{str(e).rstrip(".")}. Fix the value in the sweep file or on the '
+                       'command line; no run was started.') from e
+
+
 def plan(config_path, sweep_path, workdir_root, extra_args):
-  """The sweep's runs, every override checked against the config before any starts."""
+  """The sweep's runs, every override checked against the config, and every run's config
+  against the engine and its family (`validate_runs`), before any starts."""
+  try:
+    fs.check_url(workdir_root, '--workdir_root')
+  except fs.PathError as e:
+    raise SweepError(str(e)) from e
   config_args = [a for a in extra_args if a.startswith('--config.')]
   try:
     base = parse_config(config_path, config_args)
@@ -354,6 +400,7 @@ def plan(config_path, sweep_path, workdir_root, extra_args):
                        f'{_first_line(e).rstrip(".")}. Fix the value in the sweep file.') from e
     planned.append(Run(overrides, fs.join(workdir_root, name), config, config_path,
                        extra_args))
+  validate_runs(sweep_path, planned)
   return planned
 
 

@@ -44,6 +44,15 @@ class TrainingError(RuntimeError):
   pass
 
 
+class ImageWriteError(TrainingError):
+  """Writing an evaluation's PNG grids failed (an OSError: a read-only or full disk);
+  `metrics` holds that evaluation's metrics, computed before, so that they are not lost."""
+
+  def __init__(self, message, metrics):
+    super().__init__(message)
+    self.metrics = metrics
+
+
 class Preempted(Exception):
   """SIGTERM or SIGINT arrived; a checkpoint of the current step was saved. The
   process should exit with `exit_code` (128 + the signal number): an unfinished
@@ -139,7 +148,7 @@ def validate_config(config, family=None, num_devices=None):
   if not isinstance(k, int) or k <= 0:
     raise ConfigError(f'config.steps_per_dispatch={k!r}: must be a positive integer '
                       '(1 = one train step per jitted call).')
-  profiler_lib.validate(config.profile_steps)
+  profiler_lib.validate(config.profile_steps, config.num_train_steps)
   xla_options.validate(config.cpu_convolutions)
   if config.max_consecutive_skips <= 0:
     raise ConfigError(f'config.max_consecutive_skips={config.max_consecutive_skips}: must be '
@@ -512,10 +521,46 @@ def evaluate_split(family, config, model, variables, source, data_info, rng, put
       # A local copy of the (replicated) variables: no computation spans processes.
       local = jax.tree.map(
           lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, variables)
-      family.eval_images(ImageContext(config=config, model=model, variables=local,
-                                      data_info=data_info, rng=rng, image_dir=image_dir,
-                                      image_prefix=image_prefix, step=step), first)
+      try:
+        family.eval_images(ImageContext(config=config, model=model, variables=local,
+                                        data_info=data_info, rng=rng, image_dir=image_dir,
+                                        image_prefix=image_prefix, step=step), first)
+      except OSError as e:
+        raise ImageWriteError(
+            f'Writing the evaluation images of step {step} into {image_dir} failed: {e}. Make '
+            'it writable (or free disk space) and rerun the same command.', metrics) from e
   return metrics
+
+
+def evaluation_metric_names(trainer, config, data_info, element_spec):
+  """The names of the metrics an evaluation with `config` reports, without evaluating:
+  the family's eval_stats traced on shapes only (jax.eval_shape, nothing compiled or
+  run), its sums filled with ones and finished by eval_metrics. None when the family's
+  functions do not allow it (the first evaluation then tells)."""
+  family, state = trainer.family, trainer.abstract_state
+  n = config.eval.batch_size
+  batch = {k: jax.ShapeDtypeStruct((n,) + tuple(shape), dtype)
+           for k, (shape, dtype) in element_spec.items()}
+  batch['valid'] = jax.ShapeDtypeStruct((n,), np.bool_)
+  try:
+    stats_fn = family.eval_stats(config, trainer.model, data_info)
+    sums = jax.eval_shape(stats_fn, {'params': state.params, **state.model_state}, batch,
+                          jax.random.PRNGKey(0))
+    totals = jax.tree.map(lambda s: np.ones(s.shape, np.float64), sums)
+    with np.errstate(all='ignore'):
+      return set(family.eval_metrics(config, data_info, totals))
+  except Exception:  # pylint: disable=broad-except  (a best effort: BestCheckpoint checks too)
+    return None
+
+
+def check_select_metric(trainer, config, data_info, element_spec):
+  """Refuses (ConfigError), before training, a config.eval.select_metric that the family's
+  evaluation does not report (see `evaluation_metric_names`)."""
+  metric = config.eval.select_metric
+  names = evaluation_metric_names(trainer, config, data_info, element_spec)
+  if names is not None and metric not in names:
+    raise ConfigError(f"config.eval.select_metric='{metric}' is not a metric of the "
+                      f"'{config.model.name}' evaluation; choose one of {sorted(names)}.")
 
 
 def selection_config(config):
@@ -737,7 +782,9 @@ def train_and_evaluate(config, workdir):
   last logged training metrics (and the last evaluation's, prefixed 'eval/').
 
   Process 0 holds WORKDIR/train.lock for the whole run (`vaes.workdir_lock`): a second
-  run on a workdir in use is refused before it reads or writes anything there."""
+  run on a workdir in use is refused before it reads or writes anything there. A URL
+  whose file system is missing or unknown is refused first (fs.PathError)."""
+  fs.check_url(workdir)
   lock, busy = None, ''
   if jax.process_index() == 0:
     try:
@@ -770,6 +817,7 @@ def _train_and_evaluate(config, workdir):
   if config.eval.select_metric:
     eval_splits, eval_prefix = selection_splits(config, splits), 'valid/'
     eval_config = selection_config(config)
+    check_select_metric(trainer, eval_config, eval_splits.info, splits.train.element_spec)
 
   checkpointer = Checkpointer(workdir, config.max_checkpoints_to_keep)
   state, restored_step, saved_config = checkpointer.restore_latest(trainer.abstract_state,
@@ -836,6 +884,9 @@ def _train_and_evaluate(config, workdir):
             '(measured 15-35x slower per step); 1 is faster there.', flush=True)
     for line in warmup_warnings(config, family, splits.info):
       print(line, file=sys.stderr, flush=True)
+    profile_note = profiler_lib.note(config.profile_steps, config.num_train_steps, start_step)
+    if profile_note:
+      print(profile_note, flush=True)
     if best is not None:
       so_far = (f'; best so far {best.value:.6g} at step {best.step}' if best.step is not None
                 else '')
@@ -867,8 +918,10 @@ def _train_and_evaluate(config, workdir):
 
   profiler = profiler_lib.StepProfiler(config.profile_steps,
                                        fs.join(workdir, TENSORBOARD_DIR), enabled=is_main)
-  try:
-    with _Preemption(start_step) as preempt:
+  # The last checkpoints are finished inside the handler's scope too: a Ctrl-C while
+  # they are written is a preemption notice (a second one exits at once).
+  with _Preemption(start_step) as preempt:
+    try:
       step = start_step
       while step < config.num_train_steps:
         n, batch = next(batches)
@@ -913,12 +966,16 @@ def _train_and_evaluate(config, workdir):
         if stop and not last_step:
           checkpointer.wait()
           raise Preempted(preempt.message(step, checkpointer.directory), preempt.signum)
-  finally:
-    profiler.close()
-    checkpointer.wait()  # finish checkpoints in flight, also when stopping on an error
-    if best is not None:
-      best.checkpointer.wait()
-    writer.close()
+    finally:
+      profiler.close()
+      try:
+        checkpointer.wait()  # finish checkpoints in flight, also when stopping on an error
+        if best is not None:
+          best.checkpointer.wait()
+      finally:
+        # Closed also when a wait failed (a full disk): else its buffered events are written
+        # at exit, as a traceback. Errors of its own are not raised over the first one.
+        writer.close(quiet=sys.exc_info()[0] is not None)
   if is_main:
     done = (f'; best {config.eval.select_split} {config.eval.select_metric}={best.value:.6g} '
             f'at step {best.step} in {best.checkpointer.directory}'
