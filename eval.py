@@ -5,25 +5,9 @@ the parameters, so optimiser fields need not match the run's; creates nothing in
 a workdir without checkpoints. Exit status: 0 done, 2 bad input (one line says what
 to fix), 130 for a Ctrl-C."""
 
-import os
-import signal
-import sys
+from vaes import startup_interrupt  # first: Ctrl-C from here on is one line
 
-
-def _interrupted(signum, frame):
-  """Ctrl-C: one line and exit 130 at once (eval.py saves nothing on the way). Installed
-  before anything else is imported, as in train.py."""
-  del frame
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except Exception:  # pylint: disable=broad-except  (a write in progress)
-      pass
-  os.write(2, b'\nInterrupted: eval.py stopped before it finished; rerun it.\n')
-  os._exit(128 + signum)
-
-
-signal.signal(signal.SIGINT, _interrupted)
+startup_interrupt.install('Interrupted: eval.py stopped before it finished; rerun it.')
 
 from absl import app  # noqa: E402  pylint: disable=wrong-import-position
 from absl import logging  # noqa: E402  pylint: disable=wrong-import-position

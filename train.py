@@ -4,27 +4,9 @@ checkpoint in --workdir. Exit status: 0 finished, 2 bad input (one line says wha
 to fix), 128 + signal when stopped by SIGTERM / Ctrl-C after saving a checkpoint,
 130 for a Ctrl-C before training started (nothing saved)."""
 
-import os
-import signal
-import sys
+from vaes import startup_interrupt  # first: Ctrl-C from here on is one line
 
-
-def _interrupted(signum, frame):
-  """Ctrl-C before the training loop takes SIGINT over (vaes.train._Preemption): one
-  line and exit 130 at once. Installed before anything else is imported: a
-  KeyboardInterrupt raised inside an import, JAX's start-up or a gc callback printed a
-  traceback, crashed the interpreter's exit, or was swallowed and the run went on."""
-  del frame
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except Exception:  # pylint: disable=broad-except  (a write in progress)
-      pass
-  os.write(2, b'\nInterrupted before training started: nothing was saved.\n')
-  os._exit(128 + signum)
-
-
-signal.signal(signal.SIGINT, _interrupted)
+startup_interrupt.install('Interrupted before training started: nothing was saved.')
 
 from absl import app  # noqa: E402  pylint: disable=wrong-import-position
 from absl import logging  # noqa: E402  pylint: disable=wrong-import-position
