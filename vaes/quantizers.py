@@ -563,15 +563,20 @@ class FSQ(nn.Module):
     z = self.proj_in(z_e.astype(jnp.float32))
     zhat, indices = fsq_round(z, self.levels)
     one_hot = jax.nn.one_hot(indices, self.codebook_size, dtype=jnp.float32)
-    z_q = self.proj_out(zhat)
-    zero, zeros = jnp.zeros((), jnp.float32), jnp.zeros(z_e.shape[:1], jnp.float32)
-    return dict(z_q=z_q.astype(z_e.dtype), indices=indices, one_hot=one_hot,
-                codebook_loss=zero, commitment_loss=zero, codebook_loss_per_example=zeros,
-                commitment_loss_per_example=zeros, entropy_loss=zero,
-                perplexity=code_perplexity(one_hot), restarted_codes=zero)
+    return _codebook_free_output(self.proj_out(zhat), z_e, indices, one_hot)
 
   def embed(self, indices):
     return self.proj_out(fsq_digits_to_codes(indices, self.levels))
+
+
+def _codebook_free_output(z_q, z_e, indices, one_hot):
+  """The quantiser output of FSQ and residual FSQ: no codebook, so no codebook,
+  commitment or entropy loss (zeros of the shapes the VQ objective sums)."""
+  zero, zeros = jnp.zeros((), jnp.float32), jnp.zeros(z_e.shape[:1], jnp.float32)
+  return dict(z_q=z_q.astype(z_e.dtype), indices=indices, one_hot=one_hot,
+              codebook_loss=zero, commitment_loss=zero, codebook_loss_per_example=zeros,
+              commitment_loss_per_example=zeros, entropy_loss=zero,
+              perplexity=code_perplexity(one_hot), restarted_codes=zero)
 
 
 def dropout_keep(rng, batch, num_stages):
@@ -629,12 +634,7 @@ class ResidualFSQ(nn.Module):
       qs = qs * keep.reshape(keep.shape + (1,) * (qs.ndim - 2))
     indices = jnp.moveaxis(idx, 0, -1)
     one_hot = jax.nn.one_hot(indices, self.codebook_size, dtype=jnp.float32)
-    z_q = self.proj_out(jnp.sum(qs, axis=0))
-    zero, zeros = jnp.zeros((), jnp.float32), jnp.zeros(z_e.shape[:1], jnp.float32)
-    return dict(z_q=z_q.astype(z_e.dtype), indices=indices, one_hot=one_hot,
-                codebook_loss=zero, commitment_loss=zero, codebook_loss_per_example=zeros,
-                commitment_loss_per_example=zeros, entropy_loss=zero,
-                perplexity=code_perplexity(one_hot), restarted_codes=zero)
+    return _codebook_free_output(self.proj_out(jnp.sum(qs, axis=0)), z_e, indices, one_hot)
 
   def embed(self, indices):
     codes = fsq_digits_to_codes(jnp.moveaxis(indices, -1, 0), self.levels)   # (S, ..., d)
