@@ -23,11 +23,12 @@ def synthetic_inputs(config):
     size = config.data.get('image_size', ds.image_size)
     shape = (size, size, 1 if ds.grey_inverted else ds.native_shape[2])
     binary = ds.binary or config.data.get('binarize', 'none') != 'none'
-    info = {'kind': 'image', 'shape': shape, 'num_levels': 2 if binary else 256,
-            'train_variance': 0.06, 'num_train': 50_000, 'num_eval': 10_000}
+    info = data_lib.DataInfo(kind='image', shape=shape, num_levels=2 if binary else 256,
+                             train_variance=0.06, num_train=50_000, num_eval=10_000,
+                             steps_per_epoch=50_000 // config.batch_size)
     spec = {'image': (shape, np.float32)}
   rng = np.random.default_rng(0)
-  levels = info.get('num_levels', 256)
+  levels = info.num_levels
 
   def make_batch(batch_size):
     batch = {}
@@ -36,7 +37,7 @@ def synthetic_inputs(config):
       if np.issubdtype(dtype, np.floating):
         if k == 'mask':
           batch[k] = np.ones(shape, dtype)
-        elif info.get('kind') == 'image' or k == 'x':
+        elif info.kind == 'image' or k == 'x':
           steps = max(levels - 1, 1)
           batch[k] = (rng.integers(0, steps + 1, shape) / steps).astype(dtype)
         else:
@@ -57,7 +58,7 @@ class CompiledStep(NamedTuple):
   state: Any
   batch: Any
   host_batch: dict
-  info: dict
+  info: Any                 # vaes.data.DataInfo
   spec: dict
   compile_s: float
 

@@ -10,6 +10,7 @@ prints one JSON line: device kind, examples, the time of a one-batch warm-up
 where the config has them, importance samples/s. PNG grids are not drawn.
 """
 
+import dataclasses
 import os
 import sys
 import time
@@ -32,10 +33,11 @@ def benchmark(config, num_examples):
   from benchmarks.common import synthetic_inputs
   from vaes.data.core import ArrayEvalSource
   import vaes.families  # noqa: F401  (each family registers itself)
-  from vaes.train import build_trainer, evaluate_split
+  from vaes.evaluation import evaluate_split
+  from vaes.train import build_trainer
 
   info, spec, make_batch = synthetic_inputs(config)
-  info = dict(info, num_eval=num_examples)
+  info = dataclasses.replace(info, num_eval=num_examples)
   trainer = build_trainer(config, info, spec)
   state = trainer.init_fn()
   variables = {'params': state.params, **state.model_state}

@@ -106,7 +106,7 @@ def benchmark(config, warmup=3, repeats=10, steps_per_repeat=5):
       'temp_memory_gib': temp_mem / 2**30 if temp_mem else None,
       'loss': float(np.ravel(jax.device_get(metrics['loss']))[-1]),
   }
-  if 'mask' in spec or info.get('kind') == 'sequence':
+  if 'mask' in spec or info.kind == 'sequence':
     seq_len = spec['x'][0][0]
     result['seq_len'] = int(seq_len)
     result['frames_per_sec'] = b * seq_len / step_s

@@ -31,8 +31,9 @@ def get_base_config():
   # Exponential moving average of the weights, updated every step (kept on a skipped
   # update): ema <- decay * ema + (1 - decay) * params. 0 = off; when on, evaluation,
   # samples and checkpoint selection use it; it is checkpointed with the train state.
-  # (A VQ codebook's own moving average is config.model.ema_decay.)
-  c.ema_decay = 0.0
+  # (A VQ codebook's own moving average is config.model.ema_decay. Named ema_decay before
+  # 2026-12: runs saved with that name resume and evaluate, see vaes/renames.py.)
+  c.weights_ema_decay = 0.0
 
   # Numerical faults: non-finite updates are always skipped and counted.
   c.skip_grad_norm_above = 0.0    # >0 also skips updates with a larger gradient norm

@@ -24,6 +24,5 @@ from configs import lvae_mnist
 
 def get_config():
   c = lvae_mnist.get_config()
-  c.model.name = 'hvae'
-  c.model.inference = 'hierarchical'
+  c.model.name = 'hvae'                # bottom-up inference ('hierarchical')
   return c

@@ -14,6 +14,5 @@ from configs import lvae_mnist_dynamic
 
 def get_config():
   c = lvae_mnist_dynamic.get_config()
-  c.model.name = 'hvae'
-  c.model.inference = 'hierarchical'
+  c.model.name = 'hvae'                # bottom-up inference ('hierarchical')
   return c

@@ -33,6 +33,7 @@ def get_config():
   c.lr_schedule = 'cosine'
 
   c.model = ladder_family.model_config()   # every model field and its default
+  c.eval.update(ladder_family.eval_config())   # the family's eval fields and defaults
 
   c.data.name = 'digits'
   c.data.image_size = 8
@@ -40,7 +41,5 @@ def get_config():
   c.data.binarize = 'dynamic'
 
   c.eval.batch_size = 128
-  c.eval.num_importance_samples = 1000
-  c.eval.iw_chunk_size = 100
   c.eval.num_images = 64
   return c

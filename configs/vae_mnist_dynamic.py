@@ -14,8 +14,7 @@ from configs import lvae_mnist_dynamic
 
 def get_config():
   c = lvae_mnist_dynamic.get_config()
-  c.model.name = 'hvae'
-  c.model.inference = 'hierarchical'
+  c.model.name = 'hvae'                # bottom-up inference ('hierarchical')
   c.model.latent_sizes = (64,)
   c.model.hidden_sizes = (512,)
   return c

@@ -54,6 +54,7 @@ def get_config(stage='prior'):
   c.lr_warmup_steps = 100
 
   c.model = vq_prior_family.model_config()   # every model field and its default
+  c.eval.update(vq_prior_family.eval_config())   # the family's eval fields and defaults
 
   c.data.name = 'vq_codes'
   c.data.vqvae = get_vqvae_config()   # the first stage's config, as it was trained
@@ -62,5 +63,4 @@ def get_config(stage='prior'):
 
   c.eval.batch_size = 128
   c.eval.num_images = 64
-  c.eval.temperatures = (1.0, 0.7)
   return c

@@ -35,6 +35,7 @@ def get_config():
   c.grad_clip_norm = 5.0
 
   c.model = vrae_family.model_config()   # every model field and its default
+  c.eval.update(vrae_family.eval_config())   # the family's eval fields and defaults
 
   c.data.name = 'chorales'
   c.data.eval_split = 'test'        # 'valid' | 'test'
@@ -43,7 +44,4 @@ def get_config():
   c.data.num_chorales = 0           # 0 = all 371; N > 0 = the first N (quick tests)
 
   c.eval.batch_size = 64
-  c.eval.num_importance_samples = 100
-  c.eval.iw_chunk_size = 10
-  c.eval.num_plot_sequences = 6
   return c

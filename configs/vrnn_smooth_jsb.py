@@ -18,10 +18,10 @@ best valid nll_per_frame (and the step it came at):
   smoothing posterior, 3,000 steps, seeds 0 / 1                   6.496 (2,000) / 6.508 (1,750)
   the same, model.dropout = 0.1, seeds 0 / 1                      6.513 / 6.514 (1,750)
                                                                   (stopped at 2,250: rising)
-  the same, ema_decay = 0.999                                     58 at step 250 (stopped: the
+  the same, weights_ema_decay = 0.999                             58 at step 250 (stopped: the
                                                                   average still held 78% of the
                                                                   initial weights)
-  the same, ema_decay = 0.995 (this config), seeds 0 / 1          6.458 (2,000) / 6.465 (1,750)
+  the same, weights_ema_decay = 0.995 (this config), seeds 0 / 1  6.458 (2,000) / 6.465 (1,750)
 The warm-ups are fractions of the run, so at 3,000 steps the KL weight reaches 1 at step 900
 instead of 450; valid improves to step 1,750-2,000 and then rises by 0.03-0.06. The moving
 average of the weights (which every evaluation uses, so it also chooses the kept checkpoint)
@@ -37,5 +37,5 @@ def get_config():
   c = vrnn_jsb.get_config()
   c.model.posterior = 'smooth'
   c.num_train_steps = 3000          # the best valid step is kept (seeds 0 / 1: 2,000 / 1,750)
-  c.ema_decay = 0.995               # evaluations (so the checkpoint kept) use the average
+  c.weights_ema_decay = 0.995       # evaluations (so the checkpoint kept) use the average
   return c

@@ -1,4 +1,21 @@
-"""The entry points import the families (the registry imports none); so do the tests.
+"""Where a test lives (a newcomer should be able to guess):
+
+- tests/test_<module>.py tests vaes/<module>.py: test_train (the train step, the loop,
+  resume, steps per dispatch), test_checkpoint, test_selection, test_sweep, test_collect,
+  test_provenance, test_fs, test_workdir_lock, test_xla_options, test_quantizers (with
+  vaes/codebook.py and vaes/scalar_quantizers.py), test_layers (vaes/models/layers.py);
+  tests/test_data_<source>.py tests vaes/data/<source>.py (local, mnist, tfds, music).
+- tests/test_<family>.py tests one model family end to end: its Linen model, its family
+  module and its configs (test_vqvae, test_vqvae2, test_vq_prior, test_ladder, test_vrae);
+  test_<family>_engine.py / _conv.py split a family's slow tests off.
+- A few files test one concern across modules: test_failures (one-line failures,
+  preemption, SIGKILL), test_train_multidevice and test_multiprocess (8 devices, 2
+  processes), test_structure (the import graph), test_schema (one config schema),
+  test_table_configs (every results-table config on its real data), test_observability
+  (TensorBoard images, hyper-parameters, profiles), test_benchmark.
+- tests/helpers.py holds what several files share (tiny configs, loading a config).
+
+The entry points import the families (the registry imports none); so do the tests.
 
 One persistent JAX compilation cache for the whole test session: most tests compile the
 same few tiny programs (in this process, in xdist workers and in the train.py/eval.py

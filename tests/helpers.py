@@ -1,6 +1,7 @@
 """Shared test utilities: configs with overrides, runs on N simulated CPU devices
 (in a subprocess, since XLA_FLAGS must be set before JAX starts), CLI runs."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -33,6 +34,15 @@ def load_config(path, overrides=None):
   return config
 
 
+def model_fields(module_class, family, **given):
+  """Keyword arguments of a family's Linen module built directly in a test: `given`, and
+  every other field of `module_class` that is a `config.model` field, from the family
+  module's `model_config()` (the one home of those defaults: the modules have none)."""
+  schema = family.model_config()
+  names = [f.name for f in dataclasses.fields(module_class)]
+  return {**{n: schema[n] for n in names if n in schema and n not in given}, **given}
+
+
 def subprocess_env(num_devices=1, extra=None):
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
@@ -47,7 +57,7 @@ def train_steps_on_devices(config_path, overrides, device_counts, num_steps, out
   """Runs `num_steps` steps of the real jitted train step on meshes of each of
   `device_counts` simulated CPU devices, in one fresh process. Returns
   {n: {'num_devices', 'metrics': [per step dict], 'leaves': {path: array}}} with the
-  params, model state (and EMA of the params, with config.ema_decay > 0) after the
+  params, model state (and EMA of the params, with config.weights_ema_decay > 0) after the
   last step."""
   out = os.path.join(out_dir, 'steps_' + '_'.join(map(str, device_counts)) + '.pkl')
   cmd = [PYTHON, '-m', 'tests.run_steps', '--config', config_path,

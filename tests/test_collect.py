@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import PYTHON, REPO, load_config, subprocess_env
 from vaes import checkpoint
 from vaes import collect
+from vaes.renames import RENAMED_FIELDS
 
 
 def make_run(workdir, config, metrics, devices=None):
@@ -170,6 +171,7 @@ def _command_overrides(command, config):
     if not arg.startswith('--config.') or '=' not in arg:
       continue
     key, text = arg[len('--config.'):].split('=', 1)
+    key = RENAMED_FIELDS.get(key, key)   # a run recorded before a field was renamed
     node = config
     for part in key.split('.'):
       node = node[part]

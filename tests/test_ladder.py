@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
+from tests.helpers import load_config, model_fields
 from vaes import data as data_lib
 from vaes import distributions as dist
 from vaes import objectives
 from vaes.families import ladder as family
 from vaes.models import ladder as ladder_model
 from vaes.registry import ConfigError, get_family
-from vaes.train import evaluate_split
+from vaes.evaluation import evaluate_split
 
 TINY = {'model.latent_sizes': (4, 3), 'model.hidden_sizes': (16, 8), 'model.batch_norm': False,
         'batch_size': 32, 'eval.batch_size': 128, 'eval.num_images': 8}
@@ -210,9 +210,10 @@ def _linear_gaussian(inference):
   inference side keeps (scaled-down) linear means and broad constant variances
   (s^2 = 4), a proposal far from exact (ELBO gap > 1 nat) that still covers the posterior.
   """
-  model = ladder_model.LadderVAE(latent_sizes=(3, 2), hidden_sizes=(1, 1), x_shape=(2, 2, 1),
-                                 inference=inference, block_depth=0, activation='linear',
-                                 likelihood='gaussian')
+  model = ladder_model.LadderVAE(**model_fields(
+      ladder_model.LadderVAE, family, latent_sizes=(3, 2), hidden_sizes=(1, 1),
+      x_shape=(2, 2, 1), inference=inference, block_depth=0, activation='linear',
+      likelihood='gaussian', batch_norm=False))
   x0 = jnp.zeros((1, 2, 2, 1))
   noise = ladder_model.draw_noise(model, jax.random.PRNGKey(0), (1,), (2, 2, 1))
   params = flax.core.unfreeze(jax.jit(model.init)(jax.random.PRNGKey(4), x0, noise))['params']
@@ -271,9 +272,10 @@ def _linear_gaussian_skip():
   x = e M + c by composing the maps one layer at a time, log p(x) = log N(x; c, M^T M).
   Inference keeps scaled-down means and broad constant variances (s^2 = 4)."""
   sizes, x_dim = (3, 2, 2), 4
-  model = ladder_model.LadderVAE(latent_sizes=sizes, hidden_sizes=(1, 1, 1), x_shape=(2, 2, 1),
-                                 inference='ladder', block_depth=0, activation='linear',
-                                 likelihood='gaussian', top_down_skip=True)
+  model = ladder_model.LadderVAE(**model_fields(
+      ladder_model.LadderVAE, family, latent_sizes=sizes, hidden_sizes=(1, 1, 1),
+      x_shape=(2, 2, 1), inference='ladder', block_depth=0, activation='linear',
+      likelihood='gaussian', top_down_skip=True, batch_norm=False))
   x0 = jnp.zeros((1, 2, 2, 1))
   noise = ladder_model.draw_noise(model, jax.random.PRNGKey(0), (1,), (2, 2, 1))
   params = flax.core.unfreeze(jax.jit(model.init)(jax.random.PRNGKey(6), x0, noise))['params']
@@ -349,8 +351,9 @@ def test_skip_connections_make_the_prior_depend_on_every_layer_above():
   """With top_down_skip, p(z_1 | z_>1) changes with z_3 at a fixed z_2; without it, it does not."""
   prior_means = {}
   for skip in (False, True):
-    model = ladder_model.LadderVAE(latent_sizes=(4, 3, 2), hidden_sizes=(8, 8, 8),
-                                   x_shape=(2, 2, 1), top_down_skip=skip)
+    model = ladder_model.LadderVAE(**model_fields(
+        ladder_model.LadderVAE, family, latent_sizes=(4, 3, 2), hidden_sizes=(8, 8, 8),
+        x_shape=(2, 2, 1), top_down_skip=skip, batch_norm=False))
     x = jnp.zeros((5, 2, 2, 1))
     noise = ladder_model.draw_noise(model, jax.random.PRNGKey(0), (5,), (2, 2, 1))
     variables = model.init(jax.random.PRNGKey(1), x, noise)
@@ -487,7 +490,8 @@ def test_paper_configs_build_with_their_data_shapes(path, layers):
   config = load_config(path)
   fam = get_family(config.model.name)
   fam.validate_config(config)
-  info = {'shape': (28, 28, 1), 'num_levels': 2, 'num_train': 50000}
+  info = data_lib.DataInfo(kind='image', shape=(28, 28, 1), num_levels=2, num_train=50000,
+                           steps_per_epoch=50000 // config.batch_size)
   model = fam.build_model(config, info)
   batch = {'image': jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.float32)}
   variables = jax.eval_shape(lambda b: fam.init_variables(model, jax.random.PRNGKey(0), b), batch)
@@ -519,7 +523,7 @@ def _iw_loss_fn(inference, model, k, warmup_steps=0):
                         'model.kl_warmup_steps': warmup_steps,
                         'model.train_importance_samples': k})
   family.validate_config(config)
-  info = {'shape': (2, 2, 1), 'num_levels': 256, 'kind': 'image'}
+  info = data_lib.DataInfo(kind='image', shape=(2, 2, 1), num_levels=256)
   return jax.jit(family.make_loss_fn(config, model, info))
 
 

@@ -26,7 +26,7 @@ def test_conv_blocks_logistic_likelihood_and_bfloat16():
       'compute_dtype': 'bfloat16'})
   fam = get_family(config.model.name)
   splits = data_lib.get_datasets(config)
-  assert splits.info['num_levels'] == 17
+  assert splits.info.num_levels == 17
   model = fam.build_model(config, splits.info)
   assert ladder_model.latent_shapes(model, (8, 8, 1)) == [(4, 4, 4), (2, 2, 3)]
   loss_fn = fam.make_loss_fn(config, model, splits.info)

@@ -4,7 +4,6 @@ import re
 
 import flax.linen as nn
 import jax
-import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -73,56 +72,3 @@ def test_phase_and_subpixel_gradients_use_only_undilated_convolutions():
     assert text.count('stablehlo.convolution') >= 3
     factors = re.findall(r'(?:lhs|rhs)_dilate = \[(\d+), (\d+)\]', text)
     assert any(int(f) > 1 for pair in factors for f in pair) == dilated, implementation
-
-
-def _convolutions(jaxpr):
-  """(lhs_dilation, rhs shape) of every conv_general_dilated, nested jaxprs included."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'conv_general_dilated':
-      found.append((tuple(eqn.params['lhs_dilation']), eqn.invars[1].aval.shape))
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      found += _convolutions(sub)
-  return found
-
-
-def test_vqvae2_wires_the_upsample_choice_into_every_transposed_convolution():
-  """Three levels: the decoders (VQ-VAE's Decoder) and the 1- and 2-step upsamplers
-  use the chosen implementation, with the same variables (the layer tests above check
-  that the implementations are the same function)."""
-  from vaes.models.vqvae2 import VQVAE2
-  from vaes.quantizers import QuantizerSpec
-  x = jnp.zeros((2, 16, 16, 3))
-
-  def make(upsample):
-    return VQVAE2(image_channels=3, hidden=8, res_hidden=4, num_levels=3,
-                  bottom_downsamples=1, vq=QuantizerSpec(num_codes=8, code_dim=4),
-                  upsample=upsample)
-  v = jax.eval_shape(make('transpose').init, jax.random.PRNGKey(1), x)
-  convs = {}
-  for implementation in ('transpose', 'phases', 'subpixel'):
-    model = make(implementation)
-    v_new = jax.eval_shape(model.init, jax.random.PRNGKey(1), x)
-    assert jax.tree.structure(v_new) == jax.tree.structure(v)
-    assert [a.shape for a in jax.tree.leaves(v_new)] == [b.shape for b in jax.tree.leaves(v)]
-    convs[implementation] = _convolutions(jax.make_jaxpr(model.apply)(v, x).jaxpr)
-  # 6 transposed convolutions: top-down decoders 2 x 1, upsamplers 1 + 2, decoder 1.
-  assert sum(d == (2, 2) for d, _ in convs['transpose']) == 6
-  assert all(d == (1, 1) for d, _ in convs['phases'] + convs['subpixel'])
-  plain = len(convs['transpose']) - 6
-  assert len(convs['phases']) == plain + 6 * 4                     # four 2x2 convs each
-  assert sum(s[:2] == (2, 2) for _, s in convs['phases']) == 6 * 4
-  assert len(convs['subpixel']) == plain + 6                       # one 3x3 conv each
-
-
-def test_auto_upsample_is_phases_on_the_cpu_and_subpixel_elsewhere():
-  from tests.helpers import load_config
-  from vaes import data as data_lib
-  from vaes.families.vqvae import build_model, resolve_upsample
-  assert resolve_upsample('auto', 'cpu') == 'phases'
-  assert resolve_upsample('auto', 'gpu') == resolve_upsample('auto', 'tpu') == 'subpixel'
-  assert resolve_upsample('transpose', 'cpu') == 'transpose'
-  config = load_config('configs/vqvae.py')
-  assert config.model.upsample == 'auto'
-  model = build_model(config, data_lib.get_datasets(config).info)
-  assert model.upsample == ('phases' if jax.default_backend() == 'cpu' else 'subpixel')

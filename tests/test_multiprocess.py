@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from tests.helpers import PYTHON, REPO, load_config, subprocess_env
-from tests.test_engine import _free_port
+from tests.test_train import _free_port
 from tests.test_failures import TINY_VQ, _assert_same_state, _state
 from vaes.checkpoint import Checkpointer
 

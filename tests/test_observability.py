@@ -16,7 +16,8 @@ from tests.helpers import load_config, read_events
 from tests.test_failures import TINY_VQ
 from vaes import evaluate
 from vaes.registry import ConfigError
-from vaes.train import train_and_evaluate, validate_config
+from vaes.preflight import validate_config
+from vaes.train import train_and_evaluate
 
 OVERRIDES = dict(TINY_VQ, num_train_steps=4, log_every_steps=2, checkpoint_every_steps=4,
                  eval_every_steps=4, profile_steps=(1, 2))

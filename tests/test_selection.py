@@ -13,7 +13,8 @@ from vaes import data as data_lib
 from vaes import evaluate
 from vaes.checkpoint import BEST_DIR, Checkpointer, CheckpointError
 from vaes.registry import ConfigError
-from vaes.train import BestCheckpoint, selection_splits, train_and_evaluate
+from vaes.selection import BestCheckpoint, selection_splits
+from vaes.train import train_and_evaluate
 
 # Gaussian series (train / valid / test in memory), a tiny model, an evaluation every 2
 # steps. select_mode='max' makes the best an early step, not the last one, so that the
@@ -105,11 +106,15 @@ def test_unknown_select_metric_is_refused_before_training(tmp_path):
 
 
 def evaluation_names(config):
-  from vaes.train import build_trainer, evaluation_metric_names, selection_config
+  from vaes.evaluation import evaluation_metric_names
+  from vaes.selection import selection_config
+  from vaes.train import build_trainer
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  return evaluation_metric_names(trainer, selection_config(config),
+  state = trainer.abstract_state
+  return evaluation_metric_names(trainer.family, selection_config(config), trainer.model,
                                  selection_splits(config, splits).info,
+                                 {'params': state.params, 'model_state': state.model_state},
                                  splits.train.element_spec)
 
 
@@ -155,7 +160,7 @@ def test_eval_of_best_without_one_names_the_fix(tmp_path):
 
 
 def test_selection_evaluations_take_their_own_importance_sample_count():
-  from vaes.train import selection_config
+  from vaes.selection import selection_config
   config = load_config('configs/vrnn_jsb.py', {'eval.select_num_importance_samples': 20})
   chosen = selection_config(config)
   assert (chosen.eval.num_importance_samples, chosen.eval.iw_chunk_size) == (20, 20)
@@ -169,7 +174,7 @@ def test_selection_sample_count_is_checked_by_the_family_that_evaluates_with_it(
   the count must fill whole chunks is the family's rule: the ladder's bound masks a
   partial last chunk, the VRAE's needs whole chunks."""
   from vaes.registry import get_family
-  from vaes.train import validate_config
+  from vaes.preflight import validate_config
   ladder = load_config('configs/lvae_mnist.py', {'eval.select_num_importance_samples': 700})
   validate_config(ladder, get_family('lvae'), num_devices=1)       # 500 + a partial 200
   vrnn = load_config('configs/vrnn_jsb.py', {'eval.select_num_importance_samples': 30})
@@ -231,7 +236,7 @@ def test_best_checkpoint_belongs_to_its_run(tmp_path, capsys):
 def test_best_of_a_run_without_ids_is_told_apart_by_its_training_fields():
   """Checkpoints written before runs had ids: the training fields tell the run."""
   from vaes.checkpoint import config_dict
-  from vaes.train import _other_run
+  from vaes.selection import _other_run
   config = _config(num_train_steps=6)
   run = {'id': 'abc', 'started': None}
   same = {'config': config_dict(_config(num_train_steps=4))}   # a resume may extend a run

@@ -236,8 +236,8 @@ def test_rerun_with_other_settings_is_refused_and_not_reported_as_finished(tmp_p
     assert 'trains nothing' not in err
 
   # The cadence of logs and checkpoints changes nothing: still finished.
-  from vaes import checkpoint
-  assert sweep._CADENCE_FIELDS == checkpoint._CADENCE_FIELDS   # pylint: disable=protected-access
+  from vaes import run_config
+  assert sweep._CADENCE_FIELDS == run_config.CADENCE_FIELDS   # pylint: disable=protected-access
   (same,) = sweep.plan(VQ, path, root, _flags(log_every_steps=1, checkpoint_every_steps=4))
   assert same.status() == ('finished', [])
   capsys.readouterr()

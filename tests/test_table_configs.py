@@ -11,7 +11,8 @@ from tests.helpers import load_config
 from vaes import data as data_lib
 from vaes.data.core import ArrayEvalSource
 from vaes.registry import get_family
-from vaes.train import build_trainer, evaluate_split
+from vaes.evaluation import evaluate_split
+from vaes.train import build_trainer
 
 TABLE_CONFIGS = {
     'configs/lvae_mnist.py': 'nll', 'configs/hvae_mnist.py': 'nll',

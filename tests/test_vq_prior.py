@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tests.helpers import load_config, read_eval_metrics, run_cli
+from tests.helpers import load_config, model_fields, read_eval_metrics, run_cli
+from vaes.families import vq_prior
 from vaes.families.vq_prior import sample_codes
 from vaes.models.pixelcnn import CodePrior, GatedPixelCNN
 from vaes.train import train_and_evaluate
@@ -24,8 +25,9 @@ def _dependence(net, params, x, i, j):
 
 def test_masked_convolutions_are_causal_and_have_no_blind_spot():
   h = w = 5
-  net = GatedPixelCNN(num_codes=7, channels=8, num_layers=5, kernel_size=3, embed_dim=4,
-                      out_hidden=8)
+  net = GatedPixelCNN(**model_fields(GatedPixelCNN, vq_prior, num_codes=7, channels=8,
+                                     num_layers=5, kernel_size=3, embed_dim=4, out_hidden=8,
+                                     dropout=0.0))
   params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, h, w), jnp.int32))
   x = jax.random.normal(jax.random.PRNGKey(1), (1, h, w, 4))
   order = np.arange(h * w).reshape(h, w)
@@ -42,8 +44,9 @@ def test_masked_convolutions_are_causal_and_have_no_blind_spot():
 
 
 def test_conditioning_reaches_every_position_and_stays_causal():
-  prior = CodePrior(num_codes=(5, 3), grids=((4, 4), (2, 2)), channels=8, num_layers=2,
-                    embed_dim=4, out_hidden=8, cond_channels=4)
+  prior = CodePrior(**model_fields(CodePrior, vq_prior, num_codes=(5, 3),
+                                   grids=((4, 4), (2, 2)), channels=8, num_layers=2, embed_dim=4,
+                                   out_hidden=8, cond_channels=4, dropout=0.0))
   codes = [jnp.zeros((1, 4, 4), jnp.int32), jnp.zeros((1, 2, 2), jnp.int32)]
   params = prior.init(jax.random.PRNGKey(0), codes)
   bottom, top = prior.apply(params, codes)
@@ -58,8 +61,9 @@ def test_conditioning_reaches_every_position_and_stays_causal():
 
 
 def test_sampling_with_a_fixed_rng_is_deterministic():
-  prior = CodePrior(num_codes=(6, 4), grids=((4, 4), (2, 2)), channels=8, num_layers=2,
-                    embed_dim=4, out_hidden=8, cond_channels=4)
+  prior = CodePrior(**model_fields(CodePrior, vq_prior, num_codes=(6, 4),
+                                   grids=((4, 4), (2, 2)), channels=8, num_layers=2, embed_dim=4,
+                                   out_hidden=8, cond_channels=4, dropout=0.0))
   params = prior.init(jax.random.PRNGKey(0), [jnp.zeros((1, 4, 4), jnp.int32),
                                               jnp.zeros((1, 2, 2), jnp.int32)])['params']
   sampler = jax.jit(lambda p, r: sample_codes(prior, p, r, 8, 1.0))
@@ -76,8 +80,9 @@ def test_sampling_with_a_fixed_rng_is_deterministic():
 
 
 def test_sampling_at_low_temperature_follows_the_argmax():
-  prior = CodePrior(num_codes=(6,), grids=((3, 3),), channels=8, num_layers=2, embed_dim=4,
-                    out_hidden=8)
+  prior = CodePrior(**model_fields(CodePrior, vq_prior, num_codes=(6,), grids=((3, 3),),
+                                   channels=8, num_layers=2, embed_dim=4, out_hidden=8,
+                                   dropout=0.0))
   params = prior.init(jax.random.PRNGKey(0), [jnp.zeros((1, 3, 3), jnp.int32)])['params']
   # Random biases too, so that no conditional is a tie (at init the first position's
   # logits are all exactly 0).
@@ -159,7 +164,7 @@ def test_codes_cache_follows_the_checkpoint_content(tmp_path):
 
 
 def test_first_stage_with_weight_ema_is_used_through_its_average(tmp_path):
-  """A first stage trained with config.ema_decay > 0 encodes with its moving average,
+  """A first stage trained with config.weights_ema_decay > 0 encodes with its moving average,
   as its own evaluation does."""
   from vaes import data as data_lib
   from vaes import stages
@@ -167,7 +172,7 @@ def test_first_stage_with_weight_ema_is_used_through_its_average(tmp_path):
   from vaes.train import build_trainer
   vq_dir = str(tmp_path / 'vq')
   stage1 = dict(TINY_VQ, num_train_steps=2, log_every_steps=1, eval_every_steps=0,
-                checkpoint_every_steps=2, ema_decay=0.5)
+                checkpoint_every_steps=2, weights_ema_decay=0.5)
   config = load_config('configs/vqvae_prior.py', dict(
       {f'data.vqvae.{k}': v for k, v in stage1.items()}, **{'data.vqvae_workdir': vq_dir}))
   train_and_evaluate(config.data.vqvae, vq_dir)

@@ -1,6 +1,6 @@
 """VRAE: scan vs Python loop, masking, closed-form KL, importance-weighted bound, noise,
 imputation and generation. Tiny models called directly (no engine); the CLI and the
-8-device step are in test_vrae_engine.py, the data in test_vrae_data.py."""
+8-device step are in test_vrae_engine.py, the data in test_data_music.py."""
 
 import functools
 import types
@@ -11,13 +11,16 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests.helpers import model_fields
 from vaes import distributions as dist
+from vaes.data import DataInfo
 from vaes import objectives
 from vaes.families import vrae as family
 from vaes.models import vrae as vrae_model
 from vaes.models.vrae import VRAE
 
 P, H, D, B, T = 6, 8, 3, 3, 7
+SEQUENCE_INFO = DataInfo(kind='sequence', shape=(T, P))   # what the loss reads: nothing
 
 
 def random_variables(model, likelihood, seed=0):
@@ -39,7 +42,7 @@ def tiny(prior='latent', likelihood='bernoulli', unroll=1, remat=False, posterio
   model = VRAE(features=P, likelihood=likelihood, prior=prior, posterior=posterior, hidden=H,
                latent=D, mlp_hidden=H, unroll=unroll, remat=remat)
   variables = random_variables(model, likelihood)
-  loss_fn = family.make_loss_fn(loss_config(free_bits=0.05), model, {})
+  loss_fn = family.make_loss_fn(loss_config(free_bits=0.05), model, SEQUENCE_INFO)
   return types.SimpleNamespace(
       model=model, variables=variables,
       # posterior pass with the noise of family.latent_noise(model, rng, mask)
@@ -158,7 +161,8 @@ def test_unroll_and_remat_do_not_change_loss_or_gradients():
 
 def test_bfloat16_compute_keeps_float32_params_and_log_probs():
   base = tiny('latent')
-  model = VRAE(features=P, hidden=H, latent=D, mlp_hidden=H, dtype=jnp.bfloat16)
+  model = VRAE(**model_fields(VRAE, family, features=P, hidden=H, latent=D, mlp_hidden=H,
+                              dtype=jnp.bfloat16))
   x, mask = data()
   rng = jax.random.PRNGKey(4)
   out = jax.jit(lambda v: model.apply(v, x, mask, family.latent_noise(model, rng, mask)))(
@@ -282,7 +286,7 @@ def test_dropping_a_frames_features_hides_it_from_the_inputs_but_not_from_the_sc
 
 def test_dropout_training_loss_ignores_padding_and_differs_from_no_dropout():
   m = tiny('vrnn', posterior='smooth')
-  loss_fn = family.make_loss_fn(loss_config(dropout=0.3), m.model, {})
+  loss_fn = family.make_loss_fn(loss_config(dropout=0.3), m.model, SEQUENCE_INFO)
   grad = jax.jit(jax.value_and_grad(lambda p, b, rng: loss_fn(p, {}, b, rng, 3)[0]))
   x, mask = data()
   pad, rng, params = 4, jax.random.PRNGKey(4), m.variables['params']
@@ -292,7 +296,7 @@ def test_dropout_training_loss_ignores_padding_and_differs_from_no_dropout():
   loss_b, g_b = grad(params, {'x': x_long, 'mask': mask_long}, rng)
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g_a, g_b)
-  plain = family.make_loss_fn(loss_config(), m.model, {})
+  plain = family.make_loss_fn(loss_config(), m.model, SEQUENCE_INFO)
   loss_0 = jax.jit(lambda p: plain(p, {}, {'x': x, 'mask': mask}, rng, 3)[0])(params)
   assert abs(float(loss_a) - float(loss_0)) > 1e-3
 
@@ -425,7 +429,8 @@ def test_loss_is_per_frame_elbo_with_warmup_and_free_bits():
   frames = float(mask.sum())
   recon = -float(out['log_px'].sum()) / frames
   kl = float(out['kl'].sum()) / frames
-  loss_fn = family.make_loss_fn(loss_config(kl_warmup_steps=10, kl_warmup_start=0.5), m.model, {})
+  loss_fn = family.make_loss_fn(loss_config(kl_warmup_steps=10, kl_warmup_start=0.5), m.model,
+                                SEQUENCE_INFO)
   loss, (metrics, _) = jax.jit(lambda p: loss_fn(p, {}, batch, rng, 4))(m.variables['params'])
   np.testing.assert_allclose(float(loss), recon + 0.7 * kl, rtol=1e-5)
   np.testing.assert_allclose(float(metrics['neg_elbo_per_frame']), recon + kl, rtol=1e-5)

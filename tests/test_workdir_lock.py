@@ -12,7 +12,8 @@ from tests.helpers import PYTHON, REPO, load_config, run_cli, subprocess_env
 from tests.test_failures import TINY_VQ, _train_cmd, _wait_for_checkpoint
 from vaes import workdir_lock
 from vaes.checkpoint import Checkpointer
-from vaes.train import TrainingError, train_and_evaluate
+from vaes.errors import TrainingError
+from vaes.train import train_and_evaluate
 
 
 def test_lock_is_exclusive_names_its_holder_and_is_released(tmp_path):

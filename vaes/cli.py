@@ -21,6 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vaes import fs
+from vaes.renames import renamed_field_message
 
 FLAGS = flags.FLAGS
 
@@ -76,6 +77,10 @@ def _flag_error_message(e, argv):
   """One line for what went wrong while reading --config and its overrides."""
   text = str(e).strip().strip('\'"')
   path = _config_arg(argv)
+  for a in argv:
+    renamed = a.startswith('--config.') and renamed_field_message(a[9:].split('=', 1)[0])
+    if renamed:
+      return renamed
   m = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text.replace('\\"', '"'))
   if m:
     override = next((a for a in argv if a.startswith('--config.') and m.group(2) in a), None)
@@ -129,12 +134,18 @@ class _LibraryNoise(logging.Filter):
   """Drops what a failure the engine reports in one line leaves in the log: Orbax's
   error records, with their tracebacks (a save or restore that failed: CheckpointError,
   or a damaged checkpoint set aside), and asyncio's 'Future exception was never
-  retrieved' for the other writes of the same save."""
+  retrieved' for the other writes of the same save; and Orbax's warnings that a
+  read-only manager (eval.py reading a workdir) is read-only."""
 
   def filter(self, record):
     if record.name == 'absl':   # Orbax logs through absl
-      return not (record.levelno >= logging.ERROR and
-                  '/orbax/' in record.pathname.replace(os.sep, '/'))
+      if '/orbax/' not in record.pathname.replace(os.sep, '/'):
+        return True
+      if record.levelno >= logging.ERROR:
+        return False
+      # A read-only CheckpointManager (eval.py, a second stage) is what we asked for.
+      return not (record.levelno == logging.WARNING and 'read only' in
+                  record.getMessage().replace('read_only', 'read only').lower())
     return False   # the asyncio and concurrent.futures loggers
 
 
@@ -200,17 +211,15 @@ def run(body):
   expected errors become one line and exit 2; `Preempted` exits 128 + signal."""
   _quiet_thread_errors()
   _quiet_library_errors()
-  from vaes.checkpoint import CheckpointError
   from vaes.data import DataError
-  from vaes.registry import ConfigError
-  from vaes import train
+  from vaes.errors import CheckpointError, ConfigError, Preempted, TrainingError
   try:
     maybe_initialize_distributed()
     body()
-  except train.Preempted as e:
+  except Preempted as e:
     print(str(e), flush=True)
     sys.exit(e.exit_code)
-  except (ConfigError, DataError, CheckpointError, train.TrainingError, StartupError,
+  except (ConfigError, DataError, CheckpointError, TrainingError, StartupError,
           fs.PathError) as e:
     fail(str(e))
   except KeyboardInterrupt:

@@ -6,7 +6,7 @@ One row per workdir: the config fields that differ between the runs (dotted name
 each WORKDIR/config.json written by vaes/provenance.py), then the metrics of
 WORKDIR/eval_metrics.json (--metrics: those, in that order; default: every metric any run
 has; the record of the weights evaluated, 'weights', is one of them, and a run whose
-'weights' disagree with its config.json's ema_decay is an error). Markdown by default,
+'weights' disagree with its config.json's weights_ema_decay is an error). Markdown by default,
 CSV with --csv. A sweep's table is one command: `python -m vaes.collect runs/sweep/*`.
 
     python -m vaes.collect --results results [--csv]
@@ -32,6 +32,7 @@ import math
 import sys
 
 from vaes import fs
+from vaes.renames import upgrade_config
 
 CONFIG_JSON = 'config.json'
 METRICS_JSON = 'eval_metrics.json'
@@ -78,6 +79,7 @@ def load_run(workdir):
                        'not written by vaes.provenance; rerun train.py in that workdir.')
   if not isinstance(metrics, dict):
     raise CollectError(f'{fs.join(workdir, METRICS_JSON)} is not a JSON object of metrics.')
+  record = {**record, 'config': upgrade_config(record['config'])}   # renamed fields
   check_weights(workdir, record['config'], metrics)
   return flatten(record['config']), metrics, record
 
@@ -85,18 +87,18 @@ def load_run(workdir):
 def check_weights(workdir, config, metrics):
   """Refuses numbers of other weights than the config's: eval_metrics.json's 'weights'
   ('ema': the moving average, 'params'; absent in files written before it was recorded)
-  against config.json's ema_decay."""
+  against config.json's weights_ema_decay (ema_decay in runs saved before its rename)."""
   weights = metrics.get('weights')
   if weights not in ('ema', 'params'):
     return
-  decay = config.get('ema_decay') or 0.0
+  decay = config.get('weights_ema_decay') or 0.0
   if weights == ('ema' if decay > 0 else 'params') and (
       weights == 'params' or metrics.get('weights_ema_decay') == decay):
     return
-  used = ('the moving average of the weights (ema_decay='
+  used = ('the moving average of the weights (weights_ema_decay='
           f'{metrics.get("weights_ema_decay")})' if weights == 'ema' else 'the raw weights')
   raise CollectError(f'{fs.join(workdir, METRICS_JSON)} holds the numbers of {used}, but '
-                     f'{fs.join(workdir, CONFIG_JSON)} says ema_decay={decay}: they are not '
+                     f'{fs.join(workdir, CONFIG_JSON)} says weights_ema_decay={decay}: they are not '
                      f'of one run. Evaluate it again (python eval.py --config=... '
                      f'--workdir={workdir}).')
 

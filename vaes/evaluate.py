@@ -9,7 +9,7 @@ WORKDIR/checkpoints (an earlier run of the workdir) is refused with one line.
 
 Which weights are evaluated follows from the checkpoint, not from this command's
 config: the moving average of the parameters when the run kept one (it was trained
-with config.ema_decay > 0), else the parameters. eval_metrics.json records them
+with config.weights_ema_decay > 0), else the parameters. eval_metrics.json records them
 ('weights': 'ema' | 'params', and 'weights_ema_decay', the run's decay, for 'ema'),
 the checkpoint ('checkpoint': 'best' | 'latest', 'step'), the eval fields it ran with
 ('eval_config': config.eval, and 'eval_data': {'eval_split'}, so that a sweep tells an
@@ -30,15 +30,17 @@ import os
 import time
 
 import jax
-import numpy as np
 
 from vaes import data as data_lib
 from vaes import fs
-from vaes.checkpoint import (BEST_DIR, LATEST_DIR, Checkpointer, CheckpointError, describe_diff,
-                             describe_run, other_run_diff, weights_note)
+from vaes import preflight
+from vaes.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer
+from vaes.errors import CheckpointError, ImageWriteError
+from vaes.evaluation import Evaluator, abstract_variables, evaluation_variables
+from vaes.mesh import Placement, make_mesh
 from vaes.metric_writers import TENSORBOARD_DIR, write_final_images
 from vaes.registry import get_family
-from vaes.train import ImageWriteError, build_trainer, run_evaluation
+from vaes.run_config import describe_diff, describe_run, other_run_diff, weights_note
 
 
 def checkpoint_kind(config):
@@ -133,6 +135,8 @@ def check_writable(workdir):
 
 
 def evaluate(config, workdir):
+  """Evaluates the checkpoint config.eval.checkpoint asks for; writes and returns
+  eval_metrics.json's content."""
   t_start = time.time()
   fs.check_url(workdir)
   kind = checkpoint_kind(config)
@@ -143,22 +147,11 @@ def evaluate(config, workdir):
   if kind == 'best':
     check_best_is_of_the_run(checkpointer, latest)
   family = get_family(config.model.name)
+  preflight.validate_config(config, family)     # before any data, codes or model
   if family.prepare is not None:
     family.prepare(config)
   splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  # Parameters and model state only: the optimiser fields need not match the run's. The
-  # moving average comes with them when the checkpoint kept one, whatever config.ema_decay.
-  abstract = trainer.abstract_state
-  wanted = {'params': abstract.params, 'model_state': abstract.model_state}
-  variables, step, info = checkpointer.restore_variables(wanted, config)
-  if variables is None:
-    raise CheckpointError(f'No checkpoint in {checkpointer.directory}: train first with '
-                          f'`python train.py --config=... --workdir={workdir}`.')
-  # run_evaluation evaluates ema_params when it is not None.
-  state = abstract.replace(step=np.int32(step), params=variables['params'],
-                           model_state=variables['model_state'],
-                           ema_params=variables.get('ema_params'))
+  evaluator, variables, step, info = _restore(config, workdir, family, splits, checkpointer)
   is_main = jax.process_index() == 0
   note = weights_note(info, config)
   if note and is_main:
@@ -166,10 +159,39 @@ def evaluate(config, workdir):
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
   unwritten = None   # the OSError of a result that could not be written
   try:
-    metrics = run_evaluation(trainer, state, splits, workdir, rng,
-                             image_dir=workdir if is_main else None, image_prefix='eval_')
+    metrics = evaluator(variables, splits.eval, rng, step=step,
+                        image_dir=workdir if is_main else None, image_prefix='eval_')
   except ImageWriteError as e:   # the metrics are kept and printed; then one line
     metrics, unwritten = e.metrics, e.__cause__
+  metrics, record = _results(config, kind, metrics, step, info, latest)
+  metrics['eval_wall_time_s'] = time.time() - t_start
+  if is_main:
+    _report(workdir, kind, step, splits.info, metrics, record, info, unwritten)
+  return {**metrics, **record}
+
+
+def _restore(config, workdir, family, splits, checkpointer):
+  """(Evaluator, the variables evaluated, step, restore info) of the checkpoint: its
+  parameters (their moving average when it kept one, whatever config.weights_ema_decay) and
+  model state on a mesh of every device. No optimiser is built: its fields need not
+  match the run's."""
+  placement = Placement(make_mesh())
+  model = family.build_model(config, splits.info)
+  abstract = abstract_variables(family, model, splits.train.element_spec, config.batch_size)
+  wanted = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                       sharding=placement.replicated), abstract)
+  restored, step, info = checkpointer.restore_variables(wanted, config)
+  if restored is None:
+    raise CheckpointError(f'No checkpoint in {checkpointer.directory}: train first with '
+                          f'`python train.py --config=... --workdir={workdir}`.')
+  variables = evaluation_variables(restored['params'], restored['model_state'],
+                                   restored.get('ema_params'))
+  return Evaluator(family, config, model, splits.info, placement.put), variables, step, info
+
+
+def _results(config, kind, metrics, step, info, latest):
+  """(metrics as floats with the checkpoint's step, selection and training wall time;
+  the record of what was evaluated: checkpoint, weights, eval fields)."""
   metrics = {k: float(v) for k, v in metrics.items()}
   metrics['step'] = float(step)
   # The eval fields it ran with: a sweep tells an evaluation of other eval fields apart.
@@ -185,31 +207,34 @@ def evaluate(config, workdir):
   if train_wall is not None:
     metrics['train_wall_time_s'] = train_wall
     metrics['train_steps'] = float(train_steps)
-  metrics['eval_wall_time_s'] = time.time() - t_start
-  if is_main:
-    try:   # the metrics are written even when the PNGs could not be
-      path = write_eval_metrics(workdir, metrics, record)
+  return metrics, record
+
+
+def _report(workdir, kind, step, data_info, metrics, record, info, unwritten):
+  """Writes eval_metrics.json and the PNGs (into TensorBoard too), prints the metrics,
+  then reports a write that failed as one line (fs.PathError): nothing is lost."""
+  try:   # the metrics are written even when the PNGs could not be
+    path = write_eval_metrics(workdir, metrics, record)
+  except OSError as e:
+    path, unwritten = None, unwritten or e
+  if unwritten is None:
+    try:
+      write_final_images(workdir, step, workdir, 'eval_')   # the PNGs, into TensorBoard too
     except OSError as e:
-      path, unwritten = None, unwritten or e
-    if unwritten is None:
-      try:
-        write_final_images(workdir, step, workdir, 'eval_')   # the PNGs, into TensorBoard too
-      except OSError as e:
-        unwritten = e
-    # Printed before a failed write is reported: the metrics are not lost.
-    print(f'Evaluation of the {kind} checkpoint (step {step}) on '
-          f'{splits.info.get("num_eval", "?")} examples of the '
-          f'{splits.info.get("eval_split", "evaluation")} split -> '
-          f'{path or "(eval_metrics.json not written)"}', flush=True)
-    for k in sorted(metrics):
-      print(f'  {k}: {metrics[k]:.6g}', flush=True)
-    print(f'  checkpoint: {kind}', flush=True)
-    print(f"  weights: {info['weights']}" + (f" (ema_decay={info['ema_decay']})"
-                                             if info['weights'] == 'ema' else ''), flush=True)
-    if unwritten is not None:
-      kept = 'printed above' + (f' and in {path}' if path else '')
-      raise fs.PathError(
-          f'--workdir={workdir}: writing the results failed ({unwritten}); the metrics are '
-          f'{kept}. Make the workdir writable (or free disk space), or evaluate a copy '
-          f'(cp -r {workdir} COPY; python eval.py ... --workdir=COPY).') from unwritten
-  return {**metrics, **record}
+      unwritten = e
+  # Printed before a failed write is reported: the metrics are not lost.
+  print(f'Evaluation of the {kind} checkpoint (step {step}) on '
+        f'{data_info.num_eval} examples of the '
+        f'{data_info.eval_split or "evaluation"} split -> '
+        f'{path or "(eval_metrics.json not written)"}', flush=True)
+  for k in sorted(metrics):
+    print(f'  {k}: {metrics[k]:.6g}', flush=True)
+  print(f'  checkpoint: {kind}', flush=True)
+  print(f"  weights: {info['weights']}" + (f" (weights_ema_decay={info['ema_decay']})"
+                                           if info['weights'] == 'ema' else ''), flush=True)
+  if unwritten is not None:
+    kept = 'printed above' + (f' and in {path}' if path else '')
+    raise fs.PathError(
+        f'--workdir={workdir}: writing the results failed ({unwritten}); the metrics are '
+        f'{kept}. Make the workdir writable (or free disk space), or evaluate a copy '
+        f'(cp -r {workdir} COPY; python eval.py ... --workdir=COPY).') from unwritten

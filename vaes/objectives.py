@@ -9,12 +9,27 @@ objectives and evaluations, as plain functions of model outputs, in float32.
   bits per dim   NLL_nats / (D ln 2)
 """
 
+import copy
 import math
 
 import jax
 import jax.numpy as jnp
 
 F32 = jnp.float32
+
+
+def iw_selection_eval(config):
+  """A family's `selection_eval` (vaes/registry.py) for an importance-weighted bound:
+  with config.eval.select_num_importance_samples = k > 0, the config of the evaluations
+  that choose the best checkpoint, with k importance samples (in chunks of at most k)
+  instead of eval.num_importance_samples, which eval.py reports; else `config`."""
+  k = int(config.eval.select_num_importance_samples)
+  if not k:
+    return config
+  chosen = copy.deepcopy(config)
+  chosen.eval.num_importance_samples = k
+  chosen.eval.iw_chunk_size = min(int(config.eval.iw_chunk_size), k)
+  return chosen
 
 
 def warmup_length(steps, fraction, num_train_steps):

@@ -29,8 +29,9 @@ eval_stats(config, model, data_info) -> stats_fn
     stats_fn(variables, batch, rng) -> dict (a pytree) of sums over the batch's real
     examples (`batch['valid']`, bool per example, marks them; the last batch of a
     split is padded). Pure: the engine jits it, runs it over the whole evaluation
-    split and adds the batches' sums up in float64. Build it from hashable values
-    (functools.lru_cache) so periodic evaluations reuse one compilation.
+    split and adds the batches' sums up in float64. eval_stats itself is a pure
+    function too (no cache, no side effects): the engine calls it and jits stats_fn
+    once per run and evaluation config, so periodic evaluations reuse one compilation.
 
 eval_metrics(config, data_info, totals) -> dict[str, float]
     Finishes the split's summed statistics (numpy float64) into metrics.
@@ -44,6 +45,19 @@ validate_config(config) -> None  (optional)
     Raise `ConfigError` naming the field, the value and what is allowed. The engine
     calls it once per run, before building anything.
 
+eval_config() -> ml_collections.ConfigDict  (optional)
+    The family's own `config.eval` fields (e.g. num_importance_samples, iw_chunk_size),
+    with defaults and meanings; the engine's eval fields (batch_size, num_images,
+    matmul_precision, select_*, checkpoint) are in configs/base.py. The configs of the
+    family start their `config.eval` from both. None: the family has no eval fields.
+
+selection_eval(config) -> config  (optional)
+    The config of the cheap evaluations that choose the best checkpoint (the engine
+    calls it once per run when config.eval.select_metric is set): with
+    config.eval.select_num_importance_samples = k > 0, a copy with k importance samples;
+    else `config` itself. Families without it evaluate the selection with `config`, and
+    their validate_config refuses select_num_importance_samples > 0.
+
 kl_warmup(config, data_info) -> (steps, description)  (optional)
     The length of the family's KL warm-up and the field that set it, e.g.
     (5000, 'config.model.kl_warmup_steps=5000'); the engine warns at the start of
@@ -54,15 +68,14 @@ implementation_fields: tuple of dotted config names (optional)
     `model.remat`, `model.upsample`); a checkpoint may be resumed with other values.
 
 Each family module also declares its whole `config.model` group once, with defaults
-and meanings, in `model_config()`; the configs in configs/ start from it.
+and meanings, in `model_config()`; the configs in configs/ start from it. It is the one
+home of those defaults: the Linen modules built from it take the fields without defaults.
 """
 
 import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
 
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the field and the fix."""
+from vaes.errors import ConfigError  # noqa: F401  (re-exported: vaes.registry.ConfigError)
 
 
 @dataclasses.dataclass
@@ -70,7 +83,7 @@ class ImageContext:
   config: Any
   model: Any
   variables: Dict[str, Any]     # {'params': ..., other collections}, on this process
-  data_info: dict
+  data_info: Any               # vaes.data.DataInfo
   rng: Any                      # jax PRNG key of the evaluation
   image_dir: str
   image_prefix: str = ''
@@ -99,6 +112,11 @@ class ModelFamily:
   # kl_warmup(config, data_info) -> (steps, 'config.model.<field>=<value>' that set them):
   # the engine warns when a KL warm-up outlasts the run.
   kl_warmup: Optional[Callable] = None
+  # eval_config() -> ConfigDict: the family's own config.eval fields with their defaults.
+  eval_config: Optional[Callable] = None
+  # selection_eval(config) -> config of the checkpoint-selection evaluations (fewer
+  # importance samples: config.eval.select_num_importance_samples).
+  selection_eval: Optional[Callable] = None
 
 
 _FAMILIES: Dict[str, ModelFamily] = {}

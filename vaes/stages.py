@@ -4,7 +4,8 @@ As big_vision's UViM loads its oracle by path, a prior restores the first stage'
 *variables* (parameters, or their moving average when it kept one, and model state)
 from `config.data.vqvae_workdir`, not a trainer, and never from inside the data layer.
 Which weights follows from the first stage's checkpoint (it kept a moving average when
-it was trained with config.ema_decay > 0), not from config.data.vqvae.ema_decay:
+it was trained with config.weights_ema_decay > 0), not from
+config.data.vqvae.weights_ema_decay:
 
   load_first_stage(config) -> FirstStage(model, variables, interface, step, key)
   prepare_codes(config)    -> path of the cached codes; sets config.data.codes_path
@@ -29,10 +30,13 @@ import numpy as np
 
 from vaes import data as data_lib
 from vaes import fs
-from vaes.checkpoint import Checkpointer, CheckpointError, config_dict, weights_note
+from vaes.checkpoint import Checkpointer
 from vaes.data import DataError
 from vaes.data import codes as codes_data
+from vaes.errors import CheckpointError
+from vaes.evaluation import abstract_variables, evaluation_variables
 from vaes.registry import get_family
+from vaes.run_config import config_dict, weights_note
 
 CODES_FORMAT = 2     # bump when the cached arrays change meaning
 
@@ -93,17 +97,12 @@ def load_first_stage(config) -> FirstStage:
   checkpointer = _checkpointer(workdir)
   splits = data_lib.get_datasets(vq_config, process_index=0, process_count=1)
   model = family.build_model(vq_config, splits.info)
-  example = {k: np.zeros((1,) + tuple(s), d) for k, (s, d) in splits.train.element_spec.items()}
-  abstract = dict(jax.eval_shape(lambda r, b: family.init_variables(model, r, b),
-                                 jax.random.PRNGKey(0), example))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          abstract)
-  params = abstract.pop('params')
-  # A first stage whose checkpoint kept a moving average (trained with config.ema_decay
+                          abstract_variables(family, model, splits.train.element_spec, 1))
+  # A first stage whose checkpoint kept a moving average (trained with config.weights_ema_decay
   # > 0) is used through it, as its own evaluation does, whatever vq_config says.
-  variables, step, info = checkpointer.restore_variables(
-      {'params': params, 'model_state': abstract}, vq_config, sharding=device)
+  variables, step, info = checkpointer.restore_variables(abstract, vq_config, sharding=device)
   name = 'ema_params' if info['weights'] == 'ema' else 'params'
   # The key: the checksums of the weights used and the model state.
   key = _key({p: c for p, c in info['checksums'].items()
@@ -114,7 +113,8 @@ def load_first_stage(config) -> FirstStage:
     if note and jax.process_index() == 0:
       print(f'{note[:-1]} (first stage in {workdir}).', flush=True)
     _LOADED[cache] = FirstStage(
-        model=model, variables={'params': variables[name], **variables['model_state']},
+        model=model, variables=evaluation_variables(variables['params'], variables['model_state'],
+                                                    variables.get('ema_params')),
         interface=family.prior_interface(vq_config, model, splits.info), step=int(step),
         key=key, splits=splits, workdir=workdir, weights=info['weights'])
   return _LOADED[cache]
@@ -146,7 +146,7 @@ def extract_codes(first: FirstStage):
   info = {
       'grids': [list(g) for g in first.interface['levels']],
       'num_codes': [int(k) for k in first.interface['num_codes']],
-      'image_shape': list(first.splits.info['shape']),
+      'image_shape': list(first.splits.info.shape),
       'vqvae_step': first.step, 'key': first.key, 'vqvae_weights': first.weights,
   }
   out['info_json'] = np.array(json.dumps(info))

@@ -59,6 +59,7 @@ from ml_collections import config_flags
 from vaes import cli
 from vaes import collect
 from vaes import fs
+from vaes.renames import upgrade_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NAME = 120
@@ -229,6 +230,8 @@ class Run:
     'evaluate' (trained to the end, evaluated with other eval fields or not at all at
     that step: only eval.py), 'run' (train.py, then eval.py)."""
     record = self._json(collect.CONFIG_JSON) or {}
+    if isinstance(record.get('config'), dict):   # saved before a field was renamed
+      record = {**record, 'config': upgrade_config(record['config'])}
     steps = self.trained_steps()
     if not isinstance(record.get('config'), dict) or steps is None \
         or steps < self.config.num_train_steps:
@@ -268,10 +271,10 @@ class Run:
 
 
 # Fields that change neither the state nor the trained function (those of
-# vaes.checkpoint): a finished run rerun with other values of these is the same run.
+# vaes.run_config): a finished run rerun with other values of these is the same run.
 _CADENCE_FIELDS = frozenset({'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                              'max_checkpoints_to_keep', 'steps_per_dispatch', 'profile_steps'})
-# Evaluation-only fields besides config.eval.* (vaes.checkpoint.EVAL_DATA_FIELDS): a
+# Evaluation-only fields besides config.eval.* (vaes.run_config.EVAL_DATA_FIELDS): a
 # finished run rerun with other values is evaluated again, not trained again.
 _EVAL_DATA_FIELDS = frozenset({'data.eval_split'})
 
@@ -293,7 +296,7 @@ def _plain(tree):
 def _differing_fields(then, now):
   """Sorted [(field, recorded value, sweep's value)] of the fields of the recorded config
   `then` that differ in `now` (both nested dicts), the cadence fields, those train.py sets
-  itself and the family's implementation-only fields (vaes.checkpoint) aside."""
+  itself and the family's implementation-only fields (vaes.run_config) aside."""
   then, now = collect.flatten(_plain(then)), collect.flatten(now)
   differ = [(k, then[k], now.get(k)) for k in sorted(then)
             if k in now and then[k] != now[k] and k not in _CADENCE_FIELDS
@@ -303,8 +306,8 @@ def _differing_fields(then, now):
   # Which fields only choose how the same function is computed is the family's to say;
   # asked only here, since it imports JAX and the families.
   import vaes.families  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  from vaes import checkpoint  # pylint: disable=import-outside-toplevel
-  ignore = checkpoint.implementation_fields(_unflatten(now))
+  from vaes import run_config  # pylint: disable=import-outside-toplevel
+  ignore = run_config.implementation_fields(_unflatten(now))
   return [d for d in differ if d[0] not in ignore]
 
 
@@ -351,7 +354,7 @@ def validate_runs(sweep_path, runs):
   import vaes.families  # noqa: F401  pylint: disable=unused-import  (they register)
   from vaes import data as data_lib
   from vaes.registry import ConfigError, get_family
-  from vaes.train import validate_config
+  from vaes.preflight import validate_config
   for i, run in enumerate(runs):
     try:
       if run.config.data.name not in data_lib.dataset_names():

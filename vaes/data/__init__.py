@@ -1,4 +1,4 @@
-"""Datasets by name: `get_datasets(config)` -> Splits(train, eval, info).
+"""Datasets by name: `get_datasets(config)` -> Splits(train, eval, info: DataInfo).
 
 Builders register themselves with `@register('name')`; each module that
 defines builders is imported below. A builder has the signature
@@ -8,8 +8,8 @@ defines builders is imported below. A builder has the signature
 
 import jax
 
-from vaes.data.core import (BUILDERS as _BUILDERS, DataError, Splits, dataset_names,  # noqa: F401
-                            register, validate_batch)
+from vaes.data.core import (BUILDERS as _BUILDERS, DataError, DataInfo, Splits,  # noqa: F401
+                            dataset_names, register, validate_batch, zeros_batch)
 
 
 def get_datasets(config, process_index=None, process_count=None) -> Splits:

@@ -17,7 +17,7 @@ import numpy as np
 from vaes import fs
 
 from vaes.data.core import register
-from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits
+from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, DataInfo, Splits
 
 IN_MEMORY = {}   # path -> arrays, for processes other than 0 (see vaes.stages)
 
@@ -38,18 +38,19 @@ def vq_codes(config, process_index, process_count):
   arrays = read_codes(config.data.codes_path)
   meta = json.loads(str(arrays.pop('info_json')))
   n_levels = len(meta['grids'])
-  info = {
-      'kind': 'codes',
-      'grids': tuple(tuple(g) for g in meta['grids']),
-      'num_codes': tuple(meta['num_codes']),
-      'image_shape': tuple(meta['image_shape']),
-      'num_dims': int(np.prod(meta['image_shape'])),
-      'num_train': len(arrays['train_codes_0']),
-      'num_eval': len(arrays['eval_codes_0']),
-      'vqvae_step': meta['vqvae_step'],
-  }
   train = ArrayTrainSource({f'codes_{l}': arrays[f'train_codes_{l}'] for l in range(n_levels)},
                            config.batch_size, config.seed, process_index, process_count)
+  info = DataInfo(
+      kind='codes',
+      grids=tuple(tuple(g) for g in meta['grids']),
+      num_codes=tuple(meta['num_codes']),
+      image_shape=tuple(meta['image_shape']),
+      num_dims=int(np.prod(meta['image_shape'])),
+      num_train=len(arrays['train_codes_0']),
+      num_eval=len(arrays['eval_codes_0']),
+      steps_per_epoch=train.steps_per_epoch,
+      vqvae_step=meta['vqvae_step'],
+  )
   evals = {f'codes_{l}': arrays[f'eval_codes_{l}'] for l in range(n_levels)}
   evals['decoder_nll'] = arrays['eval_decoder_nll']
   return Splits(train, ArrayEvalSource(evals, config.eval.batch_size, process_index,

@@ -9,14 +9,14 @@ A dataset builder returns `Splits(train, eval, info)`:
 * `iter(eval)` yields this host's share of fixed-size global batches covering the
   whole evaluation split once, the last one padded; `batch['valid']` (bool, per
   example) marks the real examples.
-* `info` holds facts the models and metrics need (kind, shapes, training-pixel
-  variance, ...).
+* `info`, a `DataInfo`, holds facts the models and metrics need (kind, shapes,
+  training-pixel variance, ...).
 
 Batches are dicts of numpy arrays whose leading axis is the (host-local) batch.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -81,11 +81,52 @@ class DataError(ValueError):
   """Data that is missing or does not match what the config asks for."""
 
 
+@dataclasses.dataclass(frozen=True, eq=False)   # eq=False: it holds arrays (frame statistics)
+class DataInfo:
+  """What a builder says about its dataset (`Splits.info`), every field declared once with
+  its default; a builder sets the fields of its kind, the rest keep the default."""
+  kind: str                                  # 'image' | 'sequence' | 'codes'
+  shape: Tuple[int, ...] = ()                # one example: (H, W, C) or (T, P); () for codes
+  num_train: int = 0                         # examples of the train split
+  num_eval: int = 0                          # examples of the evaluation split
+  steps_per_epoch: int = 0                   # train batches (global) per epoch; 0: unknown
+  eval_split: Optional[str] = None           # 'valid' | 'test'; None: a fixed split (digits)
+  train_variance: Optional[float] = None     # pixel / value variance of the training data
+  num_levels: int = 256                      # grey levels of the source; 2 = binary
+  source: str = ''                           # where the data came from (a path, a corpus, a seed)
+  # Images: binarized_mnist.
+  binarization: str = ''                     # 'static' | 'dynamic' (re-sampled from grey)
+  train_source: str = ''                     # dynamic: the grey training images' file
+  # Sequences (vaes/data/music.py): frames are (T, P), padded to max_len with a mask.
+  likelihood: str = ''                       # 'bernoulli' | 'gaussian'; '' = the data names none
+  num_classes: int = 0                       # categorical: classes; 0 = config.model.num_classes
+  max_len: int = 0                           # T, the padded length of every split
+  train_frames: int = 0                      # real (unpadded) frames of the train split
+  eval_frames: int = 0                       # real frames of the evaluation split
+  train_frame_count: int = 0                 # frame_statistics: frames summed over
+  train_frame_sum: Optional[np.ndarray] = None   # (P,) sum of the training frames
+  train_frame_var: Optional[np.ndarray] = None   # (P,) variance of the training frames
+  num_chorales: int = 0                      # chorales: pieces read
+  # Codes of a first stage (vaes/data/codes.py).
+  grids: Tuple[Tuple[int, int], ...] = ()    # (h, w) of the code grid per level, bottom first
+  num_codes: Tuple[int, ...] = ()            # codebook size per level
+  image_shape: Tuple[int, ...] = ()          # (H, W, C) of the images the codes encode
+  num_dims: int = 0                          # D = H * W * C
+  vqvae_step: int = 0                        # the first stage's checkpoint step
+
+
 @dataclasses.dataclass
 class Splits:
   train: Any
   eval: Any
-  info: dict
+  info: DataInfo
+
+
+def zeros_batch(element_spec, batch_size):
+  """A batch of zeros of `element_spec` ({name: (shape, dtype)}): what shapes are
+  traced with."""
+  return {k: np.zeros((batch_size,) + tuple(shape), dtype)
+          for k, (shape, dtype) in element_spec.items()}
 
 
 EVAL_SPLITS = ('valid', 'test')
@@ -109,6 +150,13 @@ def check_batch_split(global_batch_size: int, process_count: int, name='batch_si
         f'config.{name}={global_batch_size} is not divisible by the number of processes '
         f'({process_count}); choose a multiple of {process_count}.')
   return global_batch_size // process_count
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+  """Whole global batches in one pass over `num_examples` (the remainder dropped). The
+  one count of an epoch: with p processes each holding num_examples // p examples, a
+  process's (num_examples // p) // (global_batch_size // p) batches are this number."""
+  return num_examples // global_batch_size
 
 
 class ArrayTrainSource:
@@ -142,7 +190,7 @@ class ArrayTrainSource:
     self.seed = seed
     self.process_index = process_index
     self.transform = transform
-    self.steps_per_epoch = self.num_examples // global_batch_size
+    self.steps_per_epoch = steps_per_epoch(self.num_examples, global_batch_size)
 
   @property
   def element_spec(self):
@@ -213,7 +261,7 @@ def validate_batch(batch, element_spec, info, where='the first training batch'):
   """Checks a host batch against what the model was built for, with a clear message.
 
   Keys, per-example shapes and dtypes must match `element_spec`; floats must be
-  finite; images must lie in [0, 1] ({0, 1} when info['num_levels'] == 2); masks
+  finite; images must lie in [0, 1] ({0, 1} when info.num_levels == 2); masks
   must be 0/1. Raises DataError naming the array, what was found and what was expected.
   """
   missing = set(element_spec) - set(batch)
@@ -240,7 +288,7 @@ def validate_batch(batch, element_spec, info, where='the first training batch'):
       if lo < 0.0 or hi > 1.0:
         raise DataError(f'{where}: image values span [{lo:g}, {hi:g}], expected [0, 1] '
                         '(divide 8-bit images by 255).')
-      if info.get('num_levels') == 2 and not np.all((x == 0) | (x == 1)):
+      if info.num_levels == 2 and not np.all((x == 0) | (x == 1)):
         raise DataError(f'{where}: the dataset is declared binary but images hold values '
                         'other than 0 and 1; set config.data.binarize.')
     if key == 'mask' and not np.all((x == 0) | (x == 1)):

@@ -1,14 +1,14 @@
 """Image datasets: the embedded scikit-learn digits, and shared image transforms.
 
 Batches are {'image': float32 (B, H, W, C) in [0, 1]}. Binarised datasets hold
-{0, 1}. `info['num_levels']` is the number of grey levels of the source (17 for
+{0, 1}. `info.num_levels` is the number of grey levels of the source (17 for
 digits, 256 for 8-bit images, 2 for binary ones).
 """
 
 import numpy as np
 
 from vaes.data.core import register
-from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits
+from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, DataInfo, Splits
 
 DIGITS_TEST_SIZE = 297  # fixed split: 1500 train / 297 test, by a permutation with seed 0
 
@@ -73,19 +73,20 @@ def array_image_splits(config, x_train, x_eval, num_levels, default_size, proces
   # Dynamic binarisation of the eval set is drawn once, with a fixed seed.
   eval_transform = train_transform
   binary = config.data.binarize not in (None, '', 'none')
-  info = {
-      'kind': 'image',
-      'shape': x_train.shape[1:],
-      'num_levels': 2 if binary else num_levels,
-      'train_variance': float(np.var(x_train)),
-      'num_train': len(x_train),
-      'num_eval': len(x_eval),
-  }
-  info.update(extra_info or {})
   train = ArrayTrainSource({'image': x_train}, config.batch_size, config.seed,
                            process_index, process_count, transform=train_transform)
   evals = ArrayEvalSource({'image': x_eval}, config.eval.batch_size, process_index,
                           process_count, transform=eval_transform, seed=1234)
+  info = DataInfo(
+      kind='image',
+      shape=x_train.shape[1:],
+      num_levels=2 if binary else num_levels,
+      train_variance=float(np.var(x_train)),
+      num_train=len(x_train),
+      num_eval=len(x_eval),
+      steps_per_epoch=train.steps_per_epoch,
+      **(extra_info or {}),
+  )
   return Splits(train, evals, info)
 
 

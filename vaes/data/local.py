@@ -4,19 +4,19 @@ and pickle: no download and no TensorFlow, so the table configs run on a fresh c
   binarized_mnist  The statically binarised MNIST of Larochelle & Murray (2011), the fixed
                    50,000 / 10,000 / 10,000 train / valid / test split (TFDS's
                    binarized_mnist). Batches {'image': float32 (B, 28, 28, 1) in {0, 1}},
-                   info['num_levels'] == 2, as from the TFDS path; data.image_size and
+                   info.num_levels == 2, as from the TFDS path; data.image_size and
                    resize act as for 'digits'. config.data.source: 'local' (default) reads
                    the bundled copy, 'tfds' reads TFDS (vaes/data/tfds_data.py; its
                    eval_split is a TFDS split, 'validation' or 'test').
                    config.data.binarize: 'none' / 'threshold' (no-ops on these images)
-                   train and evaluate on the file's one binarisation (info['binarization']
+                   train and evaluate on the file's one binarisation (info.binarization
                    'static'). 'dynamic' (source 'local' only) is the protocol of the Ladder
                    VAE paper and IWAE: each training batch is a fresh sample x ~
                    Bernoulli(grey / 255) of the grey MNIST sources (vaes/data/files/mnist/)
                    of the same 50,000 training images in the same order (a batch holds the
                    images the static protocol's batch holds, re-binarised), while the
                    evaluation split is still the file's own binary images, the ones the
-                   static rows are scored on (info['binarization'] 'dynamic'). The grey
+                   static rows are scored on (info.binarization 'dynamic'). The grey
                    source of each binary image is in binarized_mnist_grey_index.npz, made
                    once by vaes/data/make_mnist_grey_index.py.
   jsb_chorales     JSB Chorales on a quarter-note grid in the split of Boulanger-Lewandowski
@@ -38,7 +38,8 @@ import numpy as np
 from vaes.data.core import register
 from vaes.data import music
 from vaes.data import tfds_data
-from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits, eval_split_name
+from vaes.data.core import (ArrayEvalSource, ArrayTrainSource, DataError, DataInfo, Splits,
+                            eval_split_name)
 from vaes.data.idx import read_idx
 from vaes.data.images import array_image_splits, resize_images
 
@@ -52,7 +53,7 @@ FILES = {
     'jsb_chorales': ('jsb_chorales_quarter.pkl',
                      'be67b1e1d0ea22a0c64eb72db53a83dae65650a7b470ca09a34a1e43a3fb4405'),
     # Grey MNIST (LeCun et al.), the idx files as gzip -9 -n; sha256 of the .gz files
-    # (the decompressed bytes are the canonical files, checked in tests/test_mnist_data.py).
+    # (the decompressed bytes are the canonical files, checked in tests/test_data_mnist.py).
     'mnist_train_images': ('mnist/train-images-idx3-ubyte.gz',
                            '0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971'),
     'mnist_train_labels': ('mnist/train-labels-idx1-ubyte.gz',
@@ -172,22 +173,23 @@ def dynamic_binarized_mnist(config, x_eval, eval_split, path, process_index, pro
   # is Bernoulli(m) with m = mean(grey / 255) (E[p(1 - p)] + Var(p) = m(1 - m)), which is
   # what np.var of a large set of samples gives (the static rows: np.var of their one sample).
   m = float(grey.mean(dtype=np.float64)) / 255.0
-  info = {
-      'kind': 'image',
-      'shape': grey.shape[1:],
-      'num_levels': 2,
-      'train_variance': m * (1.0 - m),
-      'num_train': len(grey),
-      'num_eval': len(x_eval),
-      'eval_split': eval_split,
-      'source': path,   # the eval images: the file's own binarisation of `eval_split`
-      'train_source': os.path.join(FILES_DIR, FILES['mnist_train_images'][0]),
-      'binarization': 'dynamic',
-  }
   train = BernoulliGreyTrainSource(grey, config.batch_size, config.seed, process_index,
                                    process_count)
   evals = ArrayEvalSource({'image': x_eval}, config.eval.batch_size, process_index,
                           process_count)
+  info = DataInfo(
+      kind='image',
+      shape=grey.shape[1:],
+      num_levels=2,
+      train_variance=m * (1.0 - m),
+      num_train=len(grey),
+      num_eval=len(x_eval),
+      steps_per_epoch=train.steps_per_epoch,
+      eval_split=eval_split,
+      source=path,   # the eval images: the file's own binarisation of `eval_split`
+      train_source=os.path.join(FILES_DIR, FILES['mnist_train_images'][0]),
+      binarization='dynamic',
+  )
   return Splits(train, evals, info)
 
 

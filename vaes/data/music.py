@@ -12,8 +12,8 @@ carry the per-example boolean 'valid' of `ArrayEvalSource`.
 `config.data.eval_split` ('valid' | 'test') chooses the evaluation split.
 `config.data.max_len` > 0 cuts longer sequences into consecutive pieces of at
 most max_len frames (each piece an example); 0 pads every sequence to the
-longest one. `info` carries 'likelihood' ('bernoulli' | 'gaussian'), 'shape'
-(T, P), 'max_len', and frame counts.
+longest one. `info` carries likelihood ('bernoulli' | 'gaussian'), shape
+(T, P), max_len, and frame counts.
 """
 
 import os
@@ -23,7 +23,8 @@ import tempfile
 import numpy as np
 
 from vaes.data.core import register
-from vaes.data.core import ArrayEvalSource, ArrayTrainSource, DataError, Splits, eval_split_name
+from vaes.data.core import (ArrayEvalSource, ArrayTrainSource, DataError, DataInfo, Splits,
+                            eval_split_name)
 
 NUM_KEYS = 88
 LOWEST_MIDI = 21          # A0; the 88 keys are MIDI 21..108
@@ -108,24 +109,25 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
   length = max(len(s) for v in pieces.values() for s in v)
   x_train, m_train = pad_sequences(pieces['train'], length)
   x_eval, m_eval = pad_sequences(pieces[eval_split], length)
-  info = {
-      'kind': 'sequence',
-      'likelihood': likelihood,
-      'shape': x_train.shape[1:],
-      'max_len': length,
-      'num_train': len(x_train),
-      'num_eval': len(x_eval),
-      'train_frames': int(m_train.sum()),
-      'eval_frames': int(m_eval.sum()),
-      'eval_split': eval_split,
-      'train_variance': float(x_train[m_train > 0].var()),
-      **frame_statistics(x_train, m_train),
-  }
-  info.update(extra_info or {})
   train = ArrayTrainSource({'x': x_train, 'mask': m_train}, config.batch_size, config.seed,
                            process_index, process_count)
   evals = ArrayEvalSource({'x': x_eval, 'mask': m_eval}, config.eval.batch_size,
                           process_index, process_count)
+  info = DataInfo(
+      kind='sequence',
+      likelihood=likelihood,
+      shape=x_train.shape[1:],
+      max_len=length,
+      num_train=len(x_train),
+      num_eval=len(x_eval),
+      steps_per_epoch=train.steps_per_epoch,
+      train_frames=int(m_train.sum()),
+      eval_frames=int(m_eval.sum()),
+      eval_split=eval_split,
+      train_variance=float(x_train[m_train > 0].var()),
+      **frame_statistics(x_train, m_train),
+      **(extra_info or {}),
+  )
   return Splits(train, evals, info)
 
 

@@ -30,8 +30,8 @@ most one example), so the global batch is the concatenation of the hosts'
 disjoint batches. Epoch e of a host is a fresh pipeline: file order and a
 `shuffle_buffer` shuffle seeded by (config.seed, e, process_index), the first
 `steps_per_epoch * local_batch_size` examples, decode + preprocess, batch with
-drop_remainder. `steps_per_epoch = (num_train // process_count) // local_batch`
-is the same on every host. Dynamic binarisation draws from
+drop_remainder. `steps_per_epoch(num_train, batch_size)` (vaes/data/core.py) is the
+same on every host. Dynamic binarisation draws from
 `default_rng([seed, 2**20, step, process_index])`, as `ArrayTrainSource` does. So
 a batch is a function of (seed, step, process_index, process_count, batch size).
 
@@ -48,7 +48,7 @@ split's last example (the rule of `ArrayEvalSource`); host p takes positions
 examples. Every host reads the encoded split once per pass and decodes only its
 own examples.
 
-info['train_variance'] is the pixel variance of the first 10,000 examples (in
+info.train_variance is the pixel variance of the first 10,000 examples (in
 stored order; fewer if the split is smaller) of the whole train split after the
 same static preprocessing (resize, crop, threshold), identical on every host.
 Dynamic binarisation is not applied to it, as for 'digits'.
@@ -65,7 +65,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from vaes.data.core import register
-from vaes.data.core import DataError, Splits, check_batch_split
+from vaes.data.core import DataError, DataInfo, Splits, check_batch_split, steps_per_epoch
 from vaes.data.images import binarize as make_binarize
 
 VARIANCE_EXAMPLES = 10_000
@@ -339,7 +339,7 @@ class TfdsTrainSource:
     self.local_batch_size = check_batch_split(o.batch_size, process_count)
     self.global_batch_size = o.batch_size
     self.num_examples = num_examples
-    self.steps_per_epoch = (num_examples // process_count) // self.local_batch_size
+    self.steps_per_epoch = steps_per_epoch(num_examples, o.batch_size)
     if self.steps_per_epoch == 0:
       raise DataError(
           f'config.batch_size={o.batch_size} exceeds the {num_examples} examples of '
@@ -476,13 +476,14 @@ def tfds_images(config, process_index, process_count):
   train = TfdsTrainSource(reader, num_train, process_index, process_count)
   evals = TfdsEvalSource(reader, num_eval, process_index, process_count)
   binary = SPECS[opts.name].binary or opts.binarize not in (None, '', 'none')
-  info = {
-      'kind': 'image',
-      'shape': opts.shape,
-      'num_levels': 2 if binary else 256,
-      'train_variance': train_variance(reader, opts.train_split),
-      'num_train': num_train,
-      'num_eval': num_eval,
-      'eval_split': opts.eval_split,
-  }
+  info = DataInfo(
+      kind='image',
+      shape=opts.shape,
+      num_levels=2 if binary else 256,
+      train_variance=train_variance(reader, opts.train_split),
+      num_train=num_train,
+      num_eval=num_eval,
+      steps_per_epoch=train.steps_per_epoch,
+      eval_split=opts.eval_split,
+  )
   return Splits(train, evals, info)

@@ -1,5 +1,6 @@
-"""Model families: each module declares its `config.model` schema (`model_config()`) and
-registers one `ModelFamily` at import time."""
+"""Model families: each module declares its `config.model` schema (`model_config()`), its
+own `config.eval` fields (`eval_config()`, where it has any) and registers one
+`ModelFamily` at import time."""
 
 from vaes.families import vqvae  # noqa: F401
 from vaes.families import ladder  # noqa: F401

@@ -1,7 +1,8 @@
 """The Hierarchical / Ladder VAE family: model, loss, evaluation.
 
 `config.model.name` 'hvae' (inference 'hierarchical') or 'lvae' (inference
-'ladder'); 'ladder_vae' accepts either `config.model.inference`.
+'ladder'): the name is enough, `config.model.inference` follows it unless set (and
+must then agree); 'ladder_vae' takes either, set explicitly.
 
 Objective (per example; layers l = 1..L, z_>l = z_l+1..z_L):
 
@@ -59,6 +60,11 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 _NAME_TO_INFERENCE = {'hvae': 'hierarchical', 'lvae': 'ladder'}
 
 
+def name_inference(name):
+  """The inference that `config.model.name` stands for; '' for 'ladder_vae' (either)."""
+  return _NAME_TO_INFERENCE.get(name, '')
+
+
 # -----------------------------------------------------------------------------
 # Config and model.
 # -----------------------------------------------------------------------------
@@ -69,7 +75,10 @@ def model_config():
   of configs/lvae.py); configs start from it and override."""
   m = ml_collections.ConfigDict()
   m.name = 'lvae'                     # 'lvae' | 'hvae' | 'ladder_vae' (any inference)
-  m.inference = 'ladder'              # 'ladder' | 'hierarchical' (configs/hvae.py)
+  # 'ladder' | 'hierarchical'. Until set, the name's: an ml_collections reference (a lazy
+  # op on model.name) that follows --config.model.name ('lvae' -> 'ladder', 'hvae' ->
+  # 'hierarchical', 'ladder_vae' -> '', which must be set); config.json records the value.
+  m.inference = m.get_ref('name')._apply_op(name_inference)
   m.latent_sizes = (16, 8, 4)         # z_1 .. z_L
   m.hidden_sizes = (128, 64, 32)      # d_1 .. d_L (and the top-down block into z_l)
   m.block = 'mlp'                     # 'mlp' | 'conv'
@@ -88,17 +97,26 @@ def model_config():
   return m
 
 
+def eval_config():
+  """The family's `config.eval` fields, with defaults and meanings (the engine's own are
+  in configs/base.py); configs start from them and override."""
+  e = ml_collections.ConfigDict()
+  e.num_importance_samples = 1000   # k of the importance-weighted bound (nll, bits_per_dim)
+  e.iw_chunk_size = 100             # samples per lax.map chunk: the memory of one chunk
+  return e
+
+
 def validate_config(config):
   m = config.model
-  inference = m.inference
+  inference, expected = m.inference, name_inference(m.name)
   if inference not in ladder_model.INFERENCE_MODES:
     raise ConfigError(f"config.model.inference='{inference}' is not one of "
-                      f'{ladder_model.INFERENCE_MODES}.')
-  expected = _NAME_TO_INFERENCE.get(m.name)
-  if expected is not None and inference != expected:
+                      f'{ladder_model.INFERENCE_MODES}' + ('.' if expected else
+                      f" (config.model.name='{m.name}' leaves the choice to it)."))
+  if expected and inference != expected:
     raise ConfigError(f"config.model.name='{m.name}' means inference '{expected}', but "
-                      f"config.model.inference='{inference}'; use config.model.name='ladder_vae' "
-                      'to choose the inference freely.')
+                      f"config.model.inference='{inference}'; leave the inference unset (it "
+                      "follows the name) or use config.model.name='ladder_vae' to choose it.")
   latent, hidden = tuple(m.latent_sizes), tuple(m.hidden_sizes)
   if not latent or len(latent) != len(hidden) or min(latent + hidden) <= 0:
     raise ConfigError(f'config.model.latent_sizes={latent} and config.model.hidden_sizes={hidden} '
@@ -144,11 +162,11 @@ def validate_config(config):
 
 def build_model(config, data_info):
   m = config.model
-  x_shape = tuple(data_info['shape'])
-  if m.likelihood == 'bernoulli' and data_info.get('num_levels') != 2:
+  x_shape = tuple(data_info.shape)
+  if m.likelihood == 'bernoulli' and data_info.num_levels != 2:
     raise ConfigError(
         f"config.model.likelihood='bernoulli' needs binary data, but config.data.name="
-        f"'{config.data.name}' has {data_info.get('num_levels')} levels; set "
+        f"'{config.data.name}' has {data_info.num_levels} levels; set "
         "config.data.binarize='dynamic' (or 'threshold') or config.model.likelihood='logistic'.")
   if m.block == 'conv':
     factor = int(np.prod(m.strides))
@@ -235,10 +253,10 @@ def kl_warmup(config, data_info):
   epochs = m.kl_warmup_epochs
   if not epochs:
     return int(m.kl_warmup_steps), f'config.model.kl_warmup_steps={m.kl_warmup_steps}'
-  if 'num_train' not in data_info:
-    raise ConfigError(f'config.model.kl_warmup_epochs={epochs} needs the training-set size, which '
+  if not data_info.steps_per_epoch:
+    raise ConfigError(f'config.model.kl_warmup_epochs={epochs} needs the steps per epoch, which '
                       f"dataset '{config.data.name}' does not report; use kl_warmup_steps.")
-  return (int(round(epochs * (data_info['num_train'] // config.batch_size))),
+  return (int(round(epochs * data_info.steps_per_epoch)),
           f'config.model.kl_warmup_epochs={epochs}')
 
 
@@ -266,10 +284,10 @@ def make_loss_fn(config, model, data_info):
   """
   inference = config.model.inference
   likelihood = config.model.likelihood
-  num_levels = int(data_info.get('num_levels', 256))
+  num_levels = int(data_info.num_levels)
   free_bits = float(config.model.free_bits)
   warmup = _warmup_steps(config, data_info)
-  x_shape = tuple(data_info['shape'])
+  x_shape = tuple(data_info.shape)
   num_layers = len(config.model.latent_sizes)
   num_dims = int(np.prod(x_shape))
   k = int(config.model.train_importance_samples)
@@ -313,7 +331,6 @@ def make_loss_fn(config, model, data_info):
 # -----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
 def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, chunk_size):
   """Per-batch statistics with k = num_samples posterior samples in chunks (lax.map).
 
@@ -369,10 +386,9 @@ def active_units_from_moments(mean_sum, mean_sq_sum, count, threshold=ACTIVE_UNI
 
 
 def eval_stats(config, model, data_info):
-  """Per-batch sums of `make_eval_batch_fn` (cached on hashable values: periodic
-  evaluations during training reuse one compilation)."""
+  """Per-batch sums of `make_eval_batch_fn` (a pure function; the engine jits it once)."""
   return make_eval_batch_fn(model, config.model.likelihood, config.model.inference,
-                            int(data_info.get('num_levels', 256)),
+                            int(data_info.num_levels),
                             int(config.eval.num_importance_samples),
                             int(config.eval.iw_chunk_size))
 
@@ -389,7 +405,7 @@ def eval_metrics(config, data_info, totals):
       'kl': totals['kl_layers'].sum() / count,
       'num_importance_samples': int(config.eval.num_importance_samples),
   }
-  dims = int(np.prod(tuple(data_info['shape'])))
+  dims = int(np.prod(tuple(data_info.shape)))
   metrics['bits_per_dim'] = float(objectives.bits_per_dim(metrics['nll'], dims))
   total_active = 0
   for l in range(1, len(config.model.latent_sizes) + 1):
@@ -403,38 +419,38 @@ def eval_metrics(config, data_info, totals):
 
 def eval_images(ctx, host_batch):
   """Prior samples (top-down ancestral) and (data, reconstruction) pairs as PNG grids."""
-  likelihood, x_shape = ctx.config.model.likelihood, tuple(ctx.data_info['shape'])
+  likelihood, x_shape = ctx.config.model.likelihood, tuple(ctx.data_info.shape)
   n = int(ctx.config.eval.num_images)
   rng_s, rng_r = jax.random.split(jax.random.fold_in(ctx.rng, 1 << 30))
-  samples, reconstructions = _jitted_image_fns(ctx.model, likelihood, x_shape, n)
   prefix = fs.join(ctx.image_dir, ctx.image_prefix)
-  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples(ctx.variables, rng_s)))
+  samples = _prior_samples(ctx.model, likelihood, x_shape, n, ctx.variables, rng_s)
+  save_image_grid(prefix + 'prior_samples.png', np.asarray(samples))
   x = np.asarray(host_batch['image'])[np.asarray(host_batch['valid'])][:max(1, n // 2)]
-  recon = np.asarray(reconstructions(ctx.variables, jnp.asarray(x), rng_r))
+  recon = np.asarray(_reconstructions(ctx.model, likelihood, x_shape, ctx.variables,
+                                      jnp.asarray(x), rng_r))
   pairs = np.stack([x, recon], axis=1).reshape((-1,) + x.shape[1:])   # data, recon, data, ...
   ncols = 2 * max(1, math.ceil(math.sqrt(len(x) / 2)))   # square grid of pairs
   save_image_grid(prefix + 'reconstructions.png', pairs, ncols=ncols)
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_image_fns(model, likelihood, x_shape, n):
-  """Jitted (prior samples of n images, reconstructions E[x | z_1], z ~ q(z | x))."""
+# The arguments before `variables` are static: jit compiles once per model and shape.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _prior_samples(model, likelihood, x_shape, n, variables, rng):
+  """E[x | z_1] of n top-down ancestral samples z ~ p(z)."""
+  noise = ladder_model.draw_noise(model, rng, (n,), x_shape)
+  return x_mean(likelihood, model.apply(variables, noise, train=False, method=model.sample))
 
-  @jax.jit
-  def samples(variables, rng):
-    noise = ladder_model.draw_noise(model, rng, (n,), x_shape)
-    return x_mean(likelihood, model.apply(variables, noise, train=False, method=model.sample))
 
-  @jax.jit
-  def reconstructions(variables, x, rng):
-    noise = ladder_model.draw_noise(model, rng, x.shape[:1], x_shape)
-    return x_mean(likelihood, model.apply(variables, x, noise, train=False)['x'])
-
-  return samples, reconstructions
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _reconstructions(model, likelihood, x_shape, variables, x, rng):
+  """E[x | z_1] with z ~ q(z | x)."""
+  noise = ladder_model.draw_noise(model, rng, x.shape[:1], x_shape)
+  return x_mean(likelihood, model.apply(variables, x, noise, train=False)['x'])
 
 
 register_family(
     ModelFamily(name='ladder_vae', build_model=build_model, init_variables=init_variables,
                 make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
-                eval_images=eval_images, validate_config=validate_config, kl_warmup=kl_warmup),
+                eval_images=eval_images, validate_config=validate_config, kl_warmup=kl_warmup,
+                eval_config=eval_config, selection_eval=objectives.iw_selection_eval),
     'hvae', 'lvae')

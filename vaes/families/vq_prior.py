@@ -13,8 +13,6 @@ with the first stage's discrete (discretised logistic) decoder likelihood and
 z(x) the encoder's codes. With a uniform prior, -log p(z) = sum_l n_l log K_l.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,6 +38,14 @@ def model_config():
   return m
 
 
+def eval_config():
+  """The family's `config.eval` fields, with defaults and meanings (the engine's own are
+  in configs/base.py); configs start from them and override."""
+  e = ml_collections.ConfigDict()
+  e.temperatures = (1.0, 0.7)   # softmax temperatures of the sample grids (one PNG each)
+  return e
+
+
 def validate_config(config):
   m = config.model
   for field in ('channels', 'num_layers', 'embed_dim', 'out_hidden', 'cond_channels'):
@@ -61,7 +67,7 @@ def validate_config(config):
 def build_model(config, data_info):
   m = config.model
   return CodePrior(
-      num_codes=tuple(data_info['num_codes']), grids=tuple(data_info['grids']),
+      num_codes=tuple(data_info.num_codes), grids=tuple(data_info.grids),
       channels=m.channels, num_layers=m.num_layers, kernel_size=m.kernel_size,
       embed_dim=m.embed_dim, out_hidden=m.out_hidden, cond_channels=m.cond_channels,
       dropout=m.dropout, dtype=jnp.dtype(config.compute_dtype))
@@ -89,8 +95,8 @@ def per_example_nll(model, params, codes, dropout_rng=None):
 
 def make_loss_fn(config, model, data_info):
   del config
-  n_levels = len(data_info['num_codes'])
-  per_level = [h * w for h, w in data_info['grids']]
+  n_levels = len(data_info.num_codes)
+  per_level = [h * w for h, w in data_info.grids]
   total_codes = float(sum(per_level))
 
   def loss_fn(params, model_state, batch, rng, step):
@@ -122,7 +128,6 @@ def sample_codes(model, params, rng, num, temperature=1.0):
   return codes
 
 
-@functools.lru_cache(maxsize=8)
 def _eval_batch_fn(model, n_levels):
   def fn(variables, batch, rng):
     del rng
@@ -137,7 +142,7 @@ def _eval_batch_fn(model, n_levels):
 def eval_stats(config, model, data_info):
   """Per-batch sums: count, the decoder NLL of the first stage, the prior NLL per level."""
   del config
-  return _eval_batch_fn(model, len(data_info['num_codes']))
+  return _eval_batch_fn(model, len(data_info.num_codes))
 
 
 def eval_metrics(config, info, totals):
@@ -145,11 +150,11 @@ def eval_metrics(config, info, totals):
   decoder_nll_bits_per_dim, bits_per_dim_uniform_prior (same decoder, uniform
   prior over codes), uniform_prior_nll_per_code."""
   del config
-  per_level = [h * w for h, w in info['grids']]
+  per_level = [h * w for h, w in info.grids]
   n = float(totals['count'])
   prior = float(np.sum(totals['levels'])) / n           # nats per image
-  dims = info['num_dims']
-  uniform = float(sum(c * np.log(k) for c, k in zip(per_level, info['num_codes'])))
+  dims = info.num_dims
+  uniform = float(sum(c * np.log(k) for c, k in zip(per_level, info.num_codes)))
   metrics = {
       'prior_nll_per_code': prior / sum(per_level),
       'prior_bits_per_code': prior / sum(per_level) / np.log(2.0),
@@ -185,4 +190,5 @@ def eval_images(ctx, host_batch):
 register_family(ModelFamily(
     name='vq_prior', build_model=build_model, init_variables=init_variables,
     make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
-    eval_images=eval_images, validate_config=validate_config, prepare=stages.prepare_codes))
+    eval_images=eval_images, validate_config=validate_config, prepare=stages.prepare_codes,
+    eval_config=eval_config))

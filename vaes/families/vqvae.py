@@ -6,7 +6,7 @@ with -log p(x | z_q) either the Gaussian (MSE / training-pixel variance, as in
 Sonnet's example) or a discretised logistic in nats per dimension (usable for
 bits/dim). With EMA codebook updates the codebook term is dropped. With
 config.model.entropy_weight > 0 the training loss adds the batch term
-lambda (E[H(q(k|z))] - gamma H(E[q(k|z)])) (vaes/quantizers.py `entropy_loss`); it is
+lambda (E[H(q(k|z))] - gamma H(E[q(k|z)])) (vaes/codebook.py `entropy_loss`); it is
 not part of the per-example evaluation loss.
 """
 
@@ -131,7 +131,7 @@ def validate_quantizer_config(m):
 
 def build_model(config, data_info):
   m = config.model
-  h, w, c = data_info['shape']
+  h, w, c = data_info.shape
   factor = 2 ** m.num_downsamples
   if h % factor or w % factor:
     raise ConfigError(
@@ -184,8 +184,8 @@ def _recon_terms(out, x, likelihood, train_variance, num_levels):
 def make_loss_fn(config, model, data_info):
   """The VQ-VAE objective; also serves VQ-VAE-2, whose output has per-level 'levels'."""
   likelihood = config.model.likelihood
-  variance = float(data_info['train_variance'])
-  levels = int(data_info.get('num_levels', 256))
+  variance = float(data_info.train_variance)
+  levels = int(data_info.num_levels)
   entropy = config.model.entropy_weight > 0
 
   def loss_fn(params, model_state, batch, rng, step):
@@ -221,7 +221,6 @@ def make_loss_fn(config, model, data_info):
   return loss_fn
 
 
-@functools.lru_cache(maxsize=8)
 def _eval_batch_fn(model, likelihood, variance, levels):
   def fn(variables, batch, rng):
     del rng  # deterministic: nearest-code quantisation
@@ -243,8 +242,8 @@ def _eval_batch_fn(model, likelihood, variance, levels):
 def eval_stats(config, model, data_info):
   """Per-batch sums: loss, recon_nll, sq_err, commitment_loss, count, and the code
   counts of each codebook (one per level for VQ-VAE-2)."""
-  return _eval_batch_fn(model, config.model.likelihood, float(data_info['train_variance']),
-                        int(data_info.get('num_levels', 256)))
+  return _eval_batch_fn(model, config.model.likelihood, float(data_info.train_variance),
+                        int(data_info.num_levels))
 
 
 def code_use_metrics(counts, suffix=''):
@@ -262,11 +261,11 @@ def reconstruction_metrics(config, data_info, totals, latents):
   the `latents` codes: -log p(z) = latents * log K."""
   n = totals['count']
   mse = totals['sq_err'] / n
-  variance = float(data_info['train_variance'])
+  variance = float(data_info.train_variance)
   metrics = {'loss': totals['loss'] / n, 'recon_mse': mse, 'normalized_mse': mse / variance,
              'commitment_loss': totals['commitment_loss'] / n}
   if config.model.likelihood == 'logistic':
-    h, w, c = data_info['shape']
+    h, w, c = data_info.shape
     metrics['decoder_nll_bits_per_dim'] = totals['recon_nll'] / n / np.log(2.0)
     metrics['bits_per_dim_uniform_prior'] = (
         metrics['decoder_nll_bits_per_dim']
@@ -278,7 +277,7 @@ def eval_metrics(config, data_info, totals):
   """Whole-split metrics: `reconstruction_metrics` and `code_use_metrics` of the
   codebook (over all code stages of a residual quantiser)."""
   m = config.model
-  h, w, _ = data_info['shape']
+  h, w, _ = data_info.shape
   latents = (h // 2 ** m.num_downsamples) * (w // 2 ** m.num_downsamples) * code_stages(m)
   return {**reconstruction_metrics(config, data_info, totals, latents),
           **code_use_metrics(totals['code_counts'][0])}
@@ -294,18 +293,17 @@ def save_reconstructions(ctx, host_batch, reconstruct):
       fs.join(ctx.image_dir, f'{ctx.image_prefix}reconstructions.png'), pairs, ncols=16)
 
 
-@functools.lru_cache(maxsize=8)
-def _reconstruct_fn(model, likelihood, variance, levels):
-  def fn(variables, x):
-    out = model.apply(variables, x, train=False)
-    return _recon_terms(out, x, likelihood, variance, levels)[2]
-  return jax.jit(fn)
+# The arguments before `variables` are static: jit compiles once per model and shape.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _reconstruct(model, likelihood, variance, levels, variables, x):
+  out = model.apply(variables, x, train=False)
+  return _recon_terms(out, x, likelihood, variance, levels)[2]
 
 
 def eval_images(ctx, host_batch):
-  save_reconstructions(ctx, host_batch, _reconstruct_fn(
-      ctx.model, ctx.config.model.likelihood, float(ctx.data_info['train_variance']),
-      int(ctx.data_info.get('num_levels', 256))))
+  save_reconstructions(ctx, host_batch, functools.partial(
+      _reconstruct, ctx.model, ctx.config.model.likelihood,
+      float(ctx.data_info.train_variance), int(ctx.data_info.num_levels)))
 
 
 def prior_interface(config, model, data_info):
@@ -320,10 +318,10 @@ def prior_interface(config, model, data_info):
   if code_stages(m) > 1:
     raise ConfigError(f"config.model.quantizer='{m.quantizer}': a prior over residual "
                       "codes is not supported; use 'vq' or 'fsq' for the first stage.")
-  h, w, c = data_info['shape']
+  h, w, c = data_info.shape
   f = 2 ** m.num_downsamples
-  levels = int(data_info.get('num_levels', 256))
-  variance = float(data_info['train_variance'])
+  levels = int(data_info.num_levels)
+  variance = float(data_info.train_variance)
   dims = h * w * c
 
   def encode(variables, x):

@@ -13,9 +13,14 @@ from vaes.families import vqvae as _vqvae_family
 from vaes.families.vqvae import (LIKELIHOODS, _recon_terms, code_stages, codebook_size,
                                  compute_dtype, resolve_upsample, validate_quantizer_config,
                                  validate_upsample)
-from vaes.quantizers import QuantizerSpec
+from vaes.quantizers import QUANTIZERS, QuantizerSpec
 from vaes.models.vqvae2 import VQVAE2
 from vaes.registry import ConfigError, ModelFamily, register_family
+
+# The quantisers that give one code per latent whatever rvq_stages ('rvq' and 'rfsq'
+# do with rvq_stages=1 only).
+ONE_CODE_QUANTIZERS = tuple(q for q in QUANTIZERS
+                            if QuantizerSpec(quantizer=q, rvq_stages=2).stages == 1)
 
 
 def model_config():
@@ -41,8 +46,9 @@ def validate_config(config):
   validate_quantizer_config(m)
   validate_upsample(m)
   if code_stages(m) > 1:
-    raise ConfigError("config.model.quantizer='rvq' is not offered for VQ-VAE-2; use 'vq' or "
-                      "'fsq'.")
+    raise ConfigError(f"config.model.quantizer='{m.quantizer}' with rvq_stages={m.rvq_stages} "
+                      'is not offered for VQ-VAE-2 (one code per latent and level): use one of '
+                      f'{ONE_CODE_QUANTIZERS}, or rvq_stages=1.')
 
 
 def grids(m, shape):
@@ -54,7 +60,7 @@ def grids(m, shape):
 
 def build_model(config, data_info):
   m = config.model
-  h, w, c = data_info['shape']
+  h, w, c = data_info.shape
   factor = 2 ** (m.bottom_downsamples + m.num_levels - 1)
   if h % factor or w % factor:
     raise ConfigError(
@@ -83,7 +89,7 @@ eval_images = _vqvae_family.eval_images
 def eval_metrics(config, data_info, totals):
   """Whole split: `vqvae.reconstruction_metrics` (uniform prior over every level's
   codes) and per level l perplexity_level_l, codebook_usage_level_l, dead_codes_level_l."""
-  latents = sum(a * b for a, b in grids(config.model, data_info['shape']))
+  latents = sum(a * b for a, b in grids(config.model, data_info.shape))
   metrics = _vqvae_family.reconstruction_metrics(config, data_info, totals, latents)
   for l, counts in enumerate(totals['code_counts']):
     metrics.update(_vqvae_family.code_use_metrics(counts, f'_level_{l}'))
@@ -93,9 +99,9 @@ def eval_metrics(config, data_info, totals):
 def prior_interface(config, model, data_info):
   """As vaes.families.vqvae.prior_interface, with one code grid per level."""
   m = config.model
-  h, w, c = data_info['shape']
-  num_levels = int(data_info.get('num_levels', 256))
-  variance = float(data_info['train_variance'])
+  h, w, c = data_info.shape
+  num_levels = int(data_info.num_levels)
+  variance = float(data_info.train_variance)
   dims = h * w * c
 
   def encode(variables, x):
@@ -110,7 +116,7 @@ def prior_interface(config, model, data_info):
       return (jnp.clip(dec[..., :c], -1.0, 1.0) + 1.0) / 2.0
     return jnp.clip(dec, 0.0, 1.0)
 
-  return dict(levels=grids(m, data_info['shape']), num_codes=[codebook_size(m)] * m.num_levels,
+  return dict(levels=grids(m, data_info.shape), num_codes=[codebook_size(m)] * m.num_levels,
               encode=encode, decode=decode)
 
 

@@ -26,7 +26,6 @@ and, when ctx.image_dir is set, PNGs: samples from the prior, imputation of a hi
 of frames (observed frames kept), reconstructions (piano rolls, or line plots for Gaussian).
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -70,12 +69,24 @@ def model_config():
   return m
 
 
+def eval_config():
+  """The family's `config.eval` fields, with defaults and meanings (the engine's own are
+  in configs/base.py); configs start from them and override."""
+  e = ml_collections.ConfigDict()
+  e.num_importance_samples = 100    # k of the importance-weighted bound (nll_per_frame)
+  e.iw_chunk_size = 10              # samples per chunk (vmap inside, lax.map over chunks);
+                                    # num_importance_samples must be a multiple of it
+  e.num_plot_sequences = 6          # sequences in each PNG (samples, imputation, recon)
+  return e
+
+
 # Fields that choose how the same function is computed; a run may resume with others.
 IMPLEMENTATION_FIELDS = ('model.unroll', 'model.remat')
 
 
 def _likelihood(config, data_info=None):
-  return config.model.likelihood or (data_info or {}).get('likelihood', 'bernoulli')
+  data_lik = data_info.likelihood if data_info is not None else ''
+  return config.model.likelihood or data_lik or 'bernoulli'
 
 
 def validate_config(config):
@@ -123,18 +134,18 @@ def validate_config(config):
 
 def build_model(config, data_info):
   lik = _likelihood(config, data_info)
-  data_lik = data_info.get('likelihood')
+  data_lik = data_info.likelihood
   if data_lik and lik != data_lik and not (lik == 'gaussian' and data_lik == 'bernoulli'):
     raise ConfigError(f"config.model.likelihood='{lik}' does not fit config.data.name="
                       f"'{config.data.name}', whose frames call for '{data_lik}'; set "
                       f"config.model.likelihood='{data_lik}' (or '').")
   if lik == 'categorical':
-    features = int(data_info.get('num_classes', config.model.num_classes))
+    features = int(data_info.num_classes or config.model.num_classes)
     if features <= 0:
-      raise ConfigError('A categorical likelihood needs data_info["num_classes"] or '
+      raise ConfigError('A categorical likelihood needs data_info.num_classes or '
                         'config.model.num_classes > 0.')
   else:
-    features = int(data_info['shape'][-1])
+    features = int(data_info.shape[-1])
   m = config.model
   return vrae_model.VRAE(
       features=features, likelihood=lik, prior=m.prior, posterior=m.posterior,
@@ -240,14 +251,14 @@ def fit_baseline(likelihood, data_info):
   """Per-dimension independent model of the training frames, from the dataset's frame
   statistics (`vaes.data.music.frame_statistics`) -> parameter array (float32), or None
   when the dataset gives no statistics for this likelihood."""
-  if 'train_frame_sum' not in data_info or likelihood not in ('bernoulli', 'gaussian'):
+  if data_info.train_frame_sum is None or likelihood not in ('bernoulli', 'gaussian'):
     return None
-  count = data_info['train_frame_count']
-  total = np.asarray(data_info['train_frame_sum'], np.float32)
+  count = data_info.train_frame_count
+  total = np.asarray(data_info.train_frame_sum, np.float32)
   if likelihood == 'bernoulli':
     p = (total + 1.0) / (count + 2.0)
     return np.log(p / (1 - p)).astype(np.float32)              # logits
-  variance = np.asarray(data_info['train_frame_var'], np.float32)
+  variance = np.asarray(data_info.train_frame_var, np.float32)
   return np.stack([total / np.float32(count), np.log(variance + 1e-6)]).astype(np.float32)
 
 
@@ -258,13 +269,10 @@ def baseline_log_prob(likelihood, base, x):
   return dist.gaussian_log_prob(x, base[0], base[1]).sum(-1)
 
 
-@functools.lru_cache(maxsize=8)
 def make_eval_batch_fn(model, likelihood, num_samples, chunk_size, base=None):
   """(variables, batch, rng) -> dict of sums over the batch's real frames; `base`, the
-  baseline's parameters as a hashable (bytes, shape) pair or None. Cached per (model,
-  likelihood, k, chunk, base) so periodic evaluations compile once."""
-  base = None if base is None else jnp.asarray(np.frombuffer(base[0], np.float32)
-                                               .reshape(base[1]))
+  baseline's parameters (`fit_baseline`) or None."""
+  base = None if base is None else jnp.asarray(base)
 
   def fn(variables, batch, rng):
     valid = batch['valid'].astype(F32)
@@ -283,10 +291,9 @@ def make_eval_batch_fn(model, likelihood, num_samples, chunk_size, base=None):
 
 
 def eval_stats(config, model, data_info):
-  base = fit_baseline(model.likelihood, data_info)
-  key = None if base is None else (base.tobytes(), base.shape)
   return make_eval_batch_fn(model, model.likelihood, int(config.eval.num_importance_samples),
-                            int(config.eval.iw_chunk_size), key)
+                            int(config.eval.iw_chunk_size),
+                            fit_baseline(model.likelihood, data_info))
 
 
 def eval_metrics(config, data_info, totals):
@@ -353,13 +360,11 @@ def hidden_block(mask, frac=(1 / 3, 2 / 3)):
   return (mask & ~((t >= lo) & (t < hi))).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=8)
-def make_image_fns(model, num_samples, length):
-  """Jitted prior sampling, imputation and reconstruction, cached per model and shape."""
-  sample_fn = jax.jit(lambda v, r: sample_prior(model, v, r, num_samples, length))
-  impute_fn = jax.jit(lambda v, b, r: impute(model, v, b['x'], b['observed'], b['mask'], r))
-  recon_fn = jax.jit(lambda v, b, r: reconstruct(model, v, b['x'], b['mask'], r))
-  return sample_fn, impute_fn, recon_fn
+# Jitted prior sampling, imputation and reconstruction: the model (and the sample count
+# and length) are static, so jit compiles once per model and shape.
+_sample_prior_jit = jax.jit(sample_prior, static_argnums=(0, 3, 4))
+_impute_jit = jax.jit(impute, static_argnums=0)
+_reconstruct_jit = jax.jit(reconstruct, static_argnums=0)
 
 
 def _hidden_range(observed, mask):
@@ -379,11 +384,12 @@ def eval_images(ctx, host_batch):
   prefix = fs.join(ctx.image_dir, ctx.image_prefix)
   x, mask = np.asarray(host_batch['x'])[:n], np.asarray(host_batch['mask'])[:n]
   observed = hidden_block(mask)
-  batch = {'x': x, 'mask': mask, 'observed': observed}
-  sample_fn, impute_fn, recon_fn = make_image_fns(model, n, length)
-  gen = jax.device_get(sample_fn(variables, jax.random.fold_in(rng, 0)))
-  filled = jax.device_get(impute_fn(variables, batch, jax.random.fold_in(rng, 1)))['x']
-  recon = jax.device_get(recon_fn(variables, batch, jax.random.fold_in(rng, 2)))
+  gen = jax.device_get(_sample_prior_jit(model, variables, jax.random.fold_in(rng, 0), n,
+                                         length))
+  filled = jax.device_get(_impute_jit(model, variables, x, observed, mask,
+                                      jax.random.fold_in(rng, 1)))['x']
+  recon = jax.device_get(_reconstruct_jit(model, variables, x, mask,
+                                          jax.random.fold_in(rng, 2)))
   paths = {}
   if model.likelihood == 'gaussian':
     m = np.where(mask[..., None] > 0, 1.0, np.nan)     # padding is not drawn
@@ -421,4 +427,5 @@ register_family(ModelFamily(name='vrae', build_model=build_model, init_variables
                             make_loss_fn=make_loss_fn, eval_stats=eval_stats,
                             eval_metrics=eval_metrics, eval_images=eval_images,
                             validate_config=validate_config, kl_warmup=kl_warmup,
-                            implementation_fields=IMPLEMENTATION_FIELDS))
+                            implementation_fields=IMPLEMENTATION_FIELDS,
+                            eval_config=eval_config, selection_eval=objectives.iw_selection_eval))

@@ -75,12 +75,12 @@ class Block(nn.Module):
   """
   features: int
   depth: int
-  block: str = 'mlp'
-  stride: int = 1
-  upsample: bool = False
-  batch_norm: bool = False
-  activation: str = 'relu'
-  residual: bool = False
+  block: str
+  stride: int
+  upsample: bool
+  batch_norm: bool
+  activation: str
+  residual: bool
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -113,7 +113,7 @@ class GaussianHead(nn.Module):
   Two separate linear maps named 'mean' and 'var' (a 3x3 conv each for 'conv').
   """
   features: int
-  block: str = 'mlp'
+  block: str
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -156,20 +156,21 @@ class LadderVAE(nn.Module):
   `x_shape` (H, W, C) and `likelihood` of x: 'bernoulli' (logits),
   'logistic' (discretised logistic: mean and log-scale), 'gaussian'
   (mean and logvar; continuous data and tests); `top_down_skip` and
-  `residual` as in the module docstring.
+  `residual` as in the module docstring. No field but `dtype` has a default here: their
+  one home is `vaes.families.ladder.model_config()`.
   """
   latent_sizes: Sequence[int]
   hidden_sizes: Sequence[int]
   x_shape: Sequence[int]
-  inference: str = 'ladder'
-  block: str = 'mlp'
-  block_depth: int = 2
-  strides: Sequence[int] = ()
-  batch_norm: bool = False
-  activation: str = 'leaky_relu'
-  likelihood: str = 'bernoulli'
-  top_down_skip: bool = False
-  residual: bool = False
+  inference: str
+  block: str
+  block_depth: int
+  strides: Sequence[int]
+  batch_norm: bool
+  activation: str
+  likelihood: str
+  top_down_skip: bool
+  residual: bool
   dtype: Any = jnp.float32
 
   def setup(self):

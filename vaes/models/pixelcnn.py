@@ -68,7 +68,7 @@ class GatedLayer(nn.Module):
   channels: int
   kernel_size: int
   first: bool
-  dropout: float = 0.0
+  dropout: float
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -92,12 +92,12 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(nn.Module):
   """Logits (B, H, W, K) of p(z_ij | z_<ij, c) for code indices z (B, H, W)."""
   num_codes: int
-  channels: int = 64
-  num_layers: int = 8
-  kernel_size: int = 3
-  embed_dim: int = 32
-  out_hidden: int = 128
-  dropout: float = 0.0
+  channels: int
+  num_layers: int
+  kernel_size: int
+  embed_dim: int
+  out_hidden: int
+  dropout: float
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -129,13 +129,15 @@ class CodePrior(nn.Module):
   """
   num_codes: tuple          # K per level
   grids: tuple              # (h, w) per level
-  channels: int = 64
-  num_layers: int = 8
-  kernel_size: int = 3
-  embed_dim: int = 32
-  out_hidden: int = 128
-  cond_channels: int = 32
-  dropout: float = 0.0
+  # The fields below (but dtype) have no default here: their one home is
+  # vaes.families.vq_prior.model_config().
+  channels: int
+  num_layers: int
+  kernel_size: int
+  embed_dim: int
+  out_hidden: int
+  cond_channels: int
+  dropout: float
   dtype: Any = jnp.float32
 
   def setup(self):

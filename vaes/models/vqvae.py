@@ -58,8 +58,8 @@ class Decoder(nn.Module):
   num_res_blocks: int
   num_upsamples: int
   out_channels: int
-  dtype: Any = jnp.float32
-  upsample: str = 'transpose'   # ConvTranspose4x4 implementation (vaes/models/layers.py)
+  dtype: Any
+  upsample: str   # ConvTranspose4x4 implementation (vaes/models/layers.py)
 
   @nn.compact
   def __call__(self, z_q):
@@ -83,14 +83,16 @@ class VQVAE(nn.Module):
   (mean, log_scale) per channel of a discretised logistic, for bits/dim.
   """
   image_channels: int
-  hidden: int = 128
-  res_hidden: int = 32
-  num_res_blocks: int = 2
-  num_downsamples: int = 2
-  vq: QuantizerSpec = QuantizerSpec()   # the quantiser: kind, K, D, beta, EMA, ...
-  likelihood: str = 'gaussian'
+  # No field but dtype has a default here: their one home is
+  # vaes.families.vqvae.model_config() (the quantiser's: vaes.quantizers.QuantizerSpec).
+  hidden: int
+  res_hidden: int
+  num_res_blocks: int
+  num_downsamples: int
+  vq: QuantizerSpec   # the quantiser: kind, K, D, beta, EMA, ...
+  likelihood: str
+  upsample: str   # ConvTranspose4x4 implementation: same function, speed only
   dtype: Any = jnp.float32
-  upsample: str = 'transpose'   # ConvTranspose4x4 implementation: same function, speed only
 
   def setup(self):
     self.encoder = Encoder(self.hidden, self.res_hidden, self.num_res_blocks,

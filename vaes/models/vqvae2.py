@@ -30,8 +30,8 @@ class Upsample(nn.Module):
   """`times` 4x4 stride-2 transposed convolutions (ReLU between them)."""
   features: int
   times: int
-  dtype: Any = jnp.float32
-  upsample: str = 'transpose'   # ConvTranspose4x4 implementation
+  dtype: Any
+  upsample: str   # ConvTranspose4x4 implementation
 
   @nn.compact
   def __call__(self, z):
@@ -45,15 +45,17 @@ class Upsample(nn.Module):
 
 class VQVAE2(nn.Module):
   image_channels: int
-  hidden: int = 128
-  res_hidden: int = 32
-  num_res_blocks: int = 2
-  num_levels: int = 2
-  bottom_downsamples: int = 2
-  vq: QuantizerSpec = QuantizerSpec()   # one quantiser of this kind per level
-  likelihood: str = 'gaussian'
+  # No field but dtype has a default here: their one home is
+  # vaes.families.vqvae2.model_config() (the quantiser's: vaes.quantizers.QuantizerSpec).
+  hidden: int
+  res_hidden: int
+  num_res_blocks: int
+  num_levels: int
+  bottom_downsamples: int
+  vq: QuantizerSpec   # one quantiser of this kind per level
+  likelihood: str
+  upsample: str   # ConvTranspose4x4 implementation: same function, speed only
   dtype: Any = jnp.float32
-  upsample: str = 'transpose'   # ConvTranspose4x4 implementation: same function, speed only
 
   def setup(self):
     n = self.num_levels

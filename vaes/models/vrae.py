@@ -147,6 +147,7 @@ class VRAE(nn.Module):
   Attributes: features (P for Bernoulli/Gaussian x of shape (.., P), K classes for
   categorical), likelihood, prior, posterior, hidden (GRU width), latent (dim of z_t), mlp_hidden,
   unroll (scan unroll factor), remat (rematerialise each step in the backward pass), dtype.
+  No field but dtype has a default here: their one home is vaes.families.vrae.model_config().
 
   Entry points (batch-major arrays in and out, time-major inside):
     __call__(x, mask, eps)                 posterior pass, ELBO terms and log weights
@@ -156,14 +157,14 @@ class VRAE(nn.Module):
   u: (T, B, ...) noise for sampling x_t (`step_noise(.., kind=x_noise_kind(likelihood))`).
   """
   features: int
-  likelihood: str = 'bernoulli'
-  prior: str = 'latent'
-  posterior: str = 'filter'
-  hidden: int = 128
-  latent: int = 16
-  mlp_hidden: int = 128
-  unroll: int = 1
-  remat: bool = False
+  likelihood: str
+  prior: str
+  posterior: str
+  hidden: int
+  latent: int
+  mlp_hidden: int
+  unroll: int
+  remat: bool
   dtype: Any = F32
 
   def setup(self):

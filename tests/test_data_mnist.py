@@ -154,11 +154,11 @@ def test_grey_index_is_a_permutation_and_explains_every_binary_image(grey, grey_
 
 def test_dynamic_info_and_eval_images_are_the_static_ones(dynamic, static):
   info = dynamic.info
-  assert info['binarization'] == 'dynamic' and info['num_levels'] == 2
-  assert info['shape'] == (28, 28, 1) and info['num_train'] == 50000
-  assert info['eval_split'] == 'test' and info['num_eval'] == 10000
+  assert info.binarization == 'dynamic' and info.num_levels == 2
+  assert info.shape == (28, 28, 1) and info.num_train == 50000
+  assert info.eval_split == 'test' and info.num_eval == 10000
   m = dynamic.train.arrays['image'].mean(dtype=np.float64) / 255
-  assert info['train_variance'] == pytest.approx(m * (1 - m)) and 0.11 < m * (1 - m) < 0.12
+  assert info.train_variance == pytest.approx(m * (1 - m)) and 0.11 < m * (1 - m) < 0.12
   batches = list(dynamic.eval)
   images = np.concatenate([b['image'][b['valid']] for b in batches])
   assert images.dtype == np.float32
@@ -166,7 +166,7 @@ def test_dynamic_info_and_eval_images_are_the_static_ones(dynamic, static):
   valid = data_lib.get_datasets(mnist_config(binarize='dynamic', eval_split='valid'), 0, 1)
   np.testing.assert_array_equal(valid.eval.arrays['image'].reshape(-1, 784), static['valid'])
   plain = data_lib.get_datasets(mnist_config(), 0, 1)
-  assert plain.info['binarization'] == 'static'
+  assert plain.info.binarization == 'static'
 
 
 def test_dynamic_batches_are_fresh_samples_of_the_static_batches_sources(
@@ -200,9 +200,9 @@ def test_dynamic_batches_are_fresh_samples_of_the_static_batches_sources(
               if image in train.global_indices(s))
   row = int(np.flatnonzero(train.global_indices(step) == image)[0])
   assert not np.array_equal(batches[0]['image'][0], train.batch(step)['image'][row])
-  # The empirical pixel variance of the samples is info['train_variance'].
+  # The empirical pixel variance of the samples is info.train_variance.
   all_x = np.concatenate([b['image'] for b in batches])
-  assert abs(all_x.var() - dynamic.info['train_variance']) < 0.005
+  assert abs(all_x.var() - dynamic.info.train_variance) < 0.005
 
 
 def test_dynamic_batches_are_a_pure_function_of_seed_and_step(dynamic):
@@ -231,6 +231,6 @@ def test_dynamic_batches_are_the_same_on_one_and_two_processes(dynamic):
 def test_dynamic_with_padding_keeps_the_border_empty():
   splits = data_lib.get_datasets(mnist_config(binarize='dynamic', image_size=32), 0, 1)
   x = splits.train.batch(0)['image']
-  assert x.shape == (BATCH, 32, 32, 1) and splits.info['shape'] == (32, 32, 1)
+  assert x.shape == (BATCH, 32, 32, 1) and splits.info.shape == (32, 32, 1)
   assert not x[:, :2].any() and not x[:, -2:].any() and x.any()
   assert next(iter(splits.eval))['image'].shape == (1000, 32, 32, 1)

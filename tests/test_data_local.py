@@ -40,9 +40,9 @@ def test_binarized_mnist_splits_values_and_batches(eval_split):
   assert config.data.name == 'binarized_mnist' and config.data.source == 'local'
   splits = data_lib.get_datasets(config, 0, 1)
   info = splits.info
-  assert info['kind'] == 'image' and info['shape'] == (28, 28, 1) and info['num_levels'] == 2
-  assert info['eval_split'] == eval_split
-  assert info['num_train'] == MNIST['train'] and info['num_eval'] == MNIST[eval_split]
+  assert info.kind == 'image' and info.shape == (28, 28, 1) and info.num_levels == 2
+  assert info.eval_split == eval_split
+  assert info.num_train == MNIST['train'] and info.num_eval == MNIST[eval_split]
   for split, source in (('train', splits.train), (eval_split, splits.eval)):
     x = source.arrays['image']
     assert x.shape == (MNIST[split], 28, 28, 1) and x.dtype == np.float32, split
@@ -69,11 +69,11 @@ def test_jsb_chorales_splits_frames_and_pitches():
   for eval_split in ('valid', 'test'):
     splits = data_lib.get_datasets(jsb_config(eval_split=eval_split), 0, 1)
     info = splits.info
-    assert info['likelihood'] == 'bernoulli' and info['shape'][1] == 88
-    assert info['num_train'] == JSB_CHORALES['train']
-    assert info['num_eval'] == JSB_CHORALES[eval_split]
-    assert info['train_frames'] == JSB_FRAMES['train']
-    assert info['eval_frames'] == JSB_FRAMES[eval_split]
+    assert info.likelihood == 'bernoulli' and info.shape[1] == 88
+    assert info.num_train == JSB_CHORALES['train']
+    assert info.num_eval == JSB_CHORALES[eval_split]
+    assert info.train_frames == JSB_FRAMES['train']
+    assert info.eval_frames == JSB_FRAMES[eval_split]
     for source in (splits.train, splits.eval):
       x, mask = source.arrays['x'], source.arrays['mask']
       assert set(np.unique(x).tolist()) == {0.0, 1.0} and not x[mask == 0].any()
@@ -110,7 +110,7 @@ def test_vrae_baseline_comes_from_the_datasets_frame_statistics():
   xt, mt = splits.eval.arrays['x'], splits.eval.arrays['mask']
   nll = -(np.asarray(vrae.baseline_log_prob('bernoulli', logits, xt)) * mt).sum() / mt.sum()
   assert round(float(nll), 2) == 11.06
-  assert vrae.fit_baseline('bernoulli', {}) is None      # a dataset without statistics
+  assert vrae.fit_baseline('bernoulli', data_lib.DataInfo(kind='sequence')) is None  # no statistics
 
 
 def test_bad_input_is_one_clear_error(tmp_path, monkeypatch):

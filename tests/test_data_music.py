@@ -47,8 +47,8 @@ def test_pickle_rolls_padding_masks_and_splits(tmp_path):
   overrides = {'data.path': str(path), 'batch_size': 2, 'eval.batch_size': 4}
   splits = data_lib.get_datasets(pickle_config(overrides), 0, 1)
   info = splits.info
-  assert info['likelihood'] == 'bernoulli' and info['shape'] == (12, 88)   # longest anywhere
-  assert info['num_train'] == 4 and info['num_eval'] == 2 and info['eval_split'] == 'test'
+  assert info.likelihood == 'bernoulli' and info.shape == (12, 88)   # longest anywhere
+  assert info.num_train == 4 and info.num_eval == 2 and info.eval_split == 'test'
   batch = next(iter(splits.eval))
   assert batch['x'].shape == (4, 12, 88) and batch['mask'].shape == (4, 12)
   assert batch['valid'].tolist() == [True, True, False, False]
@@ -62,8 +62,8 @@ def test_pickle_rolls_padding_masks_and_splits(tmp_path):
   # eval_split chooses the split; max_len cuts into pieces of at most max_len frames.
   valid = data_lib.get_datasets(pickle_config(dict(
       overrides, **{'data.eval_split': 'valid', 'data.max_len': 4})), 0, 1)
-  assert valid.info['shape'] == (4, 88) and valid.info['num_eval'] == 2   # 6 frames -> 4 + 2
-  assert valid.info['train_frames'] == 25 and valid.info['num_train'] == 2 + 3 + 2 + 1
+  assert valid.info.shape == (4, 88) and valid.info.num_eval == 2   # 6 frames -> 4 + 2
+  assert valid.info.train_frames == 25 and valid.info.num_train == 2 + 3 + 2 + 1
 
 
 def test_missing_or_bad_pickle_gives_a_clear_error(tmp_path):
@@ -91,7 +91,7 @@ def test_chorales_split_by_chorale_and_cache(tmp_path, monkeypatch):
   splits = data_lib.get_datasets(config, 0, 1)
   assert os.path.exists(tmp_path / f'chorales_v{music.CHORALES_CACHE_VERSION}_first10.npz')
   info = splits.info
-  assert info['num_chorales'] == 10 and info['shape'] == (32, 88)
+  assert info.num_chorales == 10 and info.shape == (32, 88)
   x, mask = splits.train.arrays['x'], splits.train.arrays['mask']
   assert set(np.unique(x)) <= {0.0, 1.0} and x.dtype == np.float32
   assert not x[mask == 0].any()                       # padding is empty
@@ -118,7 +118,7 @@ def test_synthetic_series_is_a_function_of_the_seed():
   a = data_lib.get_datasets(config, 0, 1)
   b = data_lib.get_datasets(config, 0, 1)
   np.testing.assert_array_equal(a.train.arrays['x'], b.train.arrays['x'])
-  assert a.info['likelihood'] == 'gaussian' and a.info['shape'] == (64, 3)
+  assert a.info.likelihood == 'gaussian' and a.info.shape == (64, 3)
   lengths = a.train.arrays['mask'].sum(1)
   assert lengths.min() >= 32 and lengths.max() <= 64 and len(set(lengths.tolist())) > 5
   config.data.series_seed = 1

@@ -19,8 +19,9 @@ from vaes import data as data_lib
 from vaes.checkpoint import Checkpointer
 from vaes.registry import get_family
 from vaes.families import ladder, vrae
-from vaes.train import (build_trainer, dispatch_sizes, evaluate_split, lr_warmup,
-                        make_optimizer, run_evaluation, train_and_evaluate, warmup_warnings)
+from vaes.evaluation import evaluate_split
+from vaes.preflight import lr_warmup, warmup_warnings
+from vaes.train import build_trainer, dispatch_sizes, make_optimizer, train_and_evaluate
 
 TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16,
            'eval.batch_size': 128}
@@ -36,7 +37,7 @@ def _latest_state(config, workdir):
 def test_resume_after_checkpoint_matches_uninterrupted_run(tmp_path):
   """With the moving average of the weights on: it is restored bit for bit too."""
   base = dict(TINY_VQ, num_train_steps=6, checkpoint_every_steps=3, log_every_steps=1,
-              eval_every_steps=0, ema_decay=0.9)
+              eval_every_steps=0, weights_ema_decay=0.9)
   full = load_config('configs/vqvae.py', base)
   train_and_evaluate(full, str(tmp_path / 'full'))
 
@@ -268,7 +269,7 @@ def _nan_batch(batch):
 
 
 def test_ema_is_one_hand_computed_update_and_a_skipped_update_keeps_it():
-  config = load_config('configs/vqvae.py', dict(TINY_VQ, ema_decay=0.9))
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, weights_ema_decay=0.9))
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
   state = trainer.init_fn()
@@ -293,7 +294,7 @@ def test_ema_is_one_hand_computed_update_and_a_skipped_update_keeps_it():
 
 
 def test_evaluation_uses_the_moving_average_when_kept():
-  config = load_config('configs/vqvae.py', dict(TINY_VQ, ema_decay=0.9))
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, weights_ema_decay=0.9))
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
   seen = []
@@ -310,25 +311,9 @@ def test_evaluation_uses_the_moving_average_when_kept():
       trainer.family, eval_stats=eval_stats, eval_metrics=eval_metrics, eval_images=None))
   state = trainer.init_fn()
   state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))
-  run_evaluation(trainer, state, splits, None, jax.random.PRNGKey(0))
+  trainer.evaluator()(state.eval_variables(), splits.eval, jax.random.PRNGKey(0))
   for e, p in zip(seen[0], jax.tree.leaves(state.ema_params)):
     np.testing.assert_allclose(e, p, rtol=1e-6)
-
-
-def test_checkpoint_written_before_ema_params_existed_still_restores(tmp_path):
-  config = load_config('configs/vqvae.py', TINY_VQ)
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  state = trainer.init_fn()
-  old = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
-         if f.name != 'ema_params'}
-  checkpointer = Checkpointer(str(tmp_path), async_save=False)
-  checkpointer.save(0, old, config)
-  restored, step, _ = checkpointer.restore_latest(trainer.abstract_state, config)
-  assert step == 0 and restored.ema_params is None
-  for x, y in zip(jax.tree.leaves(jax.device_get(state)),
-                  jax.tree.leaves(jax.device_get(restored))):
-    np.testing.assert_array_equal(x, y)
 
 
 # ----------------------------------------------------------------------------
@@ -370,3 +355,28 @@ def test_warmups_that_outlast_the_run_are_named():
              for l in warmup_warnings(config, get_family('vrae'), {}))
   config.lr_warmup_steps, config.model.kl_warmup_fraction = 0, 0.25
   assert warmup_warnings(config, get_family('vrae'), {}) == []
+
+
+def test_a_run_traces_its_evaluation_statistics_once(tmp_path, monkeypatch):
+  """Periodic evaluations reuse one compilation: the engine builds and jits the family's
+  eval_stats once per run (vaes.evaluation.Evaluator), with no cache in the family."""
+  from vaes import registry
+  family = get_family('vqvae')
+  built, traced = [], []
+
+  def eval_stats(config, model, data_info):
+    built.append(1)
+    inner = family.eval_stats(config, model, data_info)
+
+    def stats_fn(variables, batch, rng):
+      traced.append(1)   # runs while jax.jit traces, not when the compiled function runs
+      return inner(variables, batch, rng)
+    return stats_fn
+
+  monkeypatch.setitem(registry._FAMILIES, 'vqvae',   # pylint: disable=protected-access
+                      dataclasses.replace(family, eval_stats=eval_stats, eval_images=None))
+  config = load_config('configs/vqvae.py', dict(TINY_VQ, num_train_steps=3, eval_every_steps=1,
+                                                log_every_steps=1, checkpoint_every_steps=3))
+  metrics = train_and_evaluate(config, str(tmp_path))
+  assert 'eval/loss' in metrics          # three evaluations ran (steps 1, 2, 3)
+  assert built == [1] and traced == [1]

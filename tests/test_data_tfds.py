@@ -82,9 +82,9 @@ def test_mock_batches_shapes_dtypes_ranges(name, shape):
   with tfds.testing.mock_data(num_examples=10):
     splits = get_datasets(make_config(name), 0, 1)
     info = splits.info
-    assert info['shape'] == shape and info['kind'] == 'image' and info['num_levels'] == 256
-    assert info['num_train'] == info['num_eval'] == 10
-    assert 0.0 < info['train_variance'] < 0.25
+    assert info.shape == shape and info.kind == 'image' and info.num_levels == 256
+    assert info.num_train == info.num_eval == 10
+    assert 0.0 < info.train_variance < 0.25
     assert splits.train.element_spec == {'image': (shape, np.dtype(np.float32))}
     assert (splits.train.local_batch_size, splits.train.global_batch_size) == (4, 4)
     for batch in take(splits.train.iterate(0), 3):
@@ -104,7 +104,7 @@ def test_mock_binarize_and_other_datasets():
   with tfds.testing.mock_data(num_examples=10):
     for mode in ('threshold', 'dynamic'):
       splits = get_datasets(make_config('mnist', binarize=mode), 0, 1)
-      assert splits.info['num_levels'] == 2
+      assert splits.info.num_levels == 2
       a, b = take(splits.train.iterate(0), 2)
       assert set(np.unique(a['image'])) == {0.0, 1.0}
       assert set(np.unique(next(iter(splits.eval))['image'])) <= {0.0, 1.0}
@@ -115,11 +115,11 @@ def test_mock_binarize_and_other_datasets():
   with tfds.testing.mock_data(num_examples=10, max_value=2):  # binarized_mnist stores {0, 1}
     splits = get_datasets(make_config('binarized_mnist', source='tfds'), 0, 1)
     x = next(splits.train.iterate(0))['image']
-    assert splits.info['num_levels'] == 2 and set(np.unique(x)) == {0.0, 1.0}
+    assert splits.info.num_levels == 2 and set(np.unique(x)) == {0.0, 1.0}
   with tfds.testing.mock_data(num_examples=10, max_value=1):  # all-black omniglot pages
     splits = get_datasets(make_config('omniglot'), 0, 1)
     x = next(splits.train.iterate(0))['image']
-    assert splits.info['shape'] == (28, 28, 1) and x.shape == (4, 28, 28, 1)
+    assert splits.info.shape == (28, 28, 1) and x.shape == (4, 28, 28, 1)
     np.testing.assert_allclose(x, 1.0, atol=1e-6)  # inverted: dark ink -> 1
 
 
@@ -154,7 +154,7 @@ def test_per_host_sharding_and_eval_coverage(fake_mnist_dir, count, batch_size,
   cfg = make_config('mnist', batch_size, eval_batch_size, tfds_data_dir=fake_mnist_dir)
   single = get_datasets(cfg, 0, 1)
   hosts = [get_datasets(cfg, p, count) for p in range(count)]
-  assert single.info['num_train'] == NUM_TRAIN and single.info['num_eval'] == NUM_TEST
+  assert single.info.num_train == NUM_TRAIN and single.info.num_eval == NUM_TEST
   local = batch_size // count
   steps = hosts[0].train.steps_per_epoch
   assert steps == (NUM_TRAIN // count) // local

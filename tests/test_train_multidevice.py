@@ -20,7 +20,7 @@ def test_vqvae_gradient_codebook_and_weight_ema_same_on_1_and_8_devices(tmp_path
   one, _ = assert_same_on_1_and_8_devices(
       'configs/vqvae.py', {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8,
                            'model.use_ema': False, 'steps_per_dispatch': 3,
-                           'ema_decay': 0.5}, tmp_path, num_steps=3)
+                           'weights_ema_decay': 0.5}, tmp_path, num_steps=3)
   ema = {k[len("['ema_params']"):]: v for k, v in one['leaves'].items()
          if k.startswith("['ema_params']")}
   params = {k[len("['params']"):]: v for k, v in one['leaves'].items()
