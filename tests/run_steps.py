@@ -34,7 +34,7 @@ def run(config, num_devices, steps):
       m = jax.device_get(m)
       metrics += [{name: float(v[i]) for name, v in m.items()} for i in range(k)]
   kept = {'params': state.params, 'model_state': state.model_state}
-  if state.ema_params is not None:   # config.ema_decay > 0
+  if state.ema_params is not None:   # config.weights_ema_decay > 0
     kept['ema_params'] = state.ema_params
   leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(kept))[0]
   return {

@@ -21,7 +21,7 @@ from vaes import evaluate
 from vaes import fs
 from vaes.checkpoint import Checkpointer
 from vaes.data import DataError
-from vaes.data.core import ArrayTrainSource, validate_batch
+from vaes.data.core import ArrayTrainSource, DataInfo, validate_batch
 from vaes.registry import ConfigError, get_family
 from vaes.errors import TrainingError
 from vaes.preflight import validate_config
@@ -300,16 +300,18 @@ def test_batch_not_divisible_by_device_count_names_the_fix():
 
 SPEC = {'image': ((8, 8, 1), np.float32)}
 GOOD = np.full((4, 8, 8, 1), 0.5, np.float32)
+IMAGES = DataInfo(kind='image')   # num_levels 256: no binary check
 BAD_DATA = [
-    ({'image': GOOD[:, :4]}, {}, "per-example shape (4, 8, 1), but the model was built for "
-                                 "(8, 8, 1)"),
-    ({'image': (GOOD * 255).astype(np.int64)}, {}, 'has dtype int64, expected float32'),
-    ({'image': GOOD * 255}, {}, 'image values span [127.5, 127.5], expected [0, 1]'),
-    ({'image': np.where(np.eye(8)[None, :, :, None] > 0, np.nan, GOOD)}, {},
+    ({'image': GOOD[:, :4]}, IMAGES, "per-example shape (4, 8, 1), but the model was built "
+                                     "for (8, 8, 1)"),
+    ({'image': (GOOD * 255).astype(np.int64)}, IMAGES, 'has dtype int64, expected float32'),
+    ({'image': GOOD * 255}, IMAGES, 'image values span [127.5, 127.5], expected [0, 1]'),
+    ({'image': np.where(np.eye(8)[None, :, :, None] > 0, np.nan, GOOD)}, IMAGES,
      'holds 32 NaN/inf values'),
-    ({'image': GOOD}, {'num_levels': 2}, 'declared binary but images hold values'),
-    ({'pixels': GOOD}, {}, "lacks ['image']"),
-    ({'image': GOOD[:0]}, {}, "'image' is empty"),
+    ({'image': GOOD}, DataInfo(kind='image', num_levels=2),
+     'declared binary but images hold values'),
+    ({'pixels': GOOD}, IMAGES, "lacks ['image']"),
+    ({'image': GOOD[:0]}, IMAGES, "'image' is empty"),
 ]
 
 
@@ -324,7 +326,8 @@ def test_bad_mask_and_empty_split():
   spec = {'x': ((5, 3), np.float32), 'mask': ((5,), np.float32)}
   with pytest.raises(DataError, match="'mask' must hold only 0 and 1"):
     validate_batch({'x': np.zeros((2, 5, 3), np.float32),
-                    'mask': np.full((2, 5), 0.5, np.float32)}, spec, {})
+                    'mask': np.full((2, 5), 0.5, np.float32)}, spec,
+                   DataInfo(kind='sequence'))
   with pytest.raises(DataError, match='The training split is empty'):
     ArrayTrainSource({'image': np.zeros((0, 8, 8, 1), np.float32)}, 4, 0)
 

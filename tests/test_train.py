@@ -231,7 +231,8 @@ def test_evaluation_runs_at_eval_matmul_precision():
   batches = [{'valid': np.array([True, True, False])}, {'valid': np.array([True, False, False])}]
   for precision in ('highest', 'default'):
     config.eval.matmul_precision = precision
-    metrics = evaluate_split(family, config, None, {}, batches, {}, jax.random.PRNGKey(0),
+    metrics = evaluate_split(family, config, None, {}, batches, data_lib.DataInfo(kind='image'),
+                             jax.random.PRNGKey(0),
                              lambda b: jax.tree.map(jnp.asarray, b))
     assert metrics == {'count': 3.0}
   assert seen[:2] == [('stats', 'highest'), ('metrics', 'highest')]
@@ -258,7 +259,7 @@ def test_eval_progress_reports_examples_rate_and_eta():
 
 
 # ----------------------------------------------------------------------------
-# Moving average of the weights (config.ema_decay).
+# Moving average of the weights (config.weights_ema_decay).
 # ----------------------------------------------------------------------------
 
 
@@ -288,7 +289,7 @@ def test_ema_is_one_hand_computed_update_and_a_skipped_update_keeps_it():
     np.testing.assert_array_equal(x, y)
 
   off = load_config('configs/vqvae.py', TINY_VQ)
-  assert off.ema_decay == 0.0
+  assert off.weights_ema_decay == 0.0
   assert build_trainer(off, splits.info, splits.train.element_spec).abstract_state.ema_params \
       is None                                    # off: nothing carried, nothing saved
 

@@ -16,7 +16,7 @@ def test_vqvae_ema_step_same_on_1_and_8_devices(tmp_path):
 
 def test_vqvae_gradient_codebook_and_weight_ema_same_on_1_and_8_devices(tmp_path):
   # Three steps in one dispatch (lax.scan over stacked batches sharded P(None, 'data')),
-  # with the moving average of the weights (config.ema_decay) in the compared state.
+  # with the moving average of the weights (config.weights_ema_decay) in the compared state.
   one, _ = assert_same_on_1_and_8_devices(
       'configs/vqvae.py', {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8,
                            'model.use_ema': False, 'steps_per_dispatch': 3,
