@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.helpers import PYTHON, REPO, load_config, subprocess_env
-from vaes import checkpoint
+from vaes import run_config
 from vaes import collect
 from vaes.renames import RENAMED_FIELDS
 
@@ -183,7 +183,7 @@ def _command_overrides(command, config):
 def test_every_results_row_was_made_by_its_config_as_it_stands():
   """Each results/<row>/[seedN/]config.json holds the config its run resolved and the
   command line. Rebuilt from configs/<row>.py as it stands plus that command's --config
-  overrides, it must be the same run (checkpoint.finished_run_diff: fields added since
+  overrides, it must be the same run (run_config.finished_run_diff: fields added since
   keep their defaults; eval.* and cadence fields aside). A config changed after its row was
   run fails here: rerun the row, or give the change a row of its own."""
   with open(os.path.join(REPO, 'results', 'paper_numbers.json')) as f:
@@ -195,7 +195,7 @@ def test_every_results_row_was_made_by_its_config_as_it_stands():
         recorded = json.load(f)
       now = load_config(row['config'])
       now = load_config(row['config'], _command_overrides(recorded['command'], now))
-      diff = checkpoint.finished_run_diff(recorded['config'], checkpoint.config_dict(now))
-      assert not diff, f'{run}: {checkpoint.describe_diff(diff)}'
+      diff = run_config.finished_run_diff(recorded['config'], run_config.config_dict(now))
+      assert not diff, f'{run}: {run_config.describe_diff(diff)}'
       checked += 1
   assert checked >= 6

@@ -235,7 +235,7 @@ def test_best_checkpoint_belongs_to_its_run(tmp_path, capsys):
 
 def test_best_of_a_run_without_ids_is_told_apart_by_its_training_fields():
   """Checkpoints written before runs had ids: the training fields tell the run."""
-  from vaes.checkpoint import config_dict
+  from vaes.run_config import config_dict
   from vaes.selection import _other_run
   config = _config(num_train_steps=6)
   run = {'id': 'abc', 'started': None}

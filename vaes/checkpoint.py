@@ -19,7 +19,6 @@ This module is the Orbax I/O (`Checkpointer`); beside it:
 - vaes/checkpoint_integrity.py: checksums, non-finite parameters, tree structures,
   setting damaged steps aside;
 - vaes/run_config.py: which configs make the same run (config diffs, run ids).
-Their names that the engine uses are importable from here as well.
 """
 
 import logging
@@ -33,13 +32,9 @@ from jax.experimental import multihost_utils
 from vaes import checkpoint_integrity as integrity
 from vaes import checkpoint_restore
 from vaes import fs
-from vaes.checkpoint_integrity import checksums, nonfinite_parameters  # noqa: F401
 from vaes.errors import CheckpointError, ConfigError
-from vaes.run_config import (EVAL_DATA_FIELDS, config_diff, config_dict,  # noqa: F401
-                             describe_diff, describe_run, finished_run_diff, flatten,
-                             implementation_fields, is_eval_field, new_run, other_run_diff,
-                             weights_note)
 from vaes.renames import upgrade_config
+from vaes.run_config import config_dict
 
 LATEST_DIR = 'checkpoints'   # WORKDIR/checkpoints: the latest ones, resumed from
 BEST_DIR = 'best'            # WORKDIR/best: the best by config.eval.select_metric

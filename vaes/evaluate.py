@@ -177,9 +177,8 @@ def _restore(config, workdir, family, splits, checkpointer):
   match the run's."""
   placement = Placement(make_mesh())
   model = family.build_model(config, splits.info)
-  abstract = abstract_variables(family, model, splits.train.element_spec, config.batch_size)
-  wanted = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
-                                                       sharding=placement.replicated), abstract)
+  wanted = abstract_variables(family, model, splits.train.element_spec, config.batch_size,
+                              placement.replicated)
   restored, step, info = checkpointer.restore_variables(wanted, config)
   if restored is None:
     raise CheckpointError(f'No checkpoint in {checkpointer.directory}: train first with '

@@ -31,12 +31,16 @@ def evaluation_variables(params, model_state, ema_params=None):
   return {'params': params if ema_params is None else ema_params, **model_state}
 
 
-def abstract_variables(family, model, element_spec, batch_size):
-  """{'params', 'model_state'}: the shapes and dtypes of the model's variables (nothing
-  is initialised or compiled)."""
+def abstract_variables(family, model, element_spec, batch_size, sharding=None):
+  """{'params', 'model_state'}: the shapes and dtypes of the model's variables, placed
+  on `sharding` when given (what a restore reads into); nothing is initialised or
+  compiled."""
   example = data_lib.zeros_batch(element_spec, batch_size)
   variables = dict(jax.eval_shape(lambda r, b: family.init_variables(model, r, b),
                                   jax.random.PRNGKey(0), example))
+  if sharding is not None:
+    variables = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), variables)
   return {'params': variables.pop('params'), 'model_state': variables}
 
 

@@ -99,9 +99,9 @@ def _codebook_free_output(z_q, z_e, indices, one_hot):
               perplexity=code_perplexity(one_hot), restarted_codes=zero)
 
 
-class ResidualFSQ(nn.Module):
-  """Residual FSQ (the ResidualFSQ of vector-quantize-pytorch): one projection
-  z = W_in z_e to len(levels) channels, then S FSQ levels on the residual, level s
+class ResidualFSQ(FSQ):
+  """Residual FSQ (the ResidualFSQ of vector-quantize-pytorch), with FSQ's projections
+  and implicit codebook: one projection z = W_in z_e to len(levels) channels, then S FSQ levels on the residual, level s
   on a scale c_s = (L - 1)^(-s) per channel:
 
     r_0 = z,  q_s = c_s fsq_round(r_s / c_s),  r_{s+1} = r_s - sg[q_s],
@@ -113,18 +113,8 @@ class ResidualFSQ(nn.Module):
   With `quantize_dropout`, training keeps the first n_b ~ U{1..S} levels of each
   example (`dropout_keep`, from the 'vq' rng); evaluation keeps them all.
   """
-  levels: tuple
-  code_dim: int
   num_stages: int
   quantize_dropout: bool = False
-
-  def setup(self):
-    self.proj_in = nn.Dense(len(self.levels), dtype=jnp.float32)
-    self.proj_out = nn.Dense(self.code_dim, dtype=jnp.float32)
-
-  @property
-  def codebook_size(self):
-    return int(math.prod(self.levels))
 
   def scales(self):
     """c_s = (L - 1)^(-s), (S, len(levels))."""

@@ -98,8 +98,7 @@ def load_first_stage(config) -> FirstStage:
   splits = data_lib.get_datasets(vq_config, process_index=0, process_count=1)
   model = family.build_model(vq_config, splits.info)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                          abstract_variables(family, model, splits.train.element_spec, 1))
+  abstract = abstract_variables(family, model, splits.train.element_spec, 1, device)
   # A first stage whose checkpoint kept a moving average (trained with config.weights_ema_decay
   # > 0) is used through it, as its own evaluation does, whatever vq_config says.
   variables, step, info = checkpointer.restore_variables(abstract, vq_config, sharding=device)
