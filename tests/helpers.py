@@ -1,7 +1,8 @@
 """Shared test utilities: configs with overrides, runs on N simulated CPU devices
-(in a subprocess, since XLA_FLAGS must be set before JAX starts), CLI runs."""
+(in a subprocess, since XLA_FLAGS must be set before JAX starts), CLI runs, idx files."""
 
 import dataclasses
+import gzip
 import importlib.util
 import json
 import os
@@ -130,3 +131,20 @@ def read_events(logdir):
       event.ParseFromString(record)
       events.append(event)
   return events
+
+
+def idx_bytes(array):
+  """The idx file of a uint8 array: 00 00 08 ndim, the sizes as big-endian uint32, data."""
+  header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, '>u4').tobytes()
+  return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def write_idx_images(directory, train, test, gz=True):
+  """train-images-idx3-ubyte[.gz] and t10k-images-idx3-ubyte[.gz] of two uint8 arrays
+  in `directory` (the layout of MNIST and Fashion-MNIST); returns `directory` as str."""
+  os.makedirs(directory, exist_ok=True)
+  for stem, array in (('train-images-idx3-ubyte', train), ('t10k-images-idx3-ubyte', test)):
+    data = idx_bytes(array)
+    with open(os.path.join(directory, stem + ('.gz' if gz else '')), 'wb') as f:
+      f.write(gzip.compress(data) if gz else data)
+  return str(directory)

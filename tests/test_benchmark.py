@@ -86,3 +86,30 @@ def test_vs_pytorch_without_torch_names_the_install(tmp_path):
                         text=True, timeout=120)
   assert proc.returncode != 0
   assert 'pip install torch==2.13.0' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_vs_vector_quantize_tables_finished_runs_and_checks_names(tmp_path, capsys):
+  """benchmarks/vs_vector_quantize.py reads runs already in --out (nothing is run again):
+  the library's JSON as written, ours from metrics.jsonl, the step time the median of the
+  log intervals after the first (which holds the compilation)."""
+  import pytest
+  from benchmarks import vs_vector_quantize as vs
+  assert set(vs.OURS_DEFAULT) <= set(vs.sweep_variants())
+  (tmp_path / 'library_vq_rot_l1.json').write_text(json.dumps(dict(
+      test_mse=0.0123, test_normalized_mse=0.0987, test_psnr=20.5, codebook_usage=0.25,
+      perplexity=40.0, train_step_ms_median=55.0)))
+  ours = tmp_path / 'ours_vq'
+  ours.mkdir()
+  rows = [{'step': 100, 'steps_per_sec': 1.0}, {'step': 200, 'steps_per_sec': 10.0},
+          {'step': 300, 'steps_per_sec': 20.0}, {'step': 400, 'steps_per_sec': 40.0},
+          {'step': 400, 'eval/recon_mse': 0.01, 'eval/normalized_mse': 0.08, 'eval/psnr': 21.0,
+           'eval/codebook_usage': 0.5, 'eval/perplexity': 90.0}]
+  (ours / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+  vs.main([f'--out={tmp_path}', '--steps=400', '--library=vq_rot', '--rec_losses=l1',
+           '--ours=vq', f'--markdown={tmp_path / "t.md"}'])
+  table = (tmp_path / 't.md').read_text()
+  assert '| vector-quantize-pytorch | vq_rot (l1) | 0.01230 | 0.0987 | 20.50 | 0.250 | 40.0 | 55 |' in table
+  assert '| this project | vq | 0.01000 | 0.0800 | 21.00 | 0.500 | 90.0 | 50 |' in table   # 1000/20
+  with pytest.raises(SystemExit):
+    vs.main([f'--out={tmp_path}', '--ours=vq,no_such_variant', '--library='])
+  assert 'no_such_variant' in capsys.readouterr().err

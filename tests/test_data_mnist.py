@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
+from tests.helpers import idx_bytes, load_config
 from vaes import data as data_lib
 from vaes.data import local
 from vaes.data.core import DataError
@@ -31,11 +31,6 @@ def mnist_config(**data):
   overrides = {'batch_size': BATCH, 'eval.batch_size': 1000}
   overrides.update({f'data.{k}': v for k, v in data.items()})
   return load_config('configs/lvae_mnist.py', overrides)
-
-
-def idx_bytes(array):
-  header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, '>u4').tobytes()
-  return header + np.ascontiguousarray(array, np.uint8).tobytes()
 
 
 @pytest.fixture(scope='module')

@@ -26,6 +26,7 @@ def make_config(name, batch_size=4, eval_batch_size=6, seed=0, **data):
   c.batch_size = batch_size
   c.eval.batch_size = eval_batch_size
   c.data.name = name
+  c.data.source = 'tfds'   # mnist and fashion_mnist read idx files by default
   for k, v in data.items():
     c.data[k] = v
   return c

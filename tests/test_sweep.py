@@ -116,7 +116,8 @@ EXAMPLES = {'vqvae_codebook_size.py': 'configs/vqvae.py',
             'vqvae2_commitment.py': 'configs/vqvae2.py',
             'lvae_inference_seeds.py': 'configs/lvae.py',
             'vrae_free_bits.py': 'configs/vrae.py',
-            'vq_prior_dropout.py': 'configs/vqvae_prior.py'}
+            'vq_prior_dropout.py': 'configs/vqvae_prior.py',
+            'vqvae_fashion_mnist_quantizers.py': 'configs/vqvae_fashion_mnist.py'}
 
 
 def test_example_sweeps_plan_against_their_configs(tmp_path):

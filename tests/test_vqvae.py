@@ -126,3 +126,102 @@ def test_auto_upsample_is_phases_on_the_cpu_and_subpixel_elsewhere():
   assert config.model.upsample == 'auto'
   model = build_model(config, data_lib.get_datasets(config).info)
   assert model.upsample == ('phases' if jax.default_backend() == 'cpu' else 'subpixel')
+
+
+# --- model.arch='pool': vector-quantize-pytorch's example model ---------------------------
+
+def test_pool_arch_is_the_librarys_example_layer_for_layer():
+  config = load_config('configs/vqvae_fashion_mnist.py')
+  info = data_lib.DataInfo(kind='image', shape=(28, 28, 1), train_variance=0.12)
+  model = build_model(config, info)
+  variables = jax.eval_shape(model.init, {'params': jax.random.PRNGKey(0)},
+                             jnp.zeros((2, 28, 28, 1)))
+  shapes = jax.tree.map(lambda a: a.shape, variables['params'])
+  # Conv2d(1,16,3) Conv2d(16,32,3) | Conv2d(32,16,3) Conv2d(16,1,3), HWIO kernels.
+  assert shapes['encoder'] == {'Conv_0': {'kernel': (3, 3, 1, 16), 'bias': (16,)},
+                               'Conv_1': {'kernel': (3, 3, 16, 32), 'bias': (32,)}}
+  assert shapes['decoder'] == {'Conv_0': {'kernel': (3, 3, 32, 16), 'bias': (16,)},
+                               'Conv_1': {'kernel': (3, 3, 16, 1), 'bias': (1,)}}
+  assert sum(a.size for a in jax.tree.leaves(variables['params'])) == 9569
+  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.zeros((2, 28, 28, 1)))
+  assert out['z_e'].shape == (2, 7, 7, 32) and out['decoder_out'].shape == (2, 28, 28, 1)
+
+
+def test_max_pool_2x2_is_nn_max_pool():
+  from flax import linen as nn
+  from vaes.models.vqvae import max_pool_2x2
+  h = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 6, 5))   # no ties
+  pool = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  assert jnp.array_equal(max_pool_2x2(h), pool(h))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 3, 5))
+  grad = lambda f: jax.grad(lambda x: jnp.sum(w * f(x)))(h)
+  assert jnp.array_equal(grad(max_pool_2x2), grad(pool))
+
+
+# --- PSNR and SSIM (dm-pix) against a brute-force computation ------------------------------
+
+def _ssim_numpy(x, y, window, sigma=1.5, k1=0.01, k2=0.03):
+  """Wang et al. (2004) per image, with loops: Gaussian-weighted local statistics over
+  every valid window position, one channel at a time, averaged over positions and channels."""
+  import numpy as np
+  r = np.arange(window) - (window - 1) / 2
+  g = np.exp(-r ** 2 / (2 * sigma ** 2))
+  w2 = np.outer(g, g) / np.outer(g, g).sum()
+  c1, c2 = k1 ** 2, k2 ** 2
+  out = []
+  for a, b in zip(np.asarray(x, np.float64), np.asarray(y, np.float64)):
+    values = []
+    for ch in range(a.shape[-1]):
+      for i in range(a.shape[0] - window + 1):
+        for j in range(a.shape[1] - window + 1):
+          pa, pb = a[i:i + window, j:j + window, ch], b[i:i + window, j:j + window, ch]
+          ma, mb = (w2 * pa).sum(), (w2 * pb).sum()
+          va, vb = (w2 * pa * pa).sum() - ma ** 2, (w2 * pb * pb).sum() - mb ** 2
+          cov = (w2 * pa * pb).sum() - ma * mb
+          values.append((2 * ma * mb + c1) * (2 * cov + c2)
+                        / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    out.append(np.mean(values))
+  return np.array(out)
+
+
+@pytest.mark.parametrize('shape,window', [((3, 14, 13, 1), 11), ((2, 8, 8, 2), 7)])
+def test_psnr_and_ssim_match_a_brute_force_computation(shape, window):
+  import numpy as np
+  from vaes.families.vqvae import PSNR_CAP_DB, image_quality, ssim_window
+  assert ssim_window(*shape[1:3]) == window
+  x = jax.random.uniform(jax.random.PRNGKey(0), shape)
+  noise = 0.1 * jax.random.normal(jax.random.PRNGKey(1), shape)
+  recon = x + noise          # partly outside [0, 1]: image_quality clips it
+  psnr, ssim = image_quality(x, recon)
+  clipped = np.clip(np.asarray(recon, np.float64), 0, 1)
+  mse = np.mean((clipped - np.asarray(x, np.float64)) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(psnr, -10 * np.log10(mse), rtol=1e-5)
+  np.testing.assert_allclose(ssim, _ssim_numpy(x, clipped, window), atol=2e-5)
+  same_psnr, same_ssim = image_quality(x, x)
+  np.testing.assert_allclose(same_psnr, PSNR_CAP_DB)
+  np.testing.assert_allclose(same_ssim, 1.0, atol=1e-6)
+
+
+def test_fashion_config_trains_and_reports_psnr_and_ssim(tmp_path):
+  """configs/vqvae_fashion_mnist.py (its data read as idx files of the same shapes):
+  two train steps, then the evaluation reports psnr and ssim beside normalized_mse."""
+  import numpy as np
+  from tests.helpers import write_idx_images
+  from vaes.evaluation import evaluate_split
+  from vaes.train import build_trainer
+  rng = np.random.default_rng(0)
+  path = write_idx_images(tmp_path, rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+                          rng.integers(0, 256, (12, 28, 28), dtype=np.uint8))
+  config = load_config('configs/vqvae_fashion_mnist.py', {
+      'batch_size': 8, 'eval.batch_size': 8, 'data.name': 'idx_images', 'data.path': path})
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  for step in range(2):
+    state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))
+  assert np.isfinite(float(metrics['loss']))
+  metrics = evaluate_split(get_family('vqvae'), config, trainer.model,
+                           {'params': state.params, **state.model_state}, splits.eval,
+                           splits.info, jax.random.PRNGKey(0), trainer.put, progress=False)
+  assert 0 < metrics['psnr'] < 100 and -1 <= metrics['ssim'] <= 1
+  assert np.isfinite(metrics['normalized_mse']) and 0 < metrics['codebook_usage'] <= 1

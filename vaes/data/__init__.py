@@ -30,3 +30,4 @@ from vaes.data import music  # noqa: E402,F401
 from vaes.data import tfds_data  # noqa: E402,F401
 from vaes.data import codes  # noqa: E402,F401
 from vaes.data import local  # noqa: E402,F401
+from vaes.data import idx_images  # noqa: E402,F401

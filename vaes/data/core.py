@@ -38,16 +38,19 @@ def data_config():
                               # '' = 'pad' in memory, 'bilinear' for TFDS
   d.binarize = 'none'         # 'none' | 'threshold' (x > 0.5) | 'dynamic' (x ~ Bernoulli(x),
                               # fresh each batch); no-op on data that is binary already
-  d.source = 'local'          # binarized_mnist: 'local' (vaes/data/files) | 'tfds'
+  d.source = 'local'          # binarized_mnist, mnist, fashion_mnist: 'local' (files) | 'tfds'
   # TensorFlow Datasets (mnist, cifar10, celeb_a, ...; binarized_mnist with source='tfds').
   d.tfds_data_dir = ''        # '' = the TFDS default (~/tensorflow_datasets)
   d.tfds_download = False     # let TFDS download a missing dataset
   d.train_split = 'train'
+  d.valid_size = 0            # mnist, fashion_mnist, idx_images: the last N training images
+                              # held out as the 'valid' split (0: train on all of them)
   d.crop_size = -1            # centre crop before resizing; -1 = the dataset's, 0 = none
   d.shuffle_buffer = 10_000
   # Sequences.
   d.max_len = 0               # cut pieces into at most this many frames; 0 = whole pieces
-  d.path = ''                 # polyphonic_pickle: the pickle of MIDI pitches per frame
+  d.path = ''                 # polyphonic_pickle: the pickle of MIDI pitches per frame;
+                              # mnist, fashion_mnist, idx_images: the idx files' directory
   d.cache_dir = ''            # chorales: where the piano rolls are cached; '' = ~/.cache/vaes
   d.num_chorales = 0          # chorales: the first N only; 0 = all
   d.series_seed = 0           # synthetic_series: the generator's seed

@@ -7,6 +7,7 @@ often gzipped (`*-ubyte.gz`); `read_idx` tells the two apart by their first byte
 """
 
 import gzip
+import hashlib
 import os
 import zlib
 
@@ -19,9 +20,10 @@ GZIP_MAGIC = b'\x1f\x8b'
 DEFAULT_FIX = 'check the path, or fetch the file again (idx files are gzipped or raw)'
 
 
-def read_idx(path, fix=DEFAULT_FIX) -> np.ndarray:
+def read_idx(path, fix=DEFAULT_FIX, sha256=None) -> np.ndarray:
   """The array in the idx file `path` (gzipped or raw), in native byte order. A missing,
-  truncated or malformed file is a DataError naming `path` and `fix`, the way to repair it."""
+  truncated or malformed file, or one whose decompressed bytes do not have the `sha256`
+  given, is a DataError naming `path` and `fix`, the way to repair it."""
   if not os.path.isfile(path):
     raise DataError(f'{path}: no such idx file; {fix}.')
   with open(path, 'rb') as f:
@@ -31,6 +33,10 @@ def read_idx(path, fix=DEFAULT_FIX) -> np.ndarray:
       data = gzip.decompress(data)
     except (EOFError, OSError, zlib.error) as e:
       raise DataError(f'{path}: a damaged or truncated gzip file ({e}); {fix}.') from None
+  if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+    raise DataError(f'{path}: its decompressed bytes have sha256 '
+                    f'{hashlib.sha256(data).hexdigest()}, expected {sha256} (a damaged copy, or '
+                    f'not the file this code knows); {fix}.')
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] not in DTYPES or data[3] == 0:
     raise DataError(f'{path}: not an idx file (it starts with bytes {data[:4].hex(" ")}, '
                     f'expected 00 00, a dtype code, a number of dimensions); {fix}.')

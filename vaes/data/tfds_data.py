@@ -1,7 +1,7 @@
 """TFDS image datasets behind the one iterator interface of `vaes.data.core`.
 
 Names: mnist, fashion_mnist, binarized_mnist (with config.data.source='tfds'; by
-default vaes/data/local.py reads its bundled copy), cifar10, svhn_cropped, omniglot,
+default vaes/data/idx_images.py and vaes/data/local.py read their idx / npz files), cifar10, svhn_cropped, omniglot,
 celeb_a. Batches are {'image': float32 (B, H, W, C) in [0, 1]}, as for 'digits'.
 
 Config (`config.data.*`, all optional except `name`):
@@ -465,9 +465,13 @@ def train_variance(reader: Reader, split: str, limit: int = VARIANCE_EXAMPLES) -
   return float(max(total_sq / count - mean * mean, 0.0))
 
 
-# binarized_mnist is registered by vaes/data/local.py, which reads its bundled copy by
-# default and calls tfds_images for config.data.source='tfds'.
-@register(*(name for name in SPECS if name != 'binarized_mnist'))
+# binarized_mnist (vaes/data/local.py), mnist and fashion_mnist (vaes/data/idx_images.py)
+# are registered by the modules that read their idx / npz files by default; they call
+# tfds_images for config.data.source='tfds'.
+LOCAL_FIRST = ('binarized_mnist', 'mnist', 'fashion_mnist')
+
+
+@register(*(name for name in SPECS if name not in LOCAL_FIRST))
 def tfds_images(config, process_index, process_count):
   opts = read_options(config)
   reader = Reader(opts)

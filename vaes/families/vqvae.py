@@ -12,6 +12,7 @@ not part of the per-example evaluation loss.
 
 import functools
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +33,8 @@ def model_config():
   # and meaning, in vaes/quantizers.py QuantizerSpec.
   m = quantizers.quantizer_config()
   m.name = 'vqvae'
+  m.arch = 'residual'                 # 'residual' (the paper's) | 'pool' (vector-quantize-
+                                      # pytorch's example model; vaes/models/vqvae.py)
   m.hidden = 64                       # channels of the convolutions
   m.res_hidden = 32                   # channels inside each residual block
   m.num_res_blocks = 2                # residual blocks in the encoder and the decoder
@@ -58,6 +61,8 @@ def validate_config(config):
     if m[field] <= 0:
       raise ConfigError(f'config.model.{field}={m[field]}: must be a positive integer.')
   validate_upsample(m)
+  if m.arch not in ARCHITECTURES:
+    raise ConfigError(f"config.model.arch='{m.arch}': choose one of {ARCHITECTURES}.")
   if m.num_res_blocks < 0 or m.num_downsamples < 0:
     raise ConfigError('config.model.num_res_blocks and num_downsamples must be >= 0.')
   if m.likelihood not in LIKELIHOODS:
@@ -71,6 +76,7 @@ def validate_upsample(m):
                       f'{UPSAMPLE_CHOICES} (the same function; see vaes/models/layers.py).')
 
 
+ARCHITECTURES = ('residual', 'pool')
 UPSAMPLE_CHOICES = ('auto',) + UPSAMPLE_IMPLEMENTATIONS
 # model.upsample='auto', per backend. On the 2-core CPU (with config.cpu_convolutions
 # 'xla') the 32x32 VQ-VAE step took 134 ms with 'phases' against 143 ms with
@@ -141,7 +147,7 @@ def build_model(config, data_info):
       image_channels=c, hidden=m.hidden, res_hidden=m.res_hidden,
       num_res_blocks=m.num_res_blocks, num_downsamples=m.num_downsamples,
       vq=quantizers.QuantizerSpec.from_config(m), likelihood=m.likelihood,
-      dtype=compute_dtype(config), upsample=resolve_upsample(m.upsample))
+      dtype=compute_dtype(config), upsample=resolve_upsample(m.upsample), arch=m.arch)
 
 
 def codebook_size(m):
@@ -221,17 +227,39 @@ def make_loss_fn(config, model, data_info):
   return loss_fn
 
 
+SSIM_WINDOW = 11      # Wang et al. (2004): an 11x11 Gaussian window, sigma 1.5
+PSNR_CAP_DB = 100.0   # the PSNR of a perfect reconstruction (infinite) is counted as this
+
+
+def ssim_window(height, width):
+  """SSIM's window side: 11, or the largest odd side that fits smaller images (7 on the
+  8x8 digits)."""
+  side = min(SSIM_WINDOW, height, width)
+  return side if side % 2 else side - 1
+
+
+def image_quality(x, mean):
+  """Per-image PSNR (dB, peak 1, capped at PSNR_CAP_DB) and SSIM (`ssim_window`) of the
+  reconstruction `mean`, clipped to [0, 1], against x (B, H, W, C) in [0, 1] (dm-pix)."""
+  mean = jnp.clip(mean, 0.0, 1.0)
+  psnr = jnp.minimum(pix.psnr(x, mean), PSNR_CAP_DB)
+  ssim = pix.ssim(x, mean, max_val=1.0, filter_size=ssim_window(*x.shape[1:3]))
+  return psnr, ssim
+
+
 def _eval_batch_fn(model, likelihood, variance, levels):
   def fn(variables, batch, rng):
     del rng  # deterministic: nearest-code quantisation
     x = batch['image']
     w = batch['valid'].astype(jnp.float32)
     out = model.apply(variables, x, train=False)
-    nll, sq_err, _ = _recon_terms(out, x, likelihood, variance, levels)
+    nll, sq_err, mean = _recon_terms(out, x, likelihood, variance, levels)
+    psnr, ssim = image_quality(x, mean)
     codebook, commit = out['codebook_loss_per_example'], out['commitment_loss_per_example']
     return dict(
         loss=jnp.sum(w * (nll + codebook + commit)),
         recon_nll=jnp.sum(w * nll), sq_err=jnp.sum(w * sq_err),
+        psnr=jnp.sum(w * psnr), ssim=jnp.sum(w * ssim),
         commitment_loss=jnp.sum(w * commit), count=jnp.sum(w),
         code_counts=[jnp.einsum('b,bnk->k', w, o['one_hot'].reshape(x.shape[0], -1,
                                                                     o['one_hot'].shape[-1]))
@@ -240,8 +268,8 @@ def _eval_batch_fn(model, likelihood, variance, levels):
 
 
 def eval_stats(config, model, data_info):
-  """Per-batch sums: loss, recon_nll, sq_err, commitment_loss, count, and the code
-  counts of each codebook (one per level for VQ-VAE-2)."""
+  """Per-batch sums: loss, recon_nll, sq_err, psnr, ssim, commitment_loss, count, and the
+  code counts of each codebook (one per level for VQ-VAE-2)."""
   return _eval_batch_fn(model, config.model.likelihood, float(data_info.train_variance),
                         int(data_info.num_levels))
 
@@ -256,13 +284,15 @@ def code_use_metrics(counts, suffix=''):
 
 
 def reconstruction_metrics(config, data_info, totals, latents):
-  """loss, recon_mse, normalized_mse, commitment_loss; for 'logistic' also the decoder
-  NLL in bits per dimension and bits_per_dim_uniform_prior, with a uniform prior over
-  the `latents` codes: -log p(z) = latents * log K."""
+  """loss, recon_mse, normalized_mse, psnr and ssim (means over the images of
+  `image_quality`), commitment_loss; for 'logistic' also the decoder NLL in bits per
+  dimension and bits_per_dim_uniform_prior, with a uniform prior over the `latents`
+  codes: -log p(z) = latents * log K."""
   n = totals['count']
   mse = totals['sq_err'] / n
   variance = float(data_info.train_variance)
   metrics = {'loss': totals['loss'] / n, 'recon_mse': mse, 'normalized_mse': mse / variance,
+             'psnr': totals['psnr'] / n, 'ssim': totals['ssim'] / n,
              'commitment_loss': totals['commitment_loss'] / n}
   if config.model.likelihood == 'logistic':
     h, w, c = data_info.shape

@@ -29,6 +29,7 @@ def model_config():
   m = _vqvae_family.model_config()
   m.name = 'vqvae2'
   del m['num_downsamples']            # per level: bottom_downsamples, then one per level
+  del m['arch']                       # the residual architecture only
   m.num_levels = 2                    # latent maps, each one stride-2 step above the last
   m.bottom_downsamples = 1            # stride 2^n of the bottom level
   m.likelihood = 'logistic'
