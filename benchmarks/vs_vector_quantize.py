@@ -17,7 +17,8 @@ codes used at least once over the test set), perplexity, and the median train st
   subprocess per variant and reconstruction loss (the example's L1 + 10 x commitment, and
   MSE + 10 x commitment: the objective the test MSE measures), its own recipe otherwise.
 - The project: `train.py` then the evaluation at the last step, one subprocess per
-  variant of sweeps/vqvae_fashion_mnist_quantizers.py (--ours names them), the test split.
+  variant of sweeps/vqvae_fashion_mnist_quantizers.py (--ours names them) on
+  configs/vqvae_fashion_mnist.py:plain, the test split.
   Its step time is the median of the engine's steps_per_sec over the log intervals after
   the first (which holds the compilation), so it counts the host feed, as the library's
   counts its batch assembly.
@@ -78,7 +79,7 @@ def run_ours(args, name, overrides):
   evals = read_evals(metrics_path)
   if args.steps not in evals:
     cmd = [sys.executable, os.path.join(ROOT, 'train.py'),
-           '--config=' + os.path.join(ROOT, 'configs', 'vqvae_fashion_mnist.py'),
+           '--config=' + os.path.join(ROOT, 'configs', 'vqvae_fashion_mnist.py') + ':plain',
            f'--workdir={workdir}', f'--config.num_train_steps={args.steps}',
            f'--config.eval_every_steps={args.steps}', '--config.log_every_steps=100',
            f'--config.checkpoint_every_steps={args.steps}', '--config.data.eval_split=test',

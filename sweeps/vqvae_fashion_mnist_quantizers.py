@@ -2,12 +2,12 @@
 validation split (the last 10,000 training images held out), 1,000 steps each (the step
 count of vector-quantize-pytorch's examples/autoencoder.py).
 
-  python -m vaes.sweep --config=configs/vqvae_fashion_mnist.py \
+  python -m vaes.sweep --config=configs/vqvae_fashion_mnist.py:plain \
       --sweep=sweeps/vqvae_fashion_mnist_quantizers.py --workdir_root=runs/fmnist_vq_sweep \
       --config.data.valid_size=10000 --config.data.eval_split=valid \
       --config.num_train_steps=1000 --config.eval_every_steps=1000
 
-Every run is configs/vqvae_fashion_mnist.py (EMA VQ, K = 256, D = 32, beta 0.25,
+Every run is configs/vqvae_fashion_mnist.py:plain (EMA VQ, K = 256, D = 32, beta 0.25,
 straight-through) with the overrides below; the table it prints, and what it says about
 each option, is in benchmarks/README.md ("VQ-VAE on Fashion-MNIST").
 """
