@@ -111,3 +111,11 @@ def test_idx_images_needs_a_path_and_uint8_images(tmp_path):
       bytes([0, 0, 0x0C, 3]) + np.array((2, 4, 4), '>u4').tobytes() + bytes(2 * 16 * 4))
   with pytest.raises(DataError, match=r'expected uint8 images'):
     get_datasets(config(path=str(bad)), 0, 1)
+
+
+def test_a_damaged_bundled_mnist_names_the_restore_command(arrays, tmp_path, monkeypatch):
+  bundled = write_idx_images(tmp_path / 'mnist', *arrays)   # right format, wrong sha256
+  monkeypatch.setattr(idx_images, 'BUNDLED_MNIST', bundled)
+  with pytest.raises(DataError, match=r'git checkout -- vaes/data/files/mnist/'
+                                      r'train-images-idx3-ubyte.gz'):
+    get_datasets(config('mnist'), 0, 1)

@@ -258,3 +258,22 @@ def test_rerun_with_other_settings_is_refused_and_not_reported_as_finished(tmp_p
   assert 'seed=0: train.py' not in proc.stdout and 'seed=0: eval.py' in proc.stdout
   assert read_eval_metrics(run.workdir)['eval_config']['num_images'] == 8
   assert other_eval.status() == ('finished', [])
+
+
+def test_fashion_mnist_default_is_the_sweeps_chosen_variant():
+  """configs/vqvae_fashion_mnist.py's default quantiser is :plain with the overrides of the
+  sweep entry it was chosen from, so the two cannot drift apart."""
+  import importlib.util
+  def load(name, *path):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, *path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  configs = load('fmnist_config', 'configs', 'vqvae_fashion_mnist.py')
+  variants = load('fmnist_sweep', 'sweeps', 'vqvae_fashion_mnist_quantizers.py').VARIANTS
+  chosen = configs.get_config('plain')
+  for field, value in variants['vq_rotation_kmeans_ema_dead_decay08'].items():
+    _, leaf = field.split('.')
+    chosen.model[leaf] = value
+  assert chosen.to_dict() == configs.get_config().to_dict()
+  assert configs.get_config('plain').to_dict() != chosen.to_dict()

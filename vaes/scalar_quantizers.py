@@ -101,8 +101,8 @@ def _codebook_free_output(z_q, z_e, indices, one_hot):
 
 class ResidualFSQ(FSQ):
   """Residual FSQ (the ResidualFSQ of vector-quantize-pytorch), with FSQ's projections
-  and implicit codebook: one projection z = W_in z_e to len(levels) channels, then S FSQ levels on the residual, level s
-  on a scale c_s = (L - 1)^(-s) per channel:
+  and implicit codebook: one projection z = W_in z_e to len(levels) channels, then S FSQ
+  levels on the residual, level s on a scale c_s = (L - 1)^(-s) per channel:
 
     r_0 = z,  q_s = c_s fsq_round(r_s / c_s),  r_{s+1} = r_s - sg[q_s],
     z_q = W_out sum_s q_s

@@ -15,15 +15,18 @@ resize and binarize act as there (vaes/data/images.py). config.data.valid_size =
 holds the last N training images out (the training set is the rest, whatever split is
 evaluated); config.data.eval_split 'valid' evaluates on them (to tune; it needs N > 0),
 'test' on the 10,000 test images (to report). The training data is chosen by valid_size,
-a training field, never by eval_split (an evaluation-only field, vaes/run_config.py). config.data.source='tfds' reads TFDS's mnist / fashion_mnist
-instead (vaes/data/tfds_data.py). Known files are checked against the sha256 of their
-decompressed bytes, so a damaged copy is an error, not a quiet number.
+a training field, never by eval_split (an evaluation-only field, vaes/run_config.py).
+config.data.source='tfds' reads TFDS's mnist / fashion_mnist instead
+(vaes/data/tfds_data.py). Known files are checked against the sha256 of their
+decompressed bytes, so a damaged copy is an error, not a quiet number; a damaged bundled
+MNIST file names the command that restores it (vaes/data/local.py `restore_hint`).
 """
 
 import os
 
 import numpy as np
 
+from vaes.data import local
 from vaes.data import tfds_data
 from vaes.data.core import DataError, eval_split_name, register
 from vaes.data.idx import read_idx
@@ -31,7 +34,7 @@ from vaes.data.images import array_image_splits
 
 TRAIN_IMAGES = 'train-images-idx3-ubyte'
 TEST_IMAGES = 't10k-images-idx3-ubyte'
-BUNDLED_MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'files', 'mnist')
+BUNDLED_MNIST = os.path.join(local.FILES_DIR, 'mnist')   # the bundled grey MNIST
 # Where the ecosystem puts Fashion-MNIST's idx files, searched in this order.
 FASHION_MNIST_DIRS = (
     '/usr/share/datasets/fashion-mnist',                 # Debian: apt install dataset-fashion-mnist
@@ -85,7 +88,10 @@ def find_directory(name, path):
 def read_images(name, directory, stem):
   """uint8 (N, H, W, C) images of `directory`/`stem`[.gz], checked against SHA256."""
   path = idx_file(directory, stem)
-  fix = FASHION_MNIST_FIX if name == 'fashion_mnist' else 'check config.data.path'
+  if directory == BUNDLED_MNIST:
+    fix = local.restore_hint(f'mnist/{os.path.basename(path or stem + ".gz")}')
+  else:
+    fix = FASHION_MNIST_FIX if name == 'fashion_mnist' else 'check config.data.path'
   if path is None:
     raise DataError(f"config.data.name='{name}': {directory} holds no {stem}.gz or {stem}; "
                     f'{fix}.')

@@ -1,8 +1,8 @@
 """TFDS image datasets behind the one iterator interface of `vaes.data.core`.
 
 Names: mnist, fashion_mnist, binarized_mnist (with config.data.source='tfds'; by
-default vaes/data/idx_images.py and vaes/data/local.py read their idx / npz files), cifar10, svhn_cropped, omniglot,
-celeb_a. Batches are {'image': float32 (B, H, W, C) in [0, 1]}, as for 'digits'.
+default vaes/data/idx_images.py and vaes/data/local.py read their idx / npz files),
+cifar10, svhn_cropped, omniglot, celeb_a. Batches are {'image': float32 (B, H, W, C) in [0, 1]}, as for 'digits'.
 
 Config (`config.data.*`, all optional except `name`):
   tfds_data_dir   '' = the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR).
