@@ -35,6 +35,15 @@ def get_base_config():
   # 2026-12: runs saved with that name resume and evaluate, see vaes/renames.py.)
   c.weights_ema_decay = 0.0
 
+  # Fine-tuning: a fresh run (no checkpoint in its workdir yet) starts from another run's
+  # weights instead of an initialisation. '' = off, else that run's workdir; which of its
+  # checkpoints: init_from_checkpoint 'best' (WORKDIR/best), 'latest', or 'auto' (best
+  # when it kept one). The weights eval.py would evaluate there (the moving average when
+  # kept) and the model state (batch statistics, codebooks) are copied; the optimiser,
+  # the step and the data position start fresh. A resume of this workdir ignores both.
+  c.init_from = ''
+  c.init_from_checkpoint = 'auto'
+
   # Numerical faults: non-finite updates are always skipped and counted.
   c.skip_grad_norm_above = 0.0    # >0 also skips updates with a larger gradient norm
   c.max_consecutive_skips = 100   # then the run stops with its last good checkpoint intact

@@ -135,9 +135,10 @@ class Checkpointer:
     """-> (state, step, saved config); see vaes.checkpoint_restore.restore_latest."""
     return checkpoint_restore.restore_latest(self, abstract_state, config)
 
-  def restore_variables(self, abstract_variables, config, sharding=None):
+  def restore_variables(self, abstract_variables, config, sharding=None, same_model=True):
     """-> (variables, step, info); see vaes.checkpoint_restore.restore_variables."""
-    return checkpoint_restore.restore_variables(self, abstract_variables, config, sharding)
+    return checkpoint_restore.restore_variables(self, abstract_variables, config, sharding,
+                                                same_model)
 
   def save(self, step, state, config, force=False, extra_meta=None):
     """Saves `state` with its config, per-array checksums and `extra_meta` (a dict

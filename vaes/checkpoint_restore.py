@@ -47,7 +47,8 @@ def restore_latest(checkpointer, abstract_state, config):
   return (found[0], found[1], found[2]['config']) if found else (None, None, None)
 
 
-def restore_variables(checkpointer, abstract_variables, config, sharding=None):
+def restore_variables(checkpointer, abstract_variables, config, sharding=None,
+                      same_model=True):
   """For evaluation and second stages: restores only what the model needs.
 
   `abstract_variables` = {'params': ..., 'model_state': ...} of ShapeDtypeStructs
@@ -62,12 +63,16 @@ def restore_variables(checkpointer, abstract_variables, config, sharding=None):
   the saved config, 'checksums': {path: checksum} of the restored variables, 'meta':
   the checkpoint's meta item, 'weights': 'ema' (the moving average is the one to
   evaluate) or 'params', 'ema_decay': the run's config.ema_decay (None when not
-  recorded)}; (None, None, None) without checkpoints."""
+  recorded)}; (None, None, None) without checkpoints.
+
+  `same_model`: a checkpoint of other config.model / config.data fields is refused (a
+  ConfigError naming them); False (fine-tuning, config.init_from) reads any checkpoint
+  whose variables have the structure, shapes and dtypes of `abstract_variables`."""
   abstract_variables = {k: v for k, v in abstract_variables.items() if k != 'ema_params'}
   if sharding is None:
     sharding = jax.tree.leaves(abstract_variables)[0].sharding
   found = _newest(checkpointer, config, lambda step, now: _variables_step(
-      checkpointer, step, abstract_variables, now, sharding))
+      checkpointer, step, abstract_variables, now, sharding, same_model))
   if not found:
     return None, None, None
   restored, step, info = found
@@ -103,11 +108,11 @@ def _state_step(checkpointer, step, abstract, now):
   return restored, _verified(restored, meta, 'params')
 
 
-def _variables_step(checkpointer, step, abstract, now, sharding):
+def _variables_step(checkpointer, step, abstract, now, sharding, same_model=True):
   """Restores the saved tree of `step` with `abstract`'s params and model_state (and the
   saved moving average of the params, when there is one) in it; only these must match
   the config, the rest is read as saved, placed with `sharding`. -> (tree, info)."""
-  meta, saved_tree = _read_saved(checkpointer, step, now)
+  meta, saved_tree = _read_saved(checkpointer, step, now, same_model)
   weights = 'params'
   # The weights to evaluate are the checkpoint's: its moving average when it kept one.
   if integrity.structure(saved_tree.get('ema_params')) is not None:
@@ -186,10 +191,10 @@ def _vanished(checkpointer, step, steps):
   return checkpointer.read_only and steps[-1] > step
 
 
-def _read_saved(checkpointer, step, now):
+def _read_saved(checkpointer, step, now, same_model=True):
   """(meta item, saved tree's metadata) of `step`, read before any array. Damaged when
-  they do not read; ConfigError for a checkpoint of other model/data fields (the
-  evaluation-only ones, config.data.eval_split, may differ; nothing is moved)."""
+  they do not read; with `same_model`, ConfigError for a checkpoint of other model/data
+  fields (the evaluation-only ones, config.data.eval_split, may differ; nothing is moved)."""
   try:
     meta = checkpointer.read_meta(step)
     saved_tree = checkpointer.saved_tree(step)
@@ -198,7 +203,7 @@ def _read_saved(checkpointer, step, now):
   if not saved_tree:
     raise integrity.Damaged('no array metadata')
   saved = meta.get('config') or {k: meta[k] for k in ('model', 'data') if k in meta}
-  diff = model_data_diff(saved, now) if saved else []
+  diff = model_data_diff(saved, now) if saved and same_model else []
   if diff:
     raise ConfigError(
         f'The workdir {checkpointer.workdir} holds a checkpoint (step {step}) of '

@@ -31,7 +31,7 @@ from vaes import provenance
 from vaes import selection
 from vaes import workdir_lock
 from vaes import xla_options
-from vaes.checkpoint import Checkpointer
+from vaes.checkpoint import BEST_DIR, LATEST_DIR, Checkpointer
 from vaes.run_config import config_diff, config_dict, describe_diff, finished_run_diff, new_run
 from vaes.errors import ConfigError, Preempted, TrainingError
 from vaes.evaluation import Evaluator, check_select_metric, evaluation_variables
@@ -359,7 +359,10 @@ def _restore_or_init(config, workdir, trainer, checkpointer):
             f'{len(set_aside)} checkpoint(s) set aside as damaged ({", ".join(set_aside)}). '
             f'If they are yours, stop now and move them back.\n{banner}', flush=True,
             file=sys.stderr)
-    return _Start(trainer.init_fn(), 0, new_run(), 'fresh')
+    state = trainer.init_fn()
+    if config.init_from:
+      state = _initialised_from(config, workdir, trainer, state)
+    return _Start(state, 0, new_run(), 'fresh')
   step = int(step)
   meta = checkpointer.read_meta(step)
   run, origin = meta.get('run'), 'checkpoint'
@@ -388,6 +391,48 @@ def _restore_or_init(config, workdir, trainer, checkpointer):
       print(f'Note: resuming with fields changed since that checkpoint: '
             f'{describe_diff(changed)}.', flush=True)
   return start
+
+
+def _initialised_from(config, workdir, trainer, state):
+  """`state` (a fresh one) with the weights and model state of config.init_from's
+  checkpoint (config.init_from_checkpoint): the variables eval.py would evaluate there
+  (the moving average of the parameters when that run kept one), a fresh optimiser state
+  of them and, when this run keeps a moving average, its start at them."""
+  fs.check_url(config.init_from, flag='--config.init_from', read_only=True)
+  source = fs.resolve(config.init_from)
+  if source == fs.resolve(workdir):
+    raise ConfigError(f'config.init_from={source!r} is this run\'s own workdir: a run '
+                      'resumes from its own checkpoints by itself; name another run\'s workdir.')
+  kind = config.init_from_checkpoint
+  if kind == 'auto':
+    kind = 'best' if fs.isdir(fs.join(source, BEST_DIR)) else 'latest'
+  if not fs.isdir(fs.join(source, BEST_DIR if kind == 'best' else LATEST_DIR)):
+    raise ConfigError(
+        f'config.init_from={source!r} holds no {kind} checkpoint '
+        f'({fs.join(source, BEST_DIR if kind == "best" else LATEST_DIR)} is missing): name the '
+        'workdir of a trained run' + (', or use --config.init_from_checkpoint=latest.'
+                                      if kind == 'best' else '.'))
+  checkpointer = Checkpointer(source, async_save=False, read_only=True,
+                              subdir=BEST_DIR if kind == 'best' else LATEST_DIR)
+  wanted = {'params': trainer.abstract_state.params,
+            'model_state': trainer.abstract_state.model_state}
+  # Other training fields (the bound, the KL warm-up, the optimiser) are the point of a
+  # fine-tuning run: only the variables' structure must match.
+  restored, step, info = checkpointer.restore_variables(wanted, config, same_model=False)
+  if restored is None:
+    raise ConfigError(f'config.init_from={source!r}: no {kind} checkpoint in '
+                      f'{checkpointer.directory}; name the workdir of a trained run.')
+  params = restored.get('ema_params', restored['params'])
+  state = state.replace(params=params, model_state=restored['model_state'],
+                        opt_state=jax.jit(trainer.tx.init, out_shardings=jax.tree.map(
+                            lambda a: a.sharding, trainer.abstract_state.opt_state))(params),
+                        ema_params=None if state.ema_params is None else
+                        jax.tree.map(jnp.copy, params))
+  if jax.process_index() == 0:
+    print(f'Initialised from the {kind} checkpoint (step {step}, weights '
+          f"{info['weights']}) of {source}; the optimiser, the step and the data start fresh.",
+          flush=True)
+  return state
 
 
 def _announce(config, trainer, data_info, start, best):
