@@ -85,6 +85,25 @@ def test_jsb_chorales_splits_frames_and_pitches():
   assert {k: sum(map(len, raw[k])) for k in raw} == JSB_FRAMES
 
 
+def test_eval_limit_keeps_the_first_examples_of_the_evaluation_split():
+  """config.data.eval_limit=N: the first N examples, in order, the last batch padded;
+  info counts them (and their frames); the training split is untouched."""
+  full = data_lib.get_datasets(jsb_config(eval_split='test'), 0, 1)
+  cut = data_lib.get_datasets(jsb_config(eval_split='test', eval_limit=40), 0, 1)
+  assert cut.info.num_eval == 40 and full.info.num_eval == JSB_CHORALES['test']
+  assert cut.info.eval_frames == int(full.eval.arrays['mask'][:40].sum()) < JSB_FRAMES['test']
+  assert cut.info.num_train == full.info.num_train and cut.info.train_frames == JSB_FRAMES['train']
+  batches = list(cut.eval)
+  assert len(batches) == 2 and [int(b['valid'].sum()) for b in batches] == [32, 8]
+  x = np.concatenate([b['x'][b['valid']] for b in batches])
+  np.testing.assert_array_equal(x, full.eval.arrays['x'][:40])
+  # A limit at or above the split's size is the whole split; a negative one is refused.
+  assert data_lib.get_datasets(jsb_config(eval_limit=1000), 0, 1).info.num_eval == \
+      JSB_CHORALES['test']
+  with pytest.raises(DataError, match='config.data.eval_limit=-1'):
+    data_lib.get_datasets(jsb_config(eval_limit=-1), 0, 1)
+
+
 def test_jsb_per_key_bernoulli_baseline_is_11_06_nats_per_frame():
   """p_k = (count_k + 1) / (frames + 2) on train; -log p(x_t) per test frame, in float64."""
   splits = data_lib.get_datasets(jsb_config(eval_split='test'), 0, 1)

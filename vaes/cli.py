@@ -1,4 +1,5 @@
-"""Flags shared by train.py and eval.py, multi-host start-up, and one-line errors.
+"""Flags shared by train.py, eval.py and python -m vaes.export (eval.py and sample.py add
+--export: `define_export_flag`), multi-host start-up, and one-line errors.
 
 Expected failures (a bad flag, config, data, checkpoint or path) print one line
 naming the field, the value and the fix, and exit with status 2; `--verbose` (or
@@ -36,6 +37,15 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process)
 flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
 flags.DEFINE_bool('verbose', False, 'Print tracebacks of expected errors too.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_export_flag():
+  """--export=FILE, for the commands that use a trained model (eval.py, sample.py): its
+  variables from an export file (python -m vaes.export) instead of WORKDIR's checkpoints;
+  WORKDIR then only receives the results. Checked when the flags are read (`parse_flags`)."""
+  flags.DEFINE_string('export', None, 'An export file (python -m vaes.export) to use instead '
+                      "of WORKDIR's checkpoints; WORKDIR receives the results.")
+
 
 _CLUSTER_ENV = ('JAX_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES', 'SLURM_JOB_ID',
                 'OMPI_COMM_WORLD_SIZE', 'MEGASCALE_COORDINATOR_ADDRESS')
@@ -113,6 +123,8 @@ def parse_flags(argv):
     fail(_flag_error_message(e, argv), argv)
   try:
     fs.check_url(FLAGS.workdir, '--workdir')   # before JAX, the data or the model
+    if 'export' in FLAGS and FLAGS.export:
+      fs.check_url(FLAGS.export, '--export', read_only=True)
   except fs.PathError as e:
     fail(str(e), argv)
   return rest

@@ -35,9 +35,9 @@ CADENCE_FIELDS = frozenset({'log_every_steps', 'eval_every_steps', 'checkpoint_e
                             'max_checkpoints_to_keep', 'steps_per_dispatch', 'profile_steps'})
 
 # Data fields that choose only what the evaluations report (the split eval.py and the
-# evaluations during training run on), like config.eval.*: neither the trained state nor
-# the trained function. eval.py and a resume compare neither with the run's.
-EVAL_DATA_FIELDS = frozenset({'data.eval_split'})
+# evaluations during training run on, and how much of it), like config.eval.*: neither the
+# trained state nor the trained function. eval.py and a resume compare none with the run's.
+EVAL_DATA_FIELDS = frozenset({'data.eval_split', 'data.eval_limit'})
 
 
 def implementation_fields(config):

@@ -3,6 +3,9 @@
 As big_vision's UViM loads its oracle by path, a prior restores the first stage's
 *variables* (parameters, or their moving average when it kept one, and model state)
 from `config.data.vqvae_workdir`, not a trainer, and never from inside the data layer.
+That is the first stage's workdir (its latest checkpoint) or an export file of it
+(python -m vaes.export; the codes are then cached beside the file, under the same key as
+its checkpoint's).
 Which weights follows from the first stage's checkpoint (it kept a moving average when
 it was trained with config.weights_ema_decay > 0), not from
 config.data.vqvae.weights_ema_decay:
@@ -29,6 +32,7 @@ import jax
 import numpy as np
 
 from vaes import data as data_lib
+from vaes import export_file
 from vaes import fs
 from vaes.checkpoint import Checkpointer
 from vaes.data import DataError
@@ -92,16 +96,23 @@ def _key(variables_checksums, vq_config):
 
 def load_first_stage(config) -> FirstStage:
   """Restores the first stage's variables named by `config.data` (cached per
-  checkpoint within a process). Every process reads the whole splits."""
+  checkpoint within a process): config.data.vqvae_workdir is its workdir, or an export
+  of it (python -m vaes.export). Every process reads the whole splits."""
   vq_config, workdir, family = _first_stage_config(config)
-  checkpointer = _checkpointer(workdir)
+  # A missing *.msgpack is a missing export (one line naming it), not a missing workdir.
+  exported = export_file.is_export(workdir) or str(workdir).endswith('.msgpack')
+  checkpointer = None if exported else _checkpointer(workdir)
   splits = data_lib.get_datasets(vq_config, process_index=0, process_count=1)
   model = family.build_model(vq_config, splits.info)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = abstract_variables(family, model, splits.train.element_spec, 1, device)
   # A first stage whose checkpoint kept a moving average (trained with config.weights_ema_decay
   # > 0) is used through it, as its own evaluation does, whatever vq_config says.
-  variables, step, info = checkpointer.restore_variables(abstract, vq_config, sharding=device)
+  if exported:   # its checksums under the checkpoint's paths: the same codes key
+    variables, step, info = export_file.restore_variables(
+        workdir, abstract, vq_config, sharding=device, flag='config.data.vqvae_workdir')
+  else:
+    variables, step, info = checkpointer.restore_variables(abstract, vq_config, sharding=device)
   name = 'ema_params' if info['weights'] == 'ema' else 'params'
   # The key: the checksums of the weights used and the model state.
   key = _key({p: c for p, c in info['checksums'].items()
@@ -156,7 +167,9 @@ def prepare_codes(config):
   """Extracts (once) the codes of the first stage named by `config.data` and points
   `config.data.codes_path` at the cache. Returns the path."""
   first = load_first_stage(config)
-  path = fs.join(first.workdir, f'codes_{first.key}.npz')
+  where = export_file.folder(first.workdir) if export_file.is_export(first.workdir) else \
+      first.workdir   # an export's codes go beside it
+  path = fs.join(where, f'codes_{first.key}.npz')
   if not fs.exists(path):
     arrays = extract_codes(first)
     if jax.process_index() == 0:

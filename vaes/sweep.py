@@ -276,7 +276,7 @@ _CADENCE_FIELDS = frozenset({'log_every_steps', 'eval_every_steps', 'checkpoint_
                              'max_checkpoints_to_keep', 'steps_per_dispatch', 'profile_steps'})
 # Evaluation-only fields besides config.eval.* (vaes.run_config.EVAL_DATA_FIELDS): a
 # finished run rerun with other values is evaluated again, not trained again.
-_EVAL_DATA_FIELDS = frozenset({'data.eval_split'})
+_EVAL_DATA_FIELDS = frozenset({'data.eval_split', 'data.eval_limit'})
 
 
 def _is_eval_field(name):

@@ -9,7 +9,7 @@ defines builders is imported below. A builder has the signature
 import jax
 
 from vaes.data.core import (BUILDERS as _BUILDERS, DataError, DataInfo, Splits,  # noqa: F401
-                            dataset_names, register, validate_batch, zeros_batch)
+                            dataset_names, limit_eval, register, validate_batch, zeros_batch)
 
 
 def get_datasets(config, process_index=None, process_count=None) -> Splits:
@@ -21,7 +21,8 @@ def get_datasets(config, process_index=None, process_count=None) -> Splits:
     process_index = jax.process_index()
   if process_count is None:
     process_count = jax.process_count()
-  return _BUILDERS[name](config, process_index, process_count)
+  splits = _BUILDERS[name](config, process_index, process_count)
+  return limit_eval(splits, config.data.eval_limit)
 
 
 # Builders (imported for their registration side effect).

@@ -32,6 +32,8 @@ def data_config():
   d = ml_collections.ConfigDict()
   d.name = 'digits'           # a registered builder: vaes.data.dataset_names()
   d.eval_split = 'test'       # 'valid' while tuning, 'test' to report
+  d.eval_limit = 0            # > 0: evaluate on the first N examples of the evaluation
+                              # split only (quick checks, tests/golden); 0 = all of it
   # Images.
   d.image_size = -1           # side after resizing; -1 = the dataset's own
   d.resize = ''               # 'pad' | 'nearest' (in memory), 'bilinear' | 'pad' (TFDS);
@@ -62,7 +64,7 @@ def data_config():
   d.num_valid = 200
   d.num_test = 200
   # Codes of a trained first stage, for a prior (vaes/stages.py fills codes_path).
-  d.vqvae_workdir = ''
+  d.vqvae_workdir = ''         # its workdir, or an export of it (python -m vaes.export)
   d.codes_path = ''
   return d
 
@@ -258,6 +260,22 @@ class ArrayEvalSource:
         out = self.transform(out, np.random.default_rng([self.seed, 1 << 21, i]))
       out['valid'] = valid[sl]
       yield out
+
+
+def limit_eval(splits, limit):
+  """`splits` with the evaluation split cut to its first `limit` examples
+  (config.data.eval_limit; 0: all of it). Every eval source yields its first
+  `num_examples` examples; `info` says how many (and, for sequences, their frames)."""
+  if limit < 0:
+    raise DataError(f'config.data.eval_limit={limit}: must be 0 (the whole evaluation split) '
+                    'or a positive number of examples.')
+  if not limit or limit >= splits.info.num_eval:
+    return splits
+  splits.eval.num_examples = limit
+  masks = getattr(splits.eval, 'arrays', {}).get('mask')
+  frames = int(np.sum(masks[:limit])) if masks is not None else splits.info.eval_frames
+  return Splits(splits.train, splits.eval,
+                dataclasses.replace(splits.info, num_eval=limit, eval_frames=frames))
 
 
 def validate_batch(batch, element_spec, info, where='the first training batch'):

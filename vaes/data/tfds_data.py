@@ -428,7 +428,7 @@ class TfdsEvalSource:
     tf, tfds = _tf(), _tfds()
     n, gb, lb, p = self.num_examples, self.global_batch_size, self.local_batch_size, \
         self.process_index
-    ds = self.reader.open(self.split).enumerate()
+    ds = self.reader.open(self.split).take(n).enumerate()   # n: config.data.eval_limit
     ds = ds.filter(lambda i, _: (i % gb) // lb == p).map(lambda _, x: x)
     ds = self.reader.decoded(ds).batch(lb).prefetch(tf.data.AUTOTUNE)
     mine = iter(tfds.as_numpy(ds))
