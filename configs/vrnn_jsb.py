@@ -14,7 +14,8 @@ http://www-etud.iro.umontreal.ca/~boulanni/icml2012):
 
 Model: prior p(z_t | z_<t, x_<t) (VRNN, Chung et al. 2015), posterior q(z_t | z_<t, x_<=t),
 Bernoulli decoder p(x_t | z_<=t, x_<t) (configs/vrnn_smooth_jsb.py: the same with the
-smoothing posterior q(z_t | z_<t, x_1:T), 3,000 steps and a moving average of the weights);
+smoothing posterior q(z_t | z_<t, x_1:T), 3,000 steps and a moving average of the weights;
+configs/vrnn_fivo_jsb.py: the same trained on the FIVO bound of 4 particles);
 eval.py reports nll_per_frame from 500 importance samples, nats per real frame over the whole
 test split.
 

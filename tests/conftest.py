@@ -11,7 +11,9 @@
 - A few files test one concern across modules: test_failures (one-line failures,
   preemption, SIGKILL), test_train_multidevice and test_multiprocess (8 devices, 2
   processes), test_structure (the import graph), test_schema (one config schema),
-  test_table_configs (every results-table config on its real data), test_observability
+  test_golden (the golden evaluations of tests/golden/: numbers that cannot drift),
+  test_table_configs (every results-table config on its real data), test_sample
+  (sample.py and every family's sample hook; test_midi: vaes/midi.py), test_observability
   (TensorBoard images, hyper-parameters, profiles), test_benchmark.
 - tests/helpers.py holds what several files share (tiny configs, loading a config).
 

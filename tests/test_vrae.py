@@ -72,10 +72,11 @@ def data(likelihood='bernoulli', seed=0):
 
 
 def loss_config(**model):
+  """The family's model fields (model_config) with no warm-up, free bits or dropout."""
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(
-      {'free_bits': 0.0, 'kl_warmup_steps': 0, 'kl_warmup_fraction': 0.0,
-       'kl_warmup_start': 0.0, 'dropout': 0.0, **model})
+  c.model = family.model_config()
+  c.model.update({'free_bits': 0.0, 'kl_warmup_steps': 0, 'kl_warmup_fraction': 0.0,
+                  'kl_warmup_start': 0.0, 'dropout': 0.0, **model})
   return c
 
 

@@ -63,6 +63,21 @@ kl_warmup(config, data_info) -> (steps, description)  (optional)
     (5000, 'config.model.kl_warmup_steps=5000'); the engine warns at the start of
     training when it outlasts the run.
 
+sample(config, options: SampleOptions) -> sampler  (optional; sample.py)
+    Refuses (ConfigError) options the family cannot honour with this config (e.g.
+    --from_layer above the number of layers), before anything is restored; the engine has
+    already refused the options not named in `sample_options`. sampler(ctx: SampleContext)
+    -> dict: draws from the model with `ctx.variables` (the weights eval.py evaluates) and
+    `ctx.rng` only, so the same checkpoint and seed write the same bytes; writes its files
+    into `ctx.out_dir`, named from `ctx.stem`, on process 0; returns {'files': [names
+    relative to ctx.out_dir], ...} plus anything else for the JSON sidecar. The
+    temperature scales the standard deviation of the prior's draws (a softmax temperature
+    for a prior over codes). A family without it whose codes a prior models
+    (`prior_interface`) is sampled through that prior.
+
+sample_options: tuple of SampleOptions fields beyond num, temperature and seed
+    ('from_layer', 'impute') that `sample` takes; sample.py refuses the others.
+
 implementation_fields: tuple of dotted config names (optional)
     Fields that change only how the same function is computed (`model.unroll`,
     `model.remat`, `model.upsample`); a checkpoint may be resumed with other values.
@@ -74,6 +89,8 @@ home of those defaults: the Linen modules built from it take the fields without 
 
 import dataclasses
 from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
 
 from vaes.errors import ConfigError  # noqa: F401  (re-exported: vaes.registry.ConfigError)
 
@@ -88,6 +105,47 @@ class ImageContext:
   image_dir: str
   image_prefix: str = ''
   step: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+  """What sample.py asks for (its flags)."""
+  num: int = 64                 # samples (sequences, images) to draw
+  temperature: float = 1.0      # scale of the prior's standard deviation (> 0)
+  seed: int = 0                 # the sampling key: jax.random.PRNGKey(seed)
+  from_layer: int = 0           # ladder / hierarchical VAEs: layers kept from q(z | x)
+  impute: bool = False          # sequences: fill a hidden block of evaluation sequences
+
+  def family_options(self):
+    """The options beyond num, temperature and seed that are set (not at their default)."""
+    return tuple(f.name for f in dataclasses.fields(self)
+                 if f.name not in ('num', 'temperature', 'seed')
+                 and getattr(self, f.name) != f.default)
+
+
+@dataclasses.dataclass
+class SampleContext:
+  config: Any
+  model: Any
+  variables: Dict[str, Any]     # {'params': ..., other collections}, on this process
+  data_info: Any                # vaes.data.DataInfo
+  eval_source: Any              # host batches of the evaluation split (test inputs)
+  rng: Any                      # jax PRNG key of the samples: PRNGKey(options.seed)
+  options: SampleOptions
+  out_dir: str                  # WORKDIR/samples
+  stem: str                     # e.g. 'samples_t0.8_s0': the files' names start with it
+
+  def eval_examples(self, n):
+    """The first (up to) n real examples of the evaluation split, in its order:
+    {key: numpy array (n', ...)} without 'valid'."""
+    parts, have = [], 0
+    for batch in self.eval_source:
+      valid = np.asarray(batch['valid'])
+      parts.append({k: np.asarray(v)[valid] for k, v in batch.items() if k != 'valid'})
+      have += int(valid.sum())
+      if have >= n:
+        break
+    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]} if parts else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +175,10 @@ class ModelFamily:
   # selection_eval(config) -> config of the checkpoint-selection evaluations (fewer
   # importance samples: config.eval.select_num_importance_samples).
   selection_eval: Optional[Callable] = None
+  # sample(config, options) -> sampler(ctx: SampleContext) -> dict (sample.py); with
+  # sample_options, the SampleOptions fields beyond num / temperature / seed it takes.
+  sample: Optional[Callable] = None
+  sample_options: Tuple[str, ...] = ()
 
 
 _FAMILIES: Dict[str, ModelFamily] = {}
@@ -126,6 +188,11 @@ def register_family(family: ModelFamily, *aliases: str) -> ModelFamily:
   for name in (family.name,) + aliases:
     _FAMILIES[name] = family
   return family
+
+
+def family_names() -> Tuple[str, ...]:
+  """Every registered config.model.name (aliases included), sorted."""
+  return tuple(sorted(_FAMILIES))
 
 
 def get_family(name: str) -> ModelFamily:

@@ -435,9 +435,11 @@ def eval_images(ctx, host_batch):
 
 # The arguments before `variables` are static: jit compiles once per model and shape.
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _prior_samples(model, likelihood, x_shape, n, variables, rng):
-  """E[x | z_1] of n top-down ancestral samples z ~ p(z)."""
+def _prior_samples(model, likelihood, x_shape, n, variables, rng, temperature=1.0):
+  """E[x | z_1] of n top-down ancestral samples z ~ p(z), every prior's standard
+  deviation times `temperature` (its noise times T: T = 1 is p itself)."""
   noise = ladder_model.draw_noise(model, rng, (n,), x_shape)
+  noise = [temperature * eps for eps in noise]
   return x_mean(likelihood, model.apply(variables, noise, train=False, method=model.sample))
 
 
@@ -448,9 +450,70 @@ def _reconstructions(model, likelihood, x_shape, variables, x, rng):
   return x_mean(likelihood, model.apply(variables, x, noise, train=False)['x'])
 
 
+# -----------------------------------------------------------------------------
+# Sampling (sample.py).
+# -----------------------------------------------------------------------------
+
+FROM_LAYER_IMAGES = 8     # evaluation images (grid columns) of a --from_layer grid
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _samples_given_top(model, likelihood, x_shape, keep, per_image, variables, x, rng,
+                       temperature):
+  """E[x | z_1] of `per_image` draws for each image x_b of x (B, ...), sample-major (row
+  s * B + b is draw s of x_b): the top `keep` layers from q(z | x_b), one draw per image
+  shared by its rows (noise draw_noise(rng), as `_reconstructions`), the layers below
+  from the prior with its standard deviations times `temperature` (noise
+  draw_noise(fold_in(rng, 1)), new for every row). `LadderVAE.sample_given_top`."""
+  batch = x.shape[0]
+  tile = lambda a: jnp.tile(a, (per_image,) + (1,) * (a.ndim - 1))
+  noise_q = [tile(eps) for eps in ladder_model.draw_noise(model, rng, (batch,), x_shape)]
+  noise_p = [temperature * eps for eps in ladder_model.draw_noise(
+      model, jax.random.fold_in(rng, 1), (per_image * batch,), x_shape)]
+  out = model.apply(variables, tile(x), noise_q, noise_p, keep, train=False,
+                    method=model.sample_given_top)
+  return x_mean(likelihood, out)
+
+
+def sample(config, options):
+  """sample.py: `options.num` prior samples at `options.temperature` (the prior's standard
+  deviations times T) in one grid; with --from_layer=K, the top K layers from the
+  posterior of the first min(8, num) evaluation images and the rest from the prior:
+  the images in the first row, num // images draws of each below them."""
+  num_layers = len(config.model.latent_sizes)
+  if not 0 <= options.from_layer <= num_layers:
+    raise ConfigError(
+        f'--from_layer={options.from_layer}: the model has {num_layers} stochastic layers '
+        f'(config.model.latent_sizes={tuple(config.model.latent_sizes)}); give 0 (a prior '
+        f'sample) to {num_layers} (the top {num_layers} from the posterior: a '
+        'reconstruction).')
+  likelihood, keep, num = config.model.likelihood, options.from_layer, options.num
+
+  def sampler(ctx):
+    x_shape = tuple(ctx.data_info.shape)
+    name = ctx.stem + '.png'
+    if keep == 0:
+      images = _prior_samples(ctx.model, likelihood, x_shape, num, ctx.variables, ctx.rng,
+                              options.temperature)
+      save_image_grid(fs.join(ctx.out_dir, name), np.asarray(images))
+      return {'files': [name]}
+    x = ctx.eval_examples(min(FROM_LAYER_IMAGES, num))['image']
+    per_image = max(1, num // len(x))
+    images = _samples_given_top(ctx.model, likelihood, x_shape, keep, per_image,
+                                ctx.variables, jnp.asarray(x), ctx.rng, options.temperature)
+    save_image_grid(fs.join(ctx.out_dir, name), np.concatenate([x, np.asarray(images)]),
+                    ncols=len(x))
+    return {'files': [name], 'images': len(x), 'draws_per_image': per_image,
+            'grid': f'row 1: evaluation images; rows 2-{per_image + 1}: the top {keep} of '
+                    f'{num_layers} layers from their posterior, the rest from the prior'}
+
+  return sampler
+
+
 register_family(
     ModelFamily(name='ladder_vae', build_model=build_model, init_variables=init_variables,
                 make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
                 eval_images=eval_images, validate_config=validate_config, kl_warmup=kl_warmup,
-                eval_config=eval_config, selection_eval=objectives.iw_selection_eval),
+                eval_config=eval_config, selection_eval=objectives.iw_selection_eval,
+                sample=sample, sample_options=('from_layer',)),
     'hvae', 'lvae')

@@ -187,8 +187,31 @@ def eval_images(ctx, host_batch):
         ncols=int(np.ceil(np.sqrt(num))))
 
 
+def sample(config, options):
+  """sample.py: options.num codes drawn from the prior at softmax temperature
+  options.temperature (every level, top first: `sample_codes`), decoded by the first
+  stage (config.data.vqvae_workdir, its moving average when it kept one) into one grid.
+  The sidecar names the first stage's checkpoint step and weights."""
+  del config
+
+  def sampler(ctx):
+    first = stages.load_first_stage(ctx.config)
+    codes = jax.jit(lambda p, r: sample_codes(ctx.model, p, r, options.num,
+                                              options.temperature))(
+        ctx.variables['params'], ctx.rng)
+    images = np.asarray(jax.device_get(jax.jit(first.interface['decode'])(first.variables,
+                                                                          codes)))
+    name = ctx.stem + '.png'
+    plotting.save_image_grid(fs.join(ctx.out_dir, name), images,
+                             ncols=int(np.ceil(np.sqrt(options.num))))
+    return {'files': [name], 'first_stage': {'workdir': first.workdir, 'step': first.step,
+                                             'weights': first.weights}}
+
+  return sampler
+
+
 register_family(ModelFamily(
     name='vq_prior', build_model=build_model, init_variables=init_variables,
     make_loss_fn=make_loss_fn, eval_stats=eval_stats, eval_metrics=eval_metrics,
     eval_images=eval_images, validate_config=validate_config, prepare=stages.prepare_codes,
-    eval_config=eval_config))
+    eval_config=eval_config, sample=sample))

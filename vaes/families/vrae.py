@@ -13,19 +13,41 @@ dimension per frame (0 disables them). neg_elbo_per_frame = recon + sum_d KL_d i
 exact negative ELBO whatever beta and free bits. With config.model.dropout > 0, training
 computes recon and KL_d under dropout masks (vaes/models/vrae.py); evaluation never drops.
 
+config.model.train_bound chooses another bound of log p(x) with k = config.model.
+train_particles samples per sequence (loss = -(1/F) sum_b bound_b, beta(step) on every
+log p(z_t | .) - log q(z_t | .), no free bits):
+  'iwae'  log mean_k p(x, z^k) / q(z^k | x), k copies of each sequence (independent z, the
+          same dropout masks) in one posterior pass (Burda et al. 2016), any prior and posterior;
+  'fivo'  the filtering bound of k particles (Maddison et al. 2017; Le et al. 2018; Naesseth
+          et al. 2018): a particle filter with proposal q(z_t | z_<t, x_<=t), resampling
+          when config.model.fivo_resample says ('ess': ESS < k/2, 'always', 'never' = 'iwae')
+          by config.model.fivo_resampler, no gradient through the choice of ancestors
+          (VRAE.smc). Filtering posterior and per-step latents only.
+k = 1 makes both the one-sample ELBO log p(x, z) - log q(z | x) (the same z as 'elbo', whose
+closed-form KL has the same expectation and less variance).
+
 Evaluation over the whole eval split (all metrics in nats per real frame):
   neg_elbo_per_frame, recon_per_frame, kl_per_frame  one z ~ q per sequence, closed-form KL;
   nll_per_frame   -log p(x) from the importance-weighted bound with k sequence-level samples
                   log p(x) >= logsumexp_k(log p(x, z^k) - log q(z^k | x)) - log k,
                   k = config.eval.num_importance_samples, in chunks of
                   config.eval.iw_chunk_size samples (lax.map over chunks, vmap inside);
+  nll_fivo_per_frame  -log p(x) from the SMC (FIVO) estimate with k = config.eval.fivo_particles
+                  particles per sequence (0 = not computed), resampling as config.eval.
+                  fivo_resample / fivo_resampler say; fivo_resample_rate = resampling steps
+                  per real frame. All k particles of a batch's sequences in one pass: memory
+                  grows as eval.batch_size x k (lower eval.batch_size for large k). The
+                  checkpoint-selection evaluations skip it unless it is the selection
+                  metric (`selection_eval`);
   baseline_nll_per_frame  independent per-dimension model of the training frames, from
                   the dataset's frame statistics: per-key Bernoulli p_k = (n_k + 1) /
                   (F_train + 2) for binary rolls, a diagonal Gaussian for real series.
 and, when ctx.image_dir is set, PNGs: samples from the prior, imputation of a hidden block
-of frames (observed frames kept), reconstructions (piano rolls, or line plots for Gaussian).
+of frames (observed frames kept), reconstructions (piano rolls, or line plots for Gaussian);
+for 88-key piano rolls also a MIDI file of each sample and imputed sequence (vaes/midi.py).
 """
 
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +88,12 @@ def model_config():
   m.free_bits = 0.0           # nats per latent dimension per frame; 0 disables
   m.dropout = 0.0             # training only: rate on the frames fed to the GRUs and on the
                               # decoder's output-layer input (per-step priors); 0 = off
+  m.train_bound = 'elbo'      # training bound: 'elbo' (closed-form KL) | 'iwae' (IW bound of
+                              # train_particles samples) | 'fivo' (SMC filtering bound of
+                              # train_particles particles; posterior='filter', per-step priors)
+  m.train_particles = 1       # k of 'iwae' / 'fivo' (k times the step's cost); 1 with 'elbo'
+  m.fivo_resample = 'ess'     # 'fivo': resample when ESS < k/2 ('ess') | 'always' | 'never'
+  m.fivo_resampler = 'multinomial'   # 'fivo': 'multinomial' | 'systematic' ancestors
   return m
 
 
@@ -77,6 +105,9 @@ def eval_config():
   e.iw_chunk_size = 10              # samples per chunk (vmap inside, lax.map over chunks);
                                     # num_importance_samples must be a multiple of it
   e.num_plot_sequences = 6          # sequences in each PNG (samples, imputation, recon)
+  e.fivo_particles = 0              # k of the SMC estimate nll_fivo_per_frame; 0 = off
+  e.fivo_resample = 'ess'           # its resampling: 'ess' (ESS < k/2) | 'always' | 'never'
+  e.fivo_resampler = 'multinomial'  # 'multinomial' | 'systematic' ancestors
   return e
 
 
@@ -121,6 +152,7 @@ def validate_config(config):
   if not 0.0 <= m.kl_warmup_start <= 1.0:
     raise ConfigError(f'config.model.kl_warmup_start={m.kl_warmup_start}: must lie in '
                       '[0, 1].')
+  _validate_bounds(config)
   k, chunk = config.eval.num_importance_samples, config.eval.iw_chunk_size
   if k < 1 or chunk < 1 or k % min(chunk, k):
     raise ConfigError(f'config.eval.num_importance_samples={k} must be a positive multiple of '
@@ -130,6 +162,46 @@ def validate_config(config):
     raise ConfigError(f'config.eval.select_num_importance_samples={k}: must be 0 (the same as '
                       'eval.num_importance_samples) or a positive multiple of '
                       f'config.eval.iw_chunk_size={chunk} (or smaller than it).')
+
+
+TRAIN_BOUNDS = ('elbo', 'iwae', 'fivo')
+
+
+def _validate_bounds(config):
+  """model.train_bound / train_particles / fivo_*, eval.fivo_* (module docstring)."""
+  m, e = config.model, config.eval
+  if m.train_bound not in TRAIN_BOUNDS:
+    raise ConfigError(f"config.model.train_bound='{m.train_bound}' is not one of {TRAIN_BOUNDS}.")
+  k = m.train_particles
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ConfigError(f'config.model.train_particles={k!r}: must be an integer >= 1.')
+  if m.train_bound == 'elbo' and k > 1:
+    raise ConfigError(f"config.model.train_particles={k} needs config.model.train_bound='iwae' "
+                      "or 'fivo' (the 'elbo' loss uses one sample): set one of them.")
+  if m.train_bound != 'elbo' and m.free_bits > 0:
+    raise ConfigError(f"config.model.train_bound='{m.train_bound}' with config.model.free_bits="
+                      f'{m.free_bits}: free bits act on per-dimension KLs, which that bound does '
+                      "not have; set free_bits=0 or train_bound='elbo'.")
+  for group, prefix in ((m, 'config.model'), (e, 'config.eval')):
+    if group.fivo_resample not in vrae_model.RESAMPLE:
+      raise ConfigError(f"{prefix}.fivo_resample='{group.fivo_resample}' is not one of "
+                        f'{vrae_model.RESAMPLE}.')
+    if group.fivo_resampler not in vrae_model.RESAMPLERS:
+      raise ConfigError(f"{prefix}.fivo_resampler='{group.fivo_resampler}' is not one of "
+                        f'{vrae_model.RESAMPLERS}.')
+  n = e.fivo_particles
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise ConfigError(f'config.eval.fivo_particles={n!r}: must be an integer >= 0 (0 = off).')
+  for field, on in (('config.model.train_bound', m.train_bound == 'fivo'),
+                    ('config.eval.fivo_particles', n > 0)):
+    value = repr(m.train_bound) if field.endswith('bound') else n
+    if on and m.prior == 'global':
+      raise ConfigError(f"{field}={value}: the particle filter needs per-step latents z_t, "
+                        "and prior='global' has one z; use prior='latent' or 'vrnn'.")
+    if on and m.posterior != 'filter':
+      raise ConfigError(f"{field}={value} needs the filtering posterior q(z_t | z_<t, x_<=t) "
+                        f"as proposal, not posterior='{m.posterior}': set "
+                        "config.model.posterior='filter' (or train_bound='iwae').")
 
 
 def build_model(config, data_info):
@@ -173,6 +245,17 @@ def latent_noise(model, rng, mask):
 
 
 DROPOUT_STREAM = 1 << 30
+RESAMPLE_STREAM = DROPOUT_STREAM + 1     # the particle filter's resampling uniforms
+
+
+def _dropout_masks(model, rng, mask, dropout):
+  """The dropout masks (T, B, d) of `dropout_keep` from fold_in(rng, DROPOUT_STREAM), or
+  None when dropout = 0."""
+  if dropout <= 0:
+    return None
+  batch_size, length = mask.shape
+  return vrae_model.dropout_keep(jax.random.fold_in(rng, DROPOUT_STREAM), dropout, length,
+                                 batch_size, model.dropout_dims)
 
 
 def elbo_terms(model, variables, x, mask, rng, dropout=0.0):
@@ -181,14 +264,41 @@ def elbo_terms(model, variables, x, mask, rng, dropout=0.0):
   dropout > 0 (training): masks from fold_in(rng, DROPOUT_STREAM), a key no time step's
   fold_in(rng, t) of the latent noise can equal."""
   mask = mask.astype(F32)
-  keep = None
-  if dropout > 0:
-    batch_size, length = mask.shape
-    keep = vrae_model.dropout_keep(jax.random.fold_in(rng, DROPOUT_STREAM), dropout, length,
-                                   batch_size, model.dropout_dims)
+  keep = _dropout_masks(model, rng, mask, dropout)
   out = model.apply(variables, x, mask, latent_noise(model, rng, mask), keep)
   log_w = out['log_px'].sum(1) + out['logw_z']
   return -out['log_px'].sum(), out['kl_dims'].sum(0), mask.sum(), log_w
+
+
+def iw_terms(model, variables, x, mask, rng, k, dropout=0.0):
+  """`elbo_terms` of k copies of each sequence in one posterior pass: row b * k + i is copy
+  i of sequence b, with z-noise step_noise(rng, T, (B, k, latent)) and the dropout masks of
+  sequence b. Returns sums over the B k rows recon, kl_dims (latent,), frames (of the B
+  sequences), and log p(x | z^i) = sum_t log p(x_t | .) and log p(z^i) - log q(z^i | x),
+  each (B, k). k = 1: exactly `elbo_terms`."""
+  mask = mask.astype(F32)
+  batch_size, length = mask.shape
+  keep = _dropout_masks(model, rng, mask, dropout)
+  if keep is not None:
+    keep = tuple(jnp.repeat(a, k, axis=1) for a in keep)
+  eps = vrae_model.step_noise(rng, length, (batch_size, k, model.latent))
+  out = model.apply(variables, jnp.repeat(x, k, axis=0), jnp.repeat(mask, k, axis=0),
+                    eps.reshape(length, batch_size * k, model.latent), keep)
+  return (-out['log_px'].sum(), out['kl_dims'].sum(0), mask.sum(),
+          out['log_px'].sum(1).reshape(batch_size, k), out['logw_z'].reshape(batch_size, k))
+
+
+def fivo_log_likelihood(model, variables, x, mask, rng, k, resample, resampler, beta=1.0,
+                        dropout=0.0):
+  """The SMC estimate log p^(x) of k particles (VRAE.smc) per sequence (B,), and the number
+  of resampling steps (B,). z-noise from rng (k = 1: the z of `elbo_terms` with the same
+  rng), resampling uniforms from fold_in(rng, RESAMPLE_STREAM), dropout masks as in
+  `elbo_terms` (shared by a sequence's particles); beta scales log p(z_t|.) - log q(z_t|.)."""
+  mask = mask.astype(F32)
+  out = model.apply(variables, x, mask, rng, jax.random.fold_in(rng, RESAMPLE_STREAM), k,
+                    resample, resampler, _dropout_masks(model, rng, mask, dropout), beta,
+                    method=vrae_model.VRAE.smc)
+  return out['log_p'], out['resamples']
 
 
 def kl_warmup(config, data_info=None):
@@ -202,21 +312,40 @@ def kl_warmup(config, data_info=None):
 
 
 def make_loss_fn(config, model, data_info):
-  """loss = recon + beta(step) * sum_d max(free_bits, KL_d), per real frame (module doc)."""
+  """loss = recon + beta(step) * sum_d max(free_bits, KL_d), per real frame, or the negative
+  'iwae' / 'fivo' bound per real frame (config.model.train_bound; module doc)."""
   free_bits = float(config.model.free_bits)
   warmup = kl_warmup(config, data_info)[0]
   start = float(config.model.kl_warmup_start)
   dropout = float(config.model.dropout)
+  bound, k = config.model.train_bound, int(config.model.train_particles)
+  resample, resampler = config.model.fivo_resample, config.model.fivo_resampler
 
   def loss_fn(params, model_state, batch, rng, step):
     variables = {'params': params, **model_state}
+    beta = objectives.kl_warmup_weight(step, warmup, start)
+    if bound == 'fivo':
+      log_p, resamples = fivo_log_likelihood(model, variables, batch['x'], batch['mask'], rng,
+                                             k, resample, resampler, beta, dropout)
+      frames = jnp.maximum(batch['mask'].astype(F32).sum(), 1.0)
+      loss = -log_p.sum() / frames
+      return loss, ({'loss': loss, 'neg_fivo_bound_per_frame': loss, 'kl_weight': beta,
+                     'resample_rate': resamples.sum() / frames}, model_state)
+    if bound == 'iwae':
+      recon, kl_dims, frames, log_px, logw_z = iw_terms(model, variables, batch['x'],
+                                                        batch['mask'], rng, k, dropout)
+      frames = jnp.maximum(frames, 1.0)
+      loss = -vrae_model.log_mean_exp(log_px + beta * logw_z).sum() / frames
+      recon, kl = recon / (k * frames), kl_dims.sum() / (k * frames)
+      return loss, ({'loss': loss, 'neg_iw_bound_per_frame': loss,
+                     'neg_elbo_per_frame': recon + kl, 'recon_per_frame': recon,
+                     'kl_per_frame': kl, 'kl_weight': beta}, model_state)
     recon, kl_dims, frames, _ = elbo_terms(model, variables, batch['x'], batch['mask'], rng,
                                            dropout)
     frames = jnp.maximum(frames, 1.0)
     recon, kl_dims = recon / frames, kl_dims / frames
     kl = kl_dims.sum()
     kl_pen = objectives.free_bits_kl(kl_dims, free_bits) if free_bits > 0 else kl
-    beta = objectives.kl_warmup_weight(step, warmup, start)
     loss = recon + beta * kl_pen
     metrics = {'loss': loss, 'neg_elbo_per_frame': recon + kl, 'recon_per_frame': recon,
                'kl_per_frame': kl, 'kl_weight': beta}
@@ -269,9 +398,11 @@ def baseline_log_prob(likelihood, base, x):
   return dist.gaussian_log_prob(x, base[0], base[1]).sum(-1)
 
 
-def make_eval_batch_fn(model, likelihood, num_samples, chunk_size, base=None):
+def make_eval_batch_fn(model, likelihood, num_samples, chunk_size, base=None, fivo_particles=0,
+                       fivo_resample='ess', fivo_resampler='multinomial'):
   """(variables, batch, rng) -> dict of sums over the batch's real frames; `base`, the
-  baseline's parameters (`fit_baseline`) or None."""
+  baseline's parameters (`fit_baseline`) or None; fivo_particles = k > 0 adds the SMC
+  estimate ('nll_fivo', 'fivo_resamples')."""
   base = None if base is None else jnp.asarray(base)
 
   def fn(variables, batch, rng):
@@ -285,15 +416,21 @@ def make_eval_batch_fn(model, likelihood, num_samples, chunk_size, base=None):
            'nll': -(iw * valid).sum(), 'sequences': valid.sum()}
     if base is not None:
       out['baseline'] = -(baseline_log_prob(likelihood, base, x) * mask).sum()
+    if fivo_particles:
+      log_p, resamples = fivo_log_likelihood(model, variables, x, mask, jax.random.fold_in(rng, 2),
+                                             fivo_particles, fivo_resample, fivo_resampler)
+      out['nll_fivo'] = -(log_p * valid).sum()
+      out['fivo_resamples'] = (resamples * valid).sum()
     return out
 
   return fn
 
 
 def eval_stats(config, model, data_info):
-  return make_eval_batch_fn(model, model.likelihood, int(config.eval.num_importance_samples),
-                            int(config.eval.iw_chunk_size),
-                            fit_baseline(model.likelihood, data_info))
+  e = config.eval
+  return make_eval_batch_fn(model, model.likelihood, int(e.num_importance_samples),
+                            int(e.iw_chunk_size), fit_baseline(model.likelihood, data_info),
+                            int(e.fivo_particles), e.fivo_resample, e.fivo_resampler)
 
 
 def eval_metrics(config, data_info, totals):
@@ -311,6 +448,10 @@ def eval_metrics(config, data_info, totals):
   }
   if 'baseline' in totals:
     metrics['baseline_nll_per_frame'] = totals['baseline'] / frames
+  if 'nll_fivo' in totals:
+    metrics['nll_fivo_per_frame'] = totals['nll_fivo'] / frames
+    metrics['fivo_resample_rate'] = totals['fivo_resamples'] / frames
+    metrics['fivo_particles'] = float(config.eval.fivo_particles)
   return {k: float(v) for k, v in metrics.items()}
 
 
@@ -420,7 +561,135 @@ def eval_images(ctx, host_batch):
     masks += [mask[i], mask[i]]
   paths['reconstructions'] = plotting.save_piano_rolls(
       prefix + 'reconstructions.png', rolls, titles, masks)
+  from vaes import midi
+  if midi.is_piano_roll(model.features, model.likelihood):   # 88-key rolls: hear them too
+    for i in range(n):
+      paths[f'samples_{i}_midi'] = midi.write_midi(f'{prefix}samples_{i}.mid', gen['x'][i])
+      paths[f'imputation_{i}_midi'] = midi.write_midi(f'{prefix}imputation_{i}.mid',
+                                                      filled[i, :int(mask[i].sum())])
   return paths
+
+
+# ----------------------------------------------------------------------------
+# sample.py, and MIDI files of generated and imputed chorales.
+# ----------------------------------------------------------------------------
+
+
+def sample_prior_at(model, variables, rng, batch_size, length, temperature):
+  """`sample_prior` with the prior's standard deviations times `temperature` (its z-noise
+  times T, the same noise: T = 1 gives sample_prior's samples). x_t ~ p(x_t | .) keeps
+  its noise."""
+  eps = vrae_model.step_noise(jax.random.fold_in(rng, 0), length, (batch_size, model.latent))
+  u = vrae_model.step_noise(jax.random.fold_in(rng, 1), length,
+                            x_sample_shape(model, batch_size),
+                            vrae_model.x_noise_kind(model.likelihood))
+  return model.apply(variables, temperature * eps, u, method=vrae_model.VRAE.generate)
+
+
+def impute_at(model, variables, x, observed, mask, rng, temperature):
+  """`impute` with the prior's standard deviations times `temperature` on the hidden
+  frames (their z-noise times T, the same noise: T = 1 gives impute's); the posterior
+  draws of observed frames, and 'global''s z ~ q(z | observed frames), keep theirs."""
+  batch_size, length = mask.shape
+  eps = vrae_model.step_noise(jax.random.fold_in(rng, 0), length, (batch_size, model.latent))
+  u = vrae_model.step_noise(jax.random.fold_in(rng, 1), length,
+                            x_sample_shape(model, batch_size),
+                            vrae_model.x_noise_kind(model.likelihood))
+  if model.prior != 'global':
+    eps = eps * jnp.where(jnp.swapaxes(observed, 0, 1)[..., None] > 0, 1.0, temperature)
+  return model.apply(variables, x, observed, mask, eps, u, method=vrae_model.VRAE.impute)
+
+
+_sample_prior_at_jit = jax.jit(sample_prior_at, static_argnums=(0, 3, 4))
+_impute_at_jit = jax.jit(impute_at, static_argnums=0)
+
+
+def _as_roll(model, a):
+  """Frames as a piano-roll-like (T, P) array (categorical tokens one-hot)."""
+  a = np.asarray(a)
+  if model.likelihood == 'categorical':
+    return np.eye(model.features, dtype=np.float32)[a.astype(int)]
+  return a
+
+
+def _write_sequence(path, model, panels, titles, overlay=None, midi_roll=None):
+  """path + '.png' (piano rolls, or line plots for a Gaussian likelihood, one panel per
+  entry of `panels`) and, with `midi_roll` (an 88-key roll), path + '.mid'. Returns the
+  paths written."""
+  from vaes import midi, plotting
+  if model.likelihood == 'gaussian':
+    out = [plotting.save_line_plots(path + '.png', np.stack(panels), titles=titles,
+                                    overlays=None if overlay is None else np.stack(overlay))]
+  else:
+    out = [plotting.save_piano_rolls(path + '.png', [_as_roll(model, p) for p in panels],
+                                     titles=titles)]
+  if midi_roll is not None:
+    out.append(midi.write_midi(path + '.mid', midi_roll))
+  return out
+
+
+def sample(config, options):
+  """sample.py: options.num sequences of the data's padded length from the prior, the
+  prior's standard deviations times options.temperature; with --impute, the first num
+  evaluation sequences with the middle third of their frames hidden (`hidden_block`)
+  and filled in (`impute_at`). One folder WORKDIR/samples/<stem>/ with, per sequence,
+  sequence_<i>.png (piano roll; line plots for Gaussian frames) and, for 88-key rolls,
+  sequence_<i>.mid (vaes/midi.py: a frame is a quarter note)."""
+  del config
+
+  def sampler(ctx):
+    from vaes import midi
+    model, num, temperature = ctx.model, options.num, options.temperature
+    playable = midi.is_piano_roll(model.features, model.likelihood)
+    folder = fs.join(ctx.out_dir, ctx.stem)
+    written = []
+    if options.impute:
+      data = ctx.eval_examples(num)
+      x, mask = data['x'], data['mask']
+      observed = hidden_block(mask)
+      filled = np.asarray(jax.device_get(_impute_at_jit(
+          model, ctx.variables, x, observed, mask, ctx.rng, temperature))['x'])
+      for i in range(len(x)):
+        n = int(np.asarray(mask[i]).sum())
+        hidden = _hidden_range(observed[i], mask[i])
+        if model.likelihood == 'gaussian':
+          panels, titles = [filled[i, :n]], [f'sequence {i}: imputed (solid; frames {hidden} '
+                                              'hidden) vs data (dashed)']
+          overlay = [x[i, :n]]
+        else:
+          panels = [_as_roll(model, x[i, :n]) * observed[i, :n, None], filled[i, :n]]
+          titles = [f'sequence {i}: observed (frames {hidden} hidden)',
+                    f'sequence {i}: imputed, T={temperature:g}']
+          overlay = None
+        written += _write_sequence(fs.join(folder, f'sequence_{i:03d}'), model, panels, titles,
+                                   overlay, filled[i, :n] if playable else None)
+      extra = {'sequences': len(x), 'hidden': 'the middle third of each sequence\'s frames '
+                                               '(vaes.families.vrae.hidden_block)'}
+    else:
+      length = int(ctx.data_info.shape[0])
+      gen = np.asarray(jax.device_get(_sample_prior_at_jit(
+          model, ctx.variables, ctx.rng, num, length, temperature))['x'])
+      for i in range(num):
+        written += _write_sequence(fs.join(folder, f'sequence_{i:03d}'), model, [gen[i]],
+                                   [f'prior sample {i}, T={temperature:g}'], None,
+                                   gen[i] if playable else None)
+      extra = {'sequences': num, 'frames': length}
+    prefix = fs.join(ctx.out_dir, '')
+    return {'files': [p[len(prefix):] for p in written], **extra}
+
+  return sampler
+
+
+def selection_eval(config):
+  """The checkpoint-selection evaluations: config.eval.select_num_importance_samples
+  importance samples (`objectives.iw_selection_eval`), and no SMC estimate unless it is the
+  selection metric (config.eval.fivo_particles is for eval.py's report)."""
+  chosen = objectives.iw_selection_eval(config)
+  if config.eval.fivo_particles and not config.eval.select_metric.startswith(
+      ('nll_fivo', 'fivo')):
+    chosen = copy.deepcopy(chosen)
+    chosen.eval.fivo_particles = 0
+  return chosen
 
 
 register_family(ModelFamily(name='vrae', build_model=build_model, init_variables=init_variables,
@@ -428,4 +697,5 @@ register_family(ModelFamily(name='vrae', build_model=build_model, init_variables
                             eval_metrics=eval_metrics, eval_images=eval_images,
                             validate_config=validate_config, kl_warmup=kl_warmup,
                             implementation_fields=IMPLEMENTATION_FIELDS,
-                            eval_config=eval_config, selection_eval=objectives.iw_selection_eval))
+                            eval_config=eval_config, selection_eval=selection_eval,
+                            sample=sample, sample_options=('impute',)))

@@ -290,3 +290,39 @@ class LadderVAE(nn.Module):
       t, p = self.top_down(l + 1, z, t, train)
       z = gaussian_reparam(*p, noise[l])
     return self.decode(z, t, train)
+
+  def sample_given_top(self, x, noise_q, noise_p, keep: int, train: bool = False):
+    """The top `keep` layers from the posterior of x, the rest from the prior (the
+    figure of VDVAE, Child 2021, that shows what each layer holds):
+
+        z_l ~ q(z_l | .) with noise_q for l > L - keep (as `__call__(x, noise_q)`),
+        z_l ~ p(z_l | z_>l) with noise_p for l <= L - keep (as `sample(noise_p)`).
+
+    keep = 0 is `sample(noise_p)`; keep = L gives the reconstruction of `__call__`. A
+    temperature T (the prior's standard deviations times T) is noise_p times T. In
+    'hierarchical' mode q(z_l | z_l-1) needs the layers below, so they are drawn from q
+    (noise_q) on the way up and then replaced by prior draws. Returns decode(z_1, t_1).
+    """
+    num = len(self.latent_sizes)
+    if keep == 0:
+      return self.sample(noise_p, train)
+    h = self._bottom_up_input(x)
+    z = [None] * num
+    bottom_up = []
+    for l in range(num):
+      if self.inference == 'hierarchical':
+        z[l] = gaussian_reparam(*self.head[l](self.up[l](h, train)), noise_q[l])
+        h = z[l].astype(self.dtype)
+      else:
+        h = self.up[l](h, train)
+        bottom_up.append(self.head[l](h))
+    if self.inference == 'ladder':
+      z[-1] = gaussian_reparam(*bottom_up[-1], noise_q[-1])
+    t = None
+    for l in range(num - 2, -1, -1):          # top-down, 0-based l: layer l + 1
+      t, p = self.top_down(l + 1, z[l + 1], t, train)
+      if l < num - keep:
+        z[l] = gaussian_reparam(*p, noise_p[l])
+      elif self.inference == 'ladder':
+        z[l] = gaussian_reparam(*precision_weighted_merge(*bottom_up[l], *p), noise_q[l])
+    return self.decode(z[0], t, train)

@@ -44,6 +44,11 @@ depend on T (padding). Where mask_t = 0 every recurrent state, z_{t-1} and x_{t-
 carried through unchanged and the frame adds nothing to any sum, so padded frames change
 neither the loss, nor its gradients, nor the state of real frames.
 
+Particle filter (`smc`, per-step priors): the SMC / FIVO estimate of log p(x_1:T) with k
+particles per sequence runs the same `posterior_step` on a batch of B k rows inside one
+nn.scan, weighting each particle by p(x_t | .) p(z_t | .) / q(z_t | .) and resampling the
+particles' carries by ancestor indices (`resample_ancestors`) when their weights degenerate.
+
 Compute in `dtype` (float32 or bfloat16); parameters, recurrent carries, samples z_t and
 every log-probability and KL are float32 (`vaes.distributions`).
 """
@@ -58,6 +63,8 @@ from vaes import distributions as dist
 
 PRIORS = ('latent', 'vrnn', 'global')
 POSTERIORS = ('filter', 'smooth')
+RESAMPLE = ('always', 'ess', 'never')          # when `smc` resamples
+RESAMPLERS = ('multinomial', 'systematic')     # how it draws the ancestors
 LIKELIHOODS = ('bernoulli', 'gaussian', 'categorical')
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 6.0
 F32 = jnp.float32
@@ -70,14 +77,23 @@ def step_noise(rng, length, shape, kind='normal'):
   categorical x_t). Slices are independent across t, and slice t is the same for any
   `length` > t, so padding a sequence does not change the noise of its real frames.
   """
-  def one(t):
-    key = jax.random.fold_in(rng, t)
-    if kind == 'normal':
-      return jax.random.normal(key, shape, F32)
-    if kind == 'uniform':
-      return jax.random.uniform(key, shape, F32, minval=1e-6, maxval=1.0 - 1e-6)
-    raise ValueError(f"kind='{kind}' is not 'normal' or 'uniform'.")
-  return jax.vmap(one)(jnp.arange(length))
+  return jax.vmap(lambda t: draw_noise(jax.random.fold_in(rng, t), shape, kind))(
+      jnp.arange(length))
+
+
+def draw_noise(key, shape, kind='normal'):
+  """One slice of `step_noise`: float32 noise of `shape` from `key`."""
+  if kind == 'normal':
+    return jax.random.normal(key, shape, F32)
+  if kind == 'uniform':
+    return jax.random.uniform(key, shape, F32, minval=1e-6, maxval=1.0 - 1e-6)
+  raise ValueError(f"kind='{kind}' is not 'normal' or 'uniform'.")
+
+
+def step_keys(rng, length):
+  """(length, ...) keys fold_in(rng, t): the keys of `step_noise`'s slices, for noise drawn
+  inside a scan (`draw_noise(keys[t], shape, kind)` = `step_noise(rng, ...)[t]`)."""
+  return jax.vmap(lambda t: jax.random.fold_in(rng, t))(jnp.arange(length))
 
 
 def dropout_keep(rng, rate, length, batch, dims):
@@ -99,6 +115,34 @@ def _sel(m, new, old):
   """where(mask, new, old) per example, for carries of shape (B, ...)."""
   m = jnp.reshape(m > 0, m.shape + (1,) * (new.ndim - m.ndim))
   return jnp.where(m, new, old)
+
+
+def log_mean_exp(log_w, axis=-1):
+  """log (1/k) sum_i exp(log_w_i) over `axis` (k = its size), float32."""
+  return jax.nn.logsumexp(log_w, axis=axis) - jnp.log(float(log_w.shape[axis]))
+
+
+def effective_sample_size(log_w):
+  """ESS = (sum_i w_i)^2 / sum_i w_i^2 of unnormalised log weights, over the last axis:
+  k for equal weights, 1 when one particle holds all the weight."""
+  return jnp.exp(2.0 * jax.nn.logsumexp(log_w, -1) - jax.nn.logsumexp(2.0 * log_w, -1))
+
+
+def resample_ancestors(log_w, u, resampler):
+  """Ancestor indices (B, k), int32: k draws per row from Categorical(w / sum_j w_j),
+  w = exp(log_w) (B, k), by inverting the cumulative weights c_j = W_0 + ... + W_j:
+  a_i = #{j : c_j <= v_i} (clipped to k - 1 against rounding), with
+    'multinomial': v_i = u_i, k independent uniforms;
+    'systematic':  v_i = (i + u_0) / k, one uniform (Kitagawa 1996; lower variance).
+  u: (B, k) uniforms in (0, 1)."""
+  k = log_w.shape[-1]
+  cdf = jnp.cumsum(jax.nn.softmax(log_w.astype(F32), axis=-1), axis=-1)
+  if resampler == 'systematic':
+    u = (jnp.arange(k, dtype=F32) + u[:, :1]) / k
+  elif resampler != 'multinomial':
+    raise ValueError(f"resampler='{resampler}' is not one of {RESAMPLERS}.")
+  a = jax.vmap(lambda c, v: jnp.searchsorted(c, v, side='right'))(cdf, u)
+  return jnp.minimum(a, k - 1).astype(jnp.int32)
 
 
 class GRU(nn.Module):
@@ -151,6 +195,7 @@ class VRAE(nn.Module):
 
   Entry points (batch-major arrays in and out, time-major inside):
     __call__(x, mask, eps)                 posterior pass, ELBO terms and log weights
+    smc(x, mask, rng_z, rng_u, k, ...)     particle filter: the FIVO / SMC estimate of log p(x)
     generate(eps, u)                       ancestral samples from the prior
     impute(x, observed, mask, eps, u)      fill frames where observed = 0, keep the others
   eps: (T, B, latent) standard normal noise for z (the 'global' prior uses eps[0]);
@@ -281,6 +326,37 @@ class VRAE(nn.Module):
                 zip((h_p_new, h_q_new, h_d_new, z, xf_t), carry))
     return new, {'log_px': log_px, 'kl': kl, 'logw_z': logw_z, 'z': z, 'out': out}
 
+  def smc_step(self, carry, inp, resample, resampler):
+    """One frame of the particle filter `smc` on the particle-expanded batch, whose row
+    b * k + i is particle i of sequence b. carry = (state, log_w, log_z, resamples, beta):
+    state the carry of posterior_step ((B k, ...) each), log_w (B, k) the particles' log
+    weights since the last resampling, log_z (B,) the bound's resampling terms so far,
+    resamples (B,) their count; inp = (key_z_t, key_u_t, x_t, mask_t, b_t, (keep_x_t,
+    keep_h_t)) per sequence ((B, ...): each particle of sequence b reads row b)."""
+    state, log_w, log_z, resamples, beta = carry
+    key_z, key_u, x_t, m_t, b_t, (keep_x, keep_h) = inp
+    batch, k = log_w.shape
+    rep = lambda a: jnp.repeat(a, k, axis=0)
+    eps = draw_noise(key_z, (batch, k, self.latent)).reshape(batch * k, self.latent)
+    state, ys = self.posterior_step(
+        state, (rep(x_t), rep(m_t), eps, rep(b_t), (rep(keep_x), rep(keep_h))))
+    # log alpha_t = log p(x_t | .) + beta [log p(z_t | .) - log q(z_t | .)]; 0 where mask_t = 0.
+    log_w = log_w + (ys['log_px'] + beta * ys['logw_z']).reshape(batch, k)
+    if resample == 'never':
+      return (state, log_w, log_z, resamples, beta), None
+    now = m_t > 0                                   # a padded frame never resamples
+    if resample == 'ess':
+      now = now & (effective_sample_size(log_w) < 0.5 * k)
+    ancestors = resample_ancestors(jax.lax.stop_gradient(log_w),
+                                   draw_noise(key_u, (batch, k), 'uniform'), resampler)
+    ancestors = jnp.where(now[:, None], ancestors, jnp.arange(k, dtype=jnp.int32))
+    pick = lambda a: jnp.take_along_axis(a.reshape(batch, k, -1), ancestors[..., None],
+                                         axis=1).reshape(a.shape)
+    state = tuple(pick(a) for a in state)
+    log_z = log_z + jnp.where(now, log_mean_exp(log_w), 0.0)
+    log_w = jnp.where(now[:, None], 0.0, log_w)
+    return (state, log_w, log_z, resamples + now.astype(F32), beta), None
+
   def generate_step(self, carry, inp):
     """z_t ~ p(z_t | z_<t [, x_<t]), x_t ~ p(x_t | z_<=t, x_<t). carry = (h^p, h^d, z_{t-1},
     x_{t-1}); inp = (eps_t, u_t)."""
@@ -378,6 +454,11 @@ class VRAE(nn.Module):
   def _zeros(self, batch, dim):
     return jnp.zeros((batch, dim), F32)
 
+  def _posterior_carry(self, batch):
+    """posterior_step's initial carry: h^p_0 = h^q_0 = h^d_0 = 0, z_0 = 0, x_0 = 0."""
+    return (self._zeros(batch, self.hidden),) * 3 + (
+        self._zeros(batch, self.latent), self._zeros(batch, self.features))
+
   def _global_posterior(self, x_tm, use_tm):
     """q(z | x) = N(mlp_q(h^q_T)) from the frames where use_t = 1 (time-major inputs)."""
     h_q, _ = self._scan(VRAE.global_encode_step, self._zeros(use_tm.shape[1], self.hidden),
@@ -420,14 +501,68 @@ class VRAE(nn.Module):
       kl = jnp.zeros((batch, length), F32).at[:, 0].set(kl_dims.sum(-1))
       return {'log_px': ys['log_px'].T, 'kl': kl, 'kl_dims': kl_dims, 'logw_z': logw_z,
               'z': z, 'out': jnp.swapaxes(ys['out'], 0, 1)}
-    carry = (self._zeros(batch, self.hidden),) * 3 + (
-        self._zeros(batch, self.latent), self._zeros(batch, self.features))
     keep = (jnp.ones((length, batch, 1), F32),) * 2 if keep is None else keep   # no dropout
     b = self.backward(x_tm, m_tm, keep[0])
-    _, ys = self._scan(VRAE.posterior_step, carry, (x_tm, m_tm, eps, b, keep))
+    _, ys = self._scan(VRAE.posterior_step, self._posterior_carry(batch),
+                       (x_tm, m_tm, eps, b, keep))
     return {'log_px': ys['log_px'].T, 'kl': ys['kl'].sum(-1).T, 'kl_dims': ys['kl'].sum(0),
             'logw_z': ys['logw_z'].sum(0), 'z': jnp.swapaxes(ys['z'], 0, 1),
             'out': jnp.swapaxes(ys['out'], 0, 1)}
+
+  def smc(self, x, mask, rng_z, rng_u, num_particles, resample, resampler, keep=None,
+          beta=1.0):
+    """Sequential Monte Carlo estimate log p^(x) of log p(x_1:T), per sequence (B,), with
+    k = num_particles particles and the posterior as proposal: the filtering bound of FIVO
+    (Maddison et al. 2017; Le et al. 2018; Naesseth et al. 2018), E[log p^(x)] <= log p(x).
+    For each real frame t (mask_t = 1), with log w^i = 0 and log p^ = 0 at the start:
+
+      z_t^i ~ q(z_t | z_<t^i, x_<=t)
+      log w^i += log p(x_t | z_<=t^i, x_<t) + beta [log p(z_t^i | z_<t^i, .) - log q(z_t^i | .)]
+      if resampling at t:  log p^ += log (1/k) sum_i w^i,
+                           a^i ~ Categorical(w / sum_j w_j)  (`resample_ancestors`),
+                           every recurrent state, z_{t-1} and x_{t-1} of particle i <- those
+                           of particle a^i,  log w^i <- 0
+    and at the end log p^ += log (1/k) sum_i w^i. `resample` says when: 'always' (every real
+    frame), 'ess' (when the effective sample size falls below k/2; Maddison et al.), 'never'
+    (then log p^ is the importance-weighted bound of k samples). `resampler`: 'multinomial' |
+    'systematic'. k = 1 (any `resample`): the one-sample ELBO log p(x, z) - log q(z | x).
+    beta = 1 gives the bound; beta < 1 the KL warm-up's weights (as in the IW bound).
+
+    Frames with mask_t = 0 add nothing, carry every particle through unchanged and never
+    resample. The ancestors are integers drawn from stop_gradient(w): gradients flow along
+    each particle's lineage, not through the choice of ancestors (FIVO's estimator, which
+    drops the score-function term of resampling).
+
+    One nn.scan over time on the particle-expanded batch, row b * k + i = particle i of
+    sequence b. Noise drawn inside the scan from per-step keys (a (T, B k, latent) array
+    would cost T carries of memory): slice t of z's noise is step_noise(rng_z, T, (B, k,
+    latent))[t], of the resampling uniforms step_noise(rng_u, T, (B, k), 'uniform')[t]; so
+    with k = 1 the z's are those of `__call__` with eps = step_noise(rng_z, T, (B, latent)).
+    'smooth': b_t of each sequence is shared by its particles. SMC stays unbiased for a
+    proposal that reads x_1:T, but resampling then judges particles by the past frames
+    only; vaes.families.vrae allows FIVO for 'filter' posteriors only.
+
+    x: (B, T, ...), mask: (B, T), keep: None or the dropout masks (keep_x, keep_h) of
+    `dropout_keep(rng, rate, T, B, self.dropout_dims)`, shared by a sequence's particles.
+    Returns {'log_p': (B,) log p^(x), 'resamples': (B,) the number of resampling steps}.
+    """
+    if self.prior == 'global':
+      raise ValueError("smc needs per-step latents z_t; prior='global' has one z.")
+    if resample not in RESAMPLE:
+      raise ValueError(f"resample='{resample}' is not one of {RESAMPLE}.")
+    batch, length = mask.shape
+    k = int(num_particles)
+    mask = mask.astype(F32)
+    x_tm, m_tm = jnp.swapaxes(x, 0, 1), jnp.swapaxes(mask, 0, 1)
+    keep = (jnp.ones((length, batch, 1), F32),) * 2 if keep is None else keep   # no dropout
+    b = self.backward(x_tm, m_tm, keep[0])
+    zeros = jnp.zeros((batch,), F32)
+    carry = (self._posterior_carry(batch * k), jnp.zeros((batch, k), F32), zeros, zeros,
+             jnp.asarray(beta, F32))
+    body = lambda module, c, xs: VRAE.smc_step(module, c, xs, resample, resampler)
+    (_, log_w, log_z, resamples, _), _ = self._scan(
+        body, carry, (step_keys(rng_z, length), step_keys(rng_u, length), x_tm, m_tm, b, keep))
+    return {'log_p': log_z + log_mean_exp(log_w), 'resamples': resamples}
 
   def generate(self, eps, u):
     """Ancestral samples from the prior. eps: (T, B, latent), u: (T, B, ...) x-noise.
@@ -465,10 +600,9 @@ class VRAE(nn.Module):
       carry = (self._global_decoder_init(z), z, self._zeros(batch, self.features))
       _, ys = self._scan(VRAE.global_decode_step, carry, (x_tm, o_tm, m_tm, u))
     else:
-      carry = (self._zeros(batch, self.hidden),) * 3 + (
-          self._zeros(batch, self.latent), self._zeros(batch, self.features))
       b = self.backward(x_tm, o_tm, jnp.ones(o_tm.shape + (1,), F32))   # observed frames only
-      _, ys = self._scan(VRAE.impute_step, carry, (x_tm, o_tm, m_tm, eps, u, b))
+      _, ys = self._scan(VRAE.impute_step, self._posterior_carry(batch),
+                         (x_tm, o_tm, m_tm, eps, u, b))
     filled = jnp.swapaxes(ys['x'], 0, 1)
     keep = obs > 0
     keep = keep.reshape(keep.shape + (1,) * (x.ndim - 2))
