@@ -241,3 +241,19 @@ def test_vq_samples_through_the_prior(tmp_path):
   assert _files(os.path.join(prior_dir, 'samples')) == first
   with pytest.raises(ConfigError, match='--impute'):
     sample_lib.sample(config, prior_dir, SampleOptions(impute=True))
+
+
+def test_eval_examples_first_or_spread_over_the_split():
+  """--from_layer's images: spaced evenly over the evaluation split (the bundled MNIST test
+  split is sorted by label: its first 8 images are all zeros), padding never chosen."""
+  from vaes.data.core import ArrayEvalSource
+  from vaes.registry import SampleContext
+  arrays = {'image': np.arange(23, dtype=np.float32)[:, None]}
+  ctx = SampleContext(config=None, model=None, variables={}, data_info=None,
+                      eval_source=ArrayEvalSource(arrays, 5), rng=None,
+                      options=SampleOptions(), out_dir='', stem='')
+  np.testing.assert_array_equal(ctx.eval_examples(4)['image'][:, 0], [0, 1, 2, 3])
+  np.testing.assert_array_equal(ctx.eval_examples(4, spread=True)['image'][:, 0],
+                                [0, 7, 15, 22])
+  np.testing.assert_array_equal(ctx.eval_examples(40, spread=True)['image'][:, 0],
+                                np.arange(23))

@@ -135,17 +135,25 @@ class SampleContext:
   out_dir: str                  # WORKDIR/samples
   stem: str                     # e.g. 'samples_t0.8_s0': the files' names start with it
 
-  def eval_examples(self, n):
-    """The first (up to) n real examples of the evaluation split, in its order:
-    {key: numpy array (n', ...)} without 'valid'."""
+  def eval_examples(self, n, spread=False):
+    """(Up to) n real examples of the evaluation split, in its order: {key: numpy array
+    (n', ...)} without 'valid'. The first n; with `spread`, n spaced evenly over the whole
+    split (a split stored sorted by label, such as the bundled MNIST test images, then
+    shows every class)."""
     parts, have = [], 0
     for batch in self.eval_source:
       valid = np.asarray(batch['valid'])
       parts.append({k: np.asarray(v)[valid] for k, v in batch.items() if k != 'valid'})
       have += int(valid.sum())
-      if have >= n:
+      if have >= n and not spread:
         break
-    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]} if parts else {}
+    if not parts:
+      return {}
+    examples = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if not spread:
+      return {k: v[:n] for k, v in examples.items()}
+    index = np.unique(np.linspace(0, have - 1, min(n, have)).round().astype(int))
+    return {k: v[index] for k, v in examples.items()}
 
 
 @dataclasses.dataclass(frozen=True)

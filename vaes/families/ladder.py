@@ -478,7 +478,8 @@ def _samples_given_top(model, likelihood, x_shape, keep, per_image, variables, x
 def sample(config, options):
   """sample.py: `options.num` prior samples at `options.temperature` (the prior's standard
   deviations times T) in one grid; with --from_layer=K, the top K layers from the
-  posterior of the first min(8, num) evaluation images and the rest from the prior:
+  posterior of min(8, num) evaluation images spaced evenly over the split and the rest
+  from the prior:
   the images in the first row, num // images draws of each below them."""
   num_layers = len(config.model.latent_sizes)
   if not 0 <= options.from_layer <= num_layers:
@@ -497,7 +498,7 @@ def sample(config, options):
                               options.temperature)
       save_image_grid(fs.join(ctx.out_dir, name), np.asarray(images))
       return {'files': [name]}
-    x = ctx.eval_examples(min(FROM_LAYER_IMAGES, num))['image']
+    x = ctx.eval_examples(min(FROM_LAYER_IMAGES, num), spread=True)['image']
     per_image = max(1, num // len(x))
     images = _samples_given_top(ctx.model, likelihood, x_shape, keep, per_image,
                                 ctx.variables, jnp.asarray(x), ctx.rng, options.temperature)

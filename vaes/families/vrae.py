@@ -1,4 +1,6 @@
-"""VRAE family: sequential VAE with per-step latents z_t (vaes/models/vrae.py).
+"""VRAE family: sequential VAE with per-step latents z_t (vaes/models/vrae.py): the VRAE,
+VRNN, global-latent VRAE and SRNN (config.model.prior='srnn': a state-space layer z_t on a
+deterministic GRU d_t over x_<t, Fraccaro et al. 2016) variants of one model.
 
 Training objective per batch, in nats per real frame (F = number of frames with mask 1):
 
@@ -22,7 +24,8 @@ log p(z_t | .) - log q(z_t | .), no free bits):
           et al. 2018): a particle filter with proposal q(z_t | z_<t, x_<=t), resampling
           when config.model.fivo_resample says ('ess': ESS < k/2, 'always', 'never' = 'iwae')
           by config.model.fivo_resampler, no gradient through the choice of ancestors
-          (VRAE.smc). Filtering posterior and per-step latents only.
+          (VRAE.smc). Filtering posterior and per-step latents only ('srnn' with
+          posterior='filter' included).
 k = 1 makes both the one-sample ELBO log p(x, z) - log q(z | x) (the same z as 'elbo', whose
 closed-form KL has the same expectation and less variance).
 
@@ -73,11 +76,14 @@ def model_config():
   of configs/vrae.py); configs start from it and override."""
   m = ml_collections.ConfigDict()
   m.name = 'vrae'
-  m.prior = 'latent'          # 'latent' p(z_t|z_<t) | 'vrnn' p(z_t|z_<t,x_<t) | 'global'
+  m.prior = 'latent'          # 'latent' p(z_t|z_<t) | 'vrnn' p(z_t|z_<t,x_<t) | 'global' |
+                              # 'srnn' p(z_t|z_t-1,d_t), d_t a GRU over x_<t (Fraccaro 2016)
   m.posterior = 'filter'      # 'filter' q(z_t|z_<t,x_<=t) | 'smooth' q(z_t|z_<t,x_1:T)
+  m.srnn_residual = True      # prior='srnn' only: q's mean = p's mean + a learned residual
+                              # (the paper's "Resq"); False: q's mean from its own MLP alone
   m.likelihood = 'bernoulli'  # 'bernoulli' | 'gaussian' | 'categorical' | '' (dataset's)
   m.num_classes = 0           # categorical only, when the dataset does not say (> 0)
-  m.hidden = 64               # units of each GRU (prior, posterior, decoder)
+  m.hidden = 64               # units of each GRU (prior, posterior, decoder; 'srnn': d_t, a_t)
   m.latent = 8                # dimensions of z_t
   m.mlp_hidden = 64           # units of the prior, posterior and decoder MLPs
   m.unroll = 1                # scan unroll (speed only)
@@ -131,7 +137,9 @@ def validate_config(config):
     raise ConfigError(f'config.model.dropout={m.dropout}: must lie in [0, 1).')
   if m.dropout > 0 and m.prior == 'global':
     raise ConfigError(f"config.model.dropout={m.dropout} is implemented for the per-step "
-                      "priors ('latent', 'vrnn'), not prior='global': set it to 0.")
+                      "priors ('latent', 'vrnn', 'srnn'), not prior='global': set it to 0.")
+  if not isinstance(m.srnn_residual, bool):
+    raise ConfigError(f'config.model.srnn_residual={m.srnn_residual!r}: must be True or False.')
   if m.posterior == 'smooth' and m.prior == 'global':
     raise ConfigError("config.model.posterior='smooth' needs per-step latents: prior='global' "
                       "already conditions its z on x_1:T; use posterior='filter'.")
@@ -197,7 +205,7 @@ def _validate_bounds(config):
     value = repr(m.train_bound) if field.endswith('bound') else n
     if on and m.prior == 'global':
       raise ConfigError(f"{field}={value}: the particle filter needs per-step latents z_t, "
-                        "and prior='global' has one z; use prior='latent' or 'vrnn'.")
+                        "and prior='global' has one z; use prior='latent', 'vrnn' or 'srnn'.")
     if on and m.posterior != 'filter':
       raise ConfigError(f"{field}={value} needs the filtering posterior q(z_t | z_<t, x_<=t) "
                         f"as proposal, not posterior='{m.posterior}': set "
@@ -222,7 +230,7 @@ def build_model(config, data_info):
   return vrae_model.VRAE(
       features=features, likelihood=lik, prior=m.prior, posterior=m.posterior,
       hidden=m.hidden, latent=m.latent, mlp_hidden=m.mlp_hidden, unroll=m.unroll,
-      remat=bool(m.remat),
+      remat=bool(m.remat), q_residual=bool(m.srnn_residual) if m.prior == 'srnn' else None,
       dtype=jnp.dtype(config.compute_dtype))
 
 

@@ -26,21 +26,36 @@ with three GRUs whose states summarise exactly the conditioning sets:
   'global': the original VRAE (Fabius & van Amersfoort 2014): one z for the whole sequence,
      q(z | x_1:T) = N(mlp_q(h^q_T)) with h^q_t = GRU_q(h^q_{t-1}, x_t), p(z) = N(0, I),
      p(x_t | z, x_<t) with h^d_0 = tanh(W z) and h^d_t = GRU_d(h^d_{t-1}, [z, x_{t-1}]).
+  'srnn': the SRNN of Fraccaro et al. 2016, a state-space layer on a deterministic RNN
+     (no GRU over z: the prior's state is z_{t-1} and d_t):
+       d_t = GRU_d(d_{t-1}, x_{t-1})  (x_0 = 0, d_0 = 0: d_t summarises x_<t)
+       p(z_t | z_{t-1}, d_t) = N(mean_p, logvar_p) = N(mlp_p([z_{t-1}, d_t]))
+       p(x_t | z_t, d_t) = mlp_x([d_t, z_t])
+       q(z_t | z_{t-1}, a_t) = N(mean_q, logvar_q), (r_t, logvar_q) = mlp_q([z_{t-1}, a_t]),
+       mean_q = mean_p + r_t with `q_residual` (the paper's "Resq": q learns a correction to
+       the prior's mean), mean_q = r_t without;
+     'smooth': a_t = GRU_a(a_{t+1}, [d_t, x_t]), a_{T+1} = 0, a backward GRU over the frames
+       and the forward states: q(z_t | z_{t-1}, x_1:T) (the paper's smoothing posterior);
+     'filter': a_t = [d_t, x_t]: q(z_t | z_{t-1}, x_<=t) (the paper's filtering one).
+     d_1:T is deterministic, so it is computed first, in its own forward scan; then a_T:1
+     ('smooth') in one reverse scan; then the z_t in one forward scan that reads both. The
+     KL per step is between the two Gaussians in closed form given the sampled z_{t-1}.
 
 Likelihoods p(x_t | .): 'bernoulli' (x in {0,1}^P, logits), 'gaussian' (diagonal, mean and
 log-variance), 'categorical' (x an int token in [0, K), logits).
 
 Dropout (training only, the per-step priors): `keep = dropout_keep(rng, rate, T, B, dims)`
-multiplies the frame features x_t wherever they enter a GRU (and as x_{t-1}) and the
-decoder's output-layer input [h^d_t, z_t] by masks in {0, 1/(1 - rate)}; log p(x_t | .)
-scores the undropped x_t. Drawn before the scan like all noise (below), so padding does not
-change the masks of real frames.
+multiplies the frame features x_t wherever they enter a GRU (and as x_{t-1}; 'srnn': also
+[d_t, x_t] of its filtering q) and the decoder's output-layer input [h^d_t, z_t] ('srnn':
+[d_t, z_t]) by masks in {0, 1/(1 - rate)}; log p(x_t | .) scores the undropped x_t. Drawn
+before the scan like all noise (below), so padding does not change the masks of real frames.
 
 Every time loop is one `nn.scan` (compiled once whatever T), time-major inside ('global'
-runs two in sequence: the encoder pass over x_1:T must finish before z exists). All noise
-is drawn before the scan: `step_noise(rng, T, shape)` gives a (T, ...) array whose slice t
-comes from `fold_in(rng, t)`, so no two steps share noise and a frame's noise does not
-depend on T (padding). Where mask_t = 0 every recurrent state, z_{t-1} and x_{t-1} are
+runs two in sequence: the encoder pass over x_1:T must finish before z exists; 'srnn' runs
+d_1:T, then a_T:1 ('smooth'), then z_1:T, each one scan). All noise is drawn before the
+scan: `step_noise(rng, T, shape)` gives a (T, ...) array whose slice t comes from
+`fold_in(rng, t)`, so no two steps share noise and a frame's noise does not depend on T
+(padding). Where mask_t = 0 every recurrent state, z_{t-1} and x_{t-1} are
 carried through unchanged and the frame adds nothing to any sum, so padded frames change
 neither the loss, nor its gradients, nor the state of real frames.
 
@@ -61,7 +76,7 @@ import jax.numpy as jnp
 
 from vaes import distributions as dist
 
-PRIORS = ('latent', 'vrnn', 'global')
+PRIORS = ('latent', 'vrnn', 'global', 'srnn')
 POSTERIORS = ('filter', 'smooth')
 RESAMPLE = ('always', 'ess', 'never')          # when `smc` resamples
 RESAMPLERS = ('multinomial', 'systematic')     # how it draws the ancestors
@@ -190,8 +205,12 @@ class VRAE(nn.Module):
 
   Attributes: features (P for Bernoulli/Gaussian x of shape (.., P), K classes for
   categorical), likelihood, prior, posterior, hidden (GRU width), latent (dim of z_t), mlp_hidden,
-  unroll (scan unroll factor), remat (rematerialise each step in the backward pass), dtype.
-  No field but dtype has a default here: their one home is vaes.families.vrae.model_config().
+  unroll (scan unroll factor), remat (rematerialise each step in the backward pass), dtype,
+  q_residual (prior='srnn' only: True / False, None for the other priors; build_model sets
+  it from config.model.srnn_residual).
+  No field of a config.model name has a default here: their one home is
+  vaes.families.vrae.model_config(). q_residual is named apart and defaults to None, which
+  prior='srnn' refuses, so no default of the residual choice lives here.
 
   Entry points (batch-major arrays in and out, time-major inside):
     __call__(x, mask, eps)                 posterior pass, ELBO terms and log weights
@@ -211,6 +230,7 @@ class VRAE(nn.Module):
   unroll: int
   remat: bool
   dtype: Any = F32
+  q_residual: Any = None
 
   def setup(self):
     if self.prior not in PRIORS:
@@ -222,9 +242,23 @@ class VRAE(nn.Module):
     if self.posterior == 'smooth' and self.prior == 'global':
       raise ValueError("posterior='smooth' needs per-step latents; prior='global' already "
                        'conditions its one z on x_1:T.')
+    if self.prior == 'srnn' and self.q_residual not in (True, False):
+      raise ValueError(f"prior='srnn' needs q_residual=True or False, got {self.q_residual!r} "
+                       '(build_model sets it from config.model.srnn_residual).')
+    if self.prior != 'srnn' and self.q_residual is not None:
+      raise ValueError(f"q_residual={self.q_residual!r} is for prior='srnn' only; leave it None "
+                       f"for prior='{self.prior}'.")
     gru = lambda: GRU(self.hidden, self.dtype)
     out = {'bernoulli': self.features, 'gaussian': 2 * self.features,
            'categorical': self.features}[self.likelihood]
+    if self.prior == 'srnn':
+      self.gru_d = gru()        # d_t, the deterministic forward GRU over x_<t
+      self.prior_head = MLP(2 * self.latent, self.mlp_hidden, self.dtype)
+      self.post_head = MLP(2 * self.latent, self.mlp_hidden, self.dtype)
+      self.out_head = MLP(out, self.mlp_hidden, self.dtype)
+      if self.posterior == 'smooth':
+        self.gru_b = gru()      # a_t, the backward GRU over [d_t, x_t]
+      return
     self.gru_q = gru()
     self.gru_d = gru()
     self.post_head = MLP(2 * self.latent, self.mlp_hidden, self.dtype)
@@ -307,7 +341,9 @@ class VRAE(nn.Module):
     inp = (x_t, mask_t, eps_t, b_t, (keep_x_t, keep_h_t)), b_t from `backward` ('smooth')
     or (B, 0), the keeps the dropout masks of x_t's features and the output layer. Outputs
     log p(x_t|.), KL_t per latent dim (closed form), log p(z_t|.) - log q(z_t|.) at the
-    sample, z_t and the parameters of p(x_t|.)."""
+    sample, z_t and the parameters of p(x_t|.). prior='srnn': `srnn_posterior_step`."""
+    if self.prior == 'srnn':
+      return self.srnn_posterior_step(carry, inp)
     h_p, h_q, h_d, z_prev, xf_prev = carry
     x_t, m_t, eps_t, b_t, (keep_x, keep_h) = inp
     x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))       # padded values never reach the model
@@ -424,6 +460,105 @@ class VRAE(nn.Module):
     return new, {'log_px': log_px, 'x': x_new, 'mean': self.mean_x(out), 'out': out}
 
   # --------------------------------------------------------------------------
+  # SRNN (prior='srnn'): the steps of its scans (module docstring).
+  # --------------------------------------------------------------------------
+
+  def srnn_prior(self, z_prev, d_t):
+    """p(z_t | z_{t-1}, d_t) = N(mlp_p([z_{t-1}, d_t])): (mean_p, logvar_p)."""
+    return _gauss(self.prior_head(jnp.concatenate([z_prev, d_t], -1)))
+
+  def srnn_distributions(self, z_prev, d_t, a_t):
+    """(mean_p, logvar_p, mean_q, logvar_q): p(z_t | z_{t-1}, d_t) and q(z_t | z_{t-1}, a_t),
+    (r_t, logvar_q) = mlp_q([z_{t-1}, a_t]), mean_q = mean_p + r_t (q_residual) or r_t."""
+    mean_p, logvar_p = self.srnn_prior(z_prev, d_t)
+    r_t, logvar_q = _gauss(self.post_head(jnp.concatenate([z_prev, a_t], -1)))
+    mean_q = mean_p + r_t if self.q_residual else r_t
+    return mean_p, logvar_p, mean_q, logvar_q
+
+  def _srnn_d_a(self, c_t, xf_t):
+    """(d_t, a_t) from the context c_t of `backward`: [d_t, a_t] ('smooth'), or d_t and
+    a_t = [d_t, x_t] ('filter')."""
+    d_t = c_t[..., :self.hidden]
+    if self.posterior == 'smooth':
+      return d_t, c_t[..., self.hidden:]
+    return d_t, jnp.concatenate([d_t, xf_t], -1)
+
+  def srnn_forward_step(self, carry, inp):
+    """d_t = GRU_d(d_{t-1}, x_{t-1}); carry = (d_{t-1}, x_{t-1}), both carried unchanged
+    where use_t = 0; inp = (x_t, use_t, keep_x_t); outputs d_t."""
+    d, xf_prev = carry
+    x_t, m_t, keep_x = inp
+    x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))
+    d = _sel(m_t, self.gru_d(d, xf_prev), d)
+    xf_prev = _sel(m_t, self.features_of(x_t) * keep_x, xf_prev)
+    return (d, xf_prev), d
+
+  def srnn_backward_step(self, a, inp):
+    """a_t = GRU_a(a_{t+1}, [d_t, x_t * keep_x_t]) (run in reverse), carried unchanged where
+    use_t = 0; inp = (x_t, use_t, keep_x_t, d_t); outputs a_t."""
+    x_t, m_t, keep_x, d_t = inp
+    x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))
+    a = _sel(m_t, self.gru_b(a, jnp.concatenate([d_t, self.features_of(x_t) * keep_x], -1)), a)
+    return a, a
+
+  def srnn_posterior_step(self, carry, inp):
+    """One frame of the SRNN posterior pass. carry = (z_{t-1},); inp = (x_t, mask_t, eps_t,
+    c_t, (keep_x_t, keep_h_t)), c_t = [d_t, a_t] ('smooth') or d_t ('filter') from
+    `backward`. z_t ~ q(z_t | z_{t-1}, a_t), p(x_t | z_t, d_t) = mlp_x([d_t, z_t] * keep_h);
+    the outputs of posterior_step."""
+    (z_prev,) = carry
+    x_t, m_t, eps_t, c_t, (keep_x, keep_h) = inp
+    x_t = _sel(m_t, x_t, jnp.zeros_like(x_t))       # padded values never reach the model
+    d_t, a_t = self._srnn_d_a(c_t, self.features_of(x_t) * keep_x)
+    mean_p, logvar_p, mean_q, logvar_q = self.srnn_distributions(z_prev, d_t, a_t)
+    z = dist.gaussian_reparam(mean_q, logvar_q, eps_t)
+    out = self.out_head(jnp.concatenate([d_t, z], -1) * keep_h)
+    real = m_t > 0
+    log_px = jnp.where(real, self.log_px(x_t, out), 0.0)
+    kl = jnp.where(real[:, None], dist.gaussian_kl(mean_q, logvar_q, mean_p, logvar_p), 0.0)
+    logw_z = (dist.gaussian_log_prob(z, mean_p, logvar_p)
+              - dist.gaussian_log_prob(z, mean_q, logvar_q)).sum(-1)
+    logw_z = jnp.where(real, logw_z, 0.0)
+    return (_sel(m_t, z, z_prev),), {'log_px': log_px, 'kl': kl, 'logw_z': logw_z, 'z': z,
+                                     'out': out}
+
+  def srnn_generate_step(self, carry, inp):
+    """d_t = GRU_d(d_{t-1}, x_{t-1}), z_t ~ p(z_t | z_{t-1}, d_t), x_t ~ p(x_t | z_t, d_t).
+    carry = (d_{t-1}, z_{t-1}, x_{t-1}) (x_{t-1} the sample); inp = (eps_t, u_t)."""
+    d, z_prev, xf_prev = carry
+    eps_t, u_t = inp
+    d = self.gru_d(d, xf_prev)
+    mean_p, logvar_p = self.srnn_prior(z_prev, d)
+    z = dist.gaussian_reparam(mean_p, logvar_p, eps_t)
+    out = self.out_head(jnp.concatenate([d, z], -1))
+    x_t = self.sample_x(out, u_t)
+    return (d, z, self.features_of(x_t)), {'x': x_t, 'mean': self.mean_x(out), 'z': z}
+
+  def srnn_impute_step(self, carry, inp):
+    """d_t = GRU_d(d_{t-1}, x_{t-1}) over the filled sequence (observed or sampled x_{t-1});
+    observed frame (o_t = 1): z_t ~ q(z_t | z_{t-1}, a_t) and x_t kept; missing frame:
+    z_t ~ p(z_t | z_{t-1}, d_t), x_t ~ p(x_t | z_t, d_t). 'smooth': a_t from c_t, the
+    backward GRU run over the observed frames only with their d_t of the observed frames
+    (`backward` with use = observed: the missing frames skipped, as the values that will
+    fill them do not exist yet); 'filter': a_t = [d_t, x_t]. carry = (d_{t-1}, z_{t-1},
+    x_{t-1}); inp = (x_t, o_t, mask_t, eps_t, u_t, c_t)."""
+    d, z_prev, xf_prev = carry
+    x_t, o_t, m_t, eps_t, u_t, c_t = inp
+    obs = (o_t > 0) & (m_t > 0)
+    x_t = _sel(obs, x_t, jnp.zeros_like(x_t))
+    d_new = self.gru_d(d, xf_prev)
+    a_t = (c_t[..., self.hidden:] if self.posterior == 'smooth'
+           else jnp.concatenate([d_new, self.features_of(x_t)], -1))
+    mean_p, logvar_p, mean_q, logvar_q = self.srnn_distributions(z_prev, d_new, a_t)
+    z = _sel(obs, dist.gaussian_reparam(mean_q, logvar_q, eps_t),
+             dist.gaussian_reparam(mean_p, logvar_p, eps_t))
+    out = self.out_head(jnp.concatenate([d_new, z], -1))
+    x_new = _sel(obs, x_t, self.sample_x(out, u_t))
+    new = tuple(_sel(m_t, a, b) for a, b in
+                zip((d_new, z, self.features_of(x_new)), carry))
+    return new, {'x': x_new, 'mean': self.mean_x(out)}
+
+  # --------------------------------------------------------------------------
   # Time loops.
   # --------------------------------------------------------------------------
 
@@ -438,8 +573,19 @@ class VRAE(nn.Module):
 
   def backward(self, x_tm, use_tm, keep_x):
     """(T, B, hidden) states b_t summarising the frames s >= t with use_s = 1 ('smooth'),
-    or (T, B, 0) ('filter'). Time-major inputs; keep_x (T, B, F or 1) dropout masks."""
+    or (T, B, 0) ('filter'). Time-major inputs; keep_x (T, B, F or 1) dropout masks.
+    prior='srnn': the context c_t of its posterior, d_t (T, B, hidden) of the forward scan
+    ('filter') or [d_t, a_t] (T, B, 2 hidden) with a_t of the reverse scan ('smooth')."""
     length, batch = use_tm.shape
+    if self.prior == 'srnn':
+      _, d = self._scan(VRAE.srnn_forward_step,
+                        (self._zeros(batch, self.hidden), self._zeros(batch, self.features)),
+                        (x_tm, use_tm, keep_x))
+      if self.posterior == 'filter':
+        return d
+      _, a = self._scan(VRAE.srnn_backward_step, self._zeros(batch, self.hidden),
+                        (x_tm, use_tm, keep_x, d), reverse=True)
+      return jnp.concatenate([d, a], -1)
     if self.posterior == 'filter':
       return jnp.zeros((length, batch, 0), F32)
     _, b = self._scan(VRAE.backward_step, self._zeros(batch, self.hidden),
@@ -455,7 +601,10 @@ class VRAE(nn.Module):
     return jnp.zeros((batch, dim), F32)
 
   def _posterior_carry(self, batch):
-    """posterior_step's initial carry: h^p_0 = h^q_0 = h^d_0 = 0, z_0 = 0, x_0 = 0."""
+    """posterior_step's initial carry: h^p_0 = h^q_0 = h^d_0 = 0, z_0 = 0, x_0 = 0 ('srnn':
+    z_0 = 0 alone; d_0 = 0 and x_0 = 0 are `backward`'s)."""
+    if self.prior == 'srnn':
+      return (self._zeros(batch, self.latent),)
     return (self._zeros(batch, self.hidden),) * 3 + (
         self._zeros(batch, self.latent), self._zeros(batch, self.features))
 
@@ -538,7 +687,8 @@ class VRAE(nn.Module):
     would cost T carries of memory): slice t of z's noise is step_noise(rng_z, T, (B, k,
     latent))[t], of the resampling uniforms step_noise(rng_u, T, (B, k), 'uniform')[t]; so
     with k = 1 the z's are those of `__call__` with eps = step_noise(rng_z, T, (B, latent)).
-    'smooth': b_t of each sequence is shared by its particles. SMC stays unbiased for a
+    'smooth': b_t of each sequence is shared by its particles ('srnn': so is d_t, a function
+    of x_<t alone, and a_t). SMC stays unbiased for a
     proposal that reads x_1:T, but resampling then judges particles by the past frames
     only; vaes.families.vrae allows FIVO for 'filter' posteriors only.
 
@@ -574,6 +724,10 @@ class VRAE(nn.Module):
       carry = (self._global_decoder_init(z), z, self._zeros(batch, self.features))
       x_dummy = self._dummy_x(length, batch)
       _, ys = self._scan(VRAE.global_decode_step, carry, (x_dummy, 0.0 * ones, ones, u))
+    elif self.prior == 'srnn':     # d_t reads the sampled x_{t-1}: one scan, d_0 = z_0 = x_0 = 0
+      carry = (self._zeros(batch, self.hidden), self._zeros(batch, self.latent),
+               self._zeros(batch, self.features))
+      _, ys = self._scan(VRAE.srnn_generate_step, carry, (eps, u))
     else:
       carry = (self._zeros(batch, self.hidden), self._zeros(batch, self.hidden),
                self._zeros(batch, self.latent), self._zeros(batch, self.features))
@@ -589,8 +743,8 @@ class VRAE(nn.Module):
     """Fills the frames where observed = 0 (within mask) and returns x unchanged elsewhere.
     x: (B, T, ...), observed/mask: (B, T), eps: (T, B, latent), u: (T, B, ...).
     'global': z ~ q(z | observed frames), then the missing frames are sampled from
-    p(x_t | z, x_<t) in order."""
-    batch, _ = mask.shape
+    p(x_t | z, x_<t) in order. 'srnn': `srnn_impute_step`, d_t over the filled sequence."""
+    batch, length = mask.shape
     mask = mask.astype(F32)
     obs = observed.astype(F32) * mask
     x_tm, m_tm, o_tm = (jnp.swapaxes(a, 0, 1) for a in (x, mask, obs))
@@ -599,6 +753,12 @@ class VRAE(nn.Module):
       z = dist.gaussian_reparam(mean_q, logvar_q, eps[0])
       carry = (self._global_decoder_init(z), z, self._zeros(batch, self.features))
       _, ys = self._scan(VRAE.global_decode_step, carry, (x_tm, o_tm, m_tm, u))
+    elif self.prior == 'srnn':
+      c = (self.backward(x_tm, o_tm, jnp.ones(o_tm.shape + (1,), F32))   # observed frames only
+           if self.posterior == 'smooth' else jnp.zeros((length, batch, 0), F32))
+      carry = (self._zeros(batch, self.hidden), self._zeros(batch, self.latent),
+               self._zeros(batch, self.features))
+      _, ys = self._scan(VRAE.srnn_impute_step, carry, (x_tm, o_tm, m_tm, eps, u, c))
     else:
       b = self.backward(x_tm, o_tm, jnp.ones(o_tm.shape + (1,), F32))   # observed frames only
       _, ys = self._scan(VRAE.impute_step, self._posterior_carry(batch),
