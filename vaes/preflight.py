@@ -143,8 +143,9 @@ def warmup_warnings(config, family, data_info):
     if n >= steps:
       out.append(f'WARNING: the KL warm-up ({field}: {n} steps) outlasts the run '
                  f'(config.num_train_steps={steps}): every update is made with a KL weight '
-                 'below 1 (logged as kl_weight), so the trained objective is not the ELBO '
-                 '(evaluations still report the true bound). Give the warm-up as a fraction '
+                 'below 1 (logged as kl_weight), so the trained objective is not a bound '
+                 'on log p(x) (ELBO, IW or FIVO; evaluations still report the true bounds). '
+                 'Give the warm-up as a fraction '
                  'of the run, e.g. --config.model.kl_warmup_fraction=0.25.')
   return out
 
