@@ -28,6 +28,16 @@ def config_leaves(node, prefix=''):
       yield f'{prefix}{k}', v
 
 
+def _validate_init_from(config):
+  """config.init_from (None: a fine-tuning config without its source) and init_from_checkpoint."""
+  if config.init_from is None:
+    raise ConfigError('config.init_from is required by this config (it fine-tunes a trained '
+                      'run): add --config.init_from=WORKDIR_OF_THE_TRAINED_RUN.')
+  if config.init_from_checkpoint not in ('auto', 'best', 'latest'):
+    raise ConfigError(f"config.init_from_checkpoint='{config.init_from_checkpoint}': choose "
+                      "'auto', 'best' or 'latest'.")
+
+
 def validate_config(config, family=None, num_devices=None):
   """Engine-level checks that must fail before any compilation."""
   for field, v in config_leaves(config):
@@ -49,12 +59,7 @@ def validate_config(config, family=None, num_devices=None):
   for field in ('adam_b1', 'adam_b2', 'weights_ema_decay'):
     if not 0.0 <= config[field] < 1.0:
       raise ConfigError(f'config.{field}={config[field]!r}: must be in [0, 1).')
-  if config.init_from is None:
-    raise ConfigError('config.init_from is required by this config (it fine-tunes a trained '
-                      'run): add --config.init_from=WORKDIR_OF_THE_TRAINED_RUN.')
-  if config.init_from_checkpoint not in ('auto', 'best', 'latest'):
-    raise ConfigError(f"config.init_from_checkpoint='{config.init_from_checkpoint}': choose "
-                      "'auto', 'best' or 'latest'.")
+  _validate_init_from(config)
   if not config.adam_eps > 0:
     raise ConfigError(f'config.adam_eps={config.adam_eps!r}: must be positive.')
   for field in ('weight_decay', 'grad_clip_norm', 'skip_grad_norm_above'):

@@ -352,12 +352,8 @@ class VRAE(nn.Module):
     h_q_new, mean_q, logvar_q = self._posterior(h_q, h_p_new, xf_t, z_prev, b_t)
     z = dist.gaussian_reparam(mean_q, logvar_q, eps_t)
     h_d_new, out = self._decode(h_d, z, xf_prev, keep_h)
-    real = m_t > 0
-    log_px = jnp.where(real, self.log_px(x_t, out), 0.0)
-    kl = jnp.where(real[:, None], dist.gaussian_kl(mean_q, logvar_q, mean_p, logvar_p), 0.0)
-    logw_z = (dist.gaussian_log_prob(z, mean_p, logvar_p)
-              - dist.gaussian_log_prob(z, mean_q, logvar_q)).sum(-1)
-    logw_z = jnp.where(real, logw_z, 0.0)
+    log_px, kl, logw_z = self._frame_terms(x_t, m_t, out, z, mean_p, logvar_p, mean_q,
+                                           logvar_q)
     new = tuple(_sel(m_t, a, b) for a, b in
                 zip((h_p_new, h_q_new, h_d_new, z, xf_t), carry))
     return new, {'log_px': log_px, 'kl': kl, 'logw_z': logw_z, 'z': z, 'out': out}
@@ -513,14 +509,20 @@ class VRAE(nn.Module):
     mean_p, logvar_p, mean_q, logvar_q = self.srnn_distributions(z_prev, d_t, a_t)
     z = dist.gaussian_reparam(mean_q, logvar_q, eps_t)
     out = self.out_head(jnp.concatenate([d_t, z], -1) * keep_h)
+    log_px, kl, logw_z = self._frame_terms(x_t, m_t, out, z, mean_p, logvar_p, mean_q,
+                                           logvar_q)
+    return (_sel(m_t, z, z_prev),), {'log_px': log_px, 'kl': kl, 'logw_z': logw_z, 'z': z,
+                                     'out': out}
+
+  def _frame_terms(self, x_t, m_t, out, z, mean_p, logvar_p, mean_q, logvar_q):
+    """log p(x_t | .), the KL per dimension and log p(z_t | .) - log q(z_t | .) of one frame,
+    0 on padded frames (mask m_t = 0): what every posterior step returns."""
     real = m_t > 0
     log_px = jnp.where(real, self.log_px(x_t, out), 0.0)
     kl = jnp.where(real[:, None], dist.gaussian_kl(mean_q, logvar_q, mean_p, logvar_p), 0.0)
     logw_z = (dist.gaussian_log_prob(z, mean_p, logvar_p)
               - dist.gaussian_log_prob(z, mean_q, logvar_q)).sum(-1)
-    logw_z = jnp.where(real, logw_z, 0.0)
-    return (_sel(m_t, z, z_prev),), {'log_px': log_px, 'kl': kl, 'logw_z': logw_z, 'z': z,
-                                     'out': out}
+    return log_px, kl, jnp.where(real, logw_z, 0.0)
 
   def srnn_generate_step(self, carry, inp):
     """d_t = GRU_d(d_{t-1}, x_{t-1}), z_t ~ p(z_t | z_{t-1}, d_t), x_t ~ p(x_t | z_t, d_t).
