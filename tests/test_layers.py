@@ -1,4 +1,5 @@
-"""ConvTranspose4x4: every implementation is flax.linen.ConvTranspose(f, (4, 4), strides=2)."""
+"""ConvTranspose4x4: every implementation is flax.linen.ConvTranspose(f, (4, 4), strides=2).
+UpsampleConv3x3: every implementation is a 2x nearest-neighbour upsampling then nn.Conv(f, (3, 3))."""
 
 import re
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaes.models.layers import ConvTranspose4x4
+from vaes.models.layers import ConvTranspose4x4, UpsampleConv3x3
 
 
 def _reference_and_candidate(implementation, shape=(2, 5, 6, 3), features=4):
@@ -72,3 +73,66 @@ def test_phase_and_subpixel_gradients_use_only_undilated_convolutions():
     assert text.count('stablehlo.convolution') >= 3
     factors = re.findall(r'(?:lhs|rhs)_dilate = \[(\d+), (\d+)\]', text)
     assert any(int(f) > 1 for pair in factors for f in pair) == dilated, implementation
+
+
+class _UpsampleThenConv(nn.Module):
+  """The direct form, written independently of vaes: repeat rows and columns, nn.Conv."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return nn.Conv(self.features, (3, 3))(up)
+
+
+class _Named(nn.Module):
+  """UpsampleConv3x3 under the name the nn.Conv it replaces has (as the decoder names it)."""
+  features: int
+  implementation: str
+
+  @nn.compact
+  def __call__(self, x):
+    return UpsampleConv3x3(self.features, self.implementation, name='Conv_0')(x)
+
+
+@pytest.mark.parametrize('implementation', ['transpose', 'phases', 'subpixel'])
+def test_upsample_conv_is_upsampling_then_flax_conv(implementation):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3))
+  ref, new = _UpsampleThenConv(4), _Named(4, implementation)
+  p_ref = ref.init(jax.random.PRNGKey(1), x)
+  p_new = new.init(jax.random.PRNGKey(1), x)
+  # Same parameter names, shapes and initial values: checkpoints are interchangeable.
+  assert jax.tree.structure(p_ref) == jax.tree.structure(p_new)
+  for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_new)):
+    np.testing.assert_array_equal(a, b)
+  p = jax.tree.map(lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape) / v.size, p_ref)
+  apply_ref, apply_new = ref.apply, new.apply
+  y_ref, y_new = apply_ref(p, x), apply_new(p, x)
+  assert y_new.shape == y_ref.shape == (2, 10, 12, 4)
+  np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5)
+
+  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
+  loss = lambda f: lambda p, x: jnp.sum(w * f(p, x) ** 2)
+  g_ref = jax.jit(jax.grad(loss(apply_ref), argnums=(0, 1)))(p, x)
+  g_new = jax.jit(jax.grad(loss(apply_new), argnums=(0, 1)))(p, x)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_upsample_conv_folds_the_taps_that_read_the_same_row():
+  """One input pixel x[m, n] = 1 reaches output rows 2m-1 .. 2m+2: row 2m-1 through
+  kernel row 2 only, rows 2m and 2m+1 through two kernel rows each (w_0 + w_1 and
+  w_1 + w_2), row 2m+2 through kernel row 0; the same for columns."""
+  x = jnp.zeros((1, 4, 4, 1)).at[0, 1, 2, 0].set(1.0)
+  kernel = jnp.arange(9.0).reshape(3, 3, 1, 1) ** 2          # no two sums alike
+  taps = {1: (2,), 2: (1, 2), 3: (0, 1), 4: (0,)}              # output row -> kernel rows
+  ctaps = {3: (2,), 4: (1, 2), 5: (0, 1), 6: (0,)}             # n = 2: columns 3 .. 6
+  p = {'params': {'kernel': kernel, 'bias': jnp.zeros((1,))}}
+  for implementation in ('transpose', 'phases', 'subpixel'):
+    y = UpsampleConv3x3(1, implementation).apply(p, x)[0, :, :, 0]
+    rows, cols = np.nonzero(np.asarray(y))
+    assert set(rows) == set(taps) and set(cols) == set(ctaps), implementation
+    for r, kr in taps.items():
+      for c, kc in ctaps.items():
+        expected = sum(float(kernel[i, j, 0, 0]) for i in kr for j in kc)
+        assert float(y[r, c]) == expected, (implementation, r, c)

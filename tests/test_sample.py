@@ -99,12 +99,12 @@ def test_ladder_cli_same_seed_same_bytes_and_one_line_refusals(tmp_path):
   args = ['--num=8', '--temperature=0.8']
   run_cli('sample.py', 'configs/lvae.py', wd, TINY_LADDER, extra_args=args)
   first = _files(os.path.join(wd, 'samples'))
-  assert sorted(first) == ['samples_t0.8_s0.json', 'samples_t0.8_s0.png']
-  record = json.loads(first['samples_t0.8_s0.json'])
+  assert sorted(first) == ['samples_n8_t0.8_s0.json', 'samples_n8_t0.8_s0.png']
+  record = json.loads(first['samples_n8_t0.8_s0.json'])
   assert record['step'] == 4 and record['checkpoint'] == 'latest'
   assert record['weights'] == 'params' and record['seed'] == 0
   assert record['temperature'] == 0.8 and record['num'] == 8 and record['from_layer'] == 0
-  assert record['files'] == ['samples_t0.8_s0.png']
+  assert record['files'] == ['samples_n8_t0.8_s0.png']
   assert record['config']['model']['latent_sizes'] == [4, 3, 2]
   run_cli('sample.py', 'configs/lvae.py', wd, TINY_LADDER, extra_args=args)
   assert _files(os.path.join(wd, 'samples')) == first       # same checkpoint + seed: same bytes
@@ -112,7 +112,7 @@ def test_ladder_cli_same_seed_same_bytes_and_one_line_refusals(tmp_path):
   config = load_config('configs/lvae.py', TINY_LADDER)
   sample_lib.sample(config, wd, SampleOptions(num=8, temperature=0.8, seed=1))
   other = _files(os.path.join(wd, 'samples'))
-  assert other['samples_t0.8_s1.png'] != first['samples_t0.8_s0.png']
+  assert other['samples_n8_t0.8_s1.png'] != first['samples_n8_t0.8_s0.png']
   # An export of the checkpoint (vaes/export.py) draws the same bytes into another workdir.
   from vaes import export as export_lib
   export_lib.export(config, wd, str(tmp_path / 'lvae.msgpack'))
@@ -120,10 +120,10 @@ def test_ladder_cli_same_seed_same_bytes_and_one_line_refusals(tmp_path):
                              SampleOptions(num=8, temperature=0.8),
                              export_path=str(tmp_path / 'lvae.msgpack'))
   assert record['checkpoint'] == 'export' and record['step'] == 4
-  with open(tmp_path / 'from_export' / 'samples' / 'samples_t0.8_s0.png', 'rb') as f:
-    assert f.read() == first['samples_t0.8_s0.png']
+  with open(tmp_path / 'from_export' / 'samples' / 'samples_n8_t0.8_s0.png', 'rb') as f:
+    assert f.read() == first['samples_n8_t0.8_s0.png']
   record = sample_lib.sample(config, wd, SampleOptions(num=8, from_layer=3))
-  assert record['files'] == ['from_layer3_t1_s0.png'] and record['images'] == 8
+  assert record['files'] == ['from_layer3_n8_t1_s0.png'] and record['images'] == 8
   assert record['draws_per_image'] == 1
   # Bad flags: one line, exit status 2, before anything is read.
   proc = run_cli('sample.py', 'configs/lvae.py', wd, TINY_LADDER, check=False,
@@ -169,14 +169,14 @@ def test_sequences_generation_and_imputation_as_midi(tmp_path):
   wd = str(tmp_path / 'vrnn')
   train_and_evaluate(config, wd)
   record = sample_lib.sample(config, wd, SampleOptions(num=3, temperature=0.7, seed=2))
-  assert record['files'] == [f'samples_t0.7_s2/sequence_{i:03d}.{e}' for i in range(3)
+  assert record['files'] == [f'samples_n3_t0.7_s2/sequence_{i:03d}.{e}' for i in range(3)
                              for e in ('png', 'mid')]
   trained, variables, _ = sample_lib.load_variables(config, wd)
   model, length = trained.model, trained.splits.info.shape[0]
   gen = np.asarray(vrae._sample_prior_at_jit(model, variables, jax.random.PRNGKey(2), 3, length,
                                              0.7)['x'])
   for i in range(3):
-    roll = midi.read_roll(os.path.join(wd, 'samples', f'samples_t0.7_s2/sequence_{i:03d}.mid'))
+    roll = midi.read_roll(os.path.join(wd, 'samples', f'samples_n3_t0.7_s2/sequence_{i:03d}.mid'))
     np.testing.assert_array_equal(roll[:length], gen[i][:len(roll)])
     assert roll[length:].sum() == 0 and gen[i][len(roll):].sum() == 0
   # T = 1 draws sample_prior's samples.
@@ -194,7 +194,7 @@ def test_sequences_generation_and_imputation_as_midi(tmp_path):
   observed = vrae.hidden_block(mask)
   for i in range(2):
     n = int(mask[i].sum())
-    roll = midi.read_roll(os.path.join(wd, 'samples', f'imputation_t1_s0/sequence_{i:03d}.mid'))
+    roll = midi.read_roll(os.path.join(wd, 'samples', f'imputation_n20_t1_s0/sequence_{i:03d}.mid'))
     roll = np.pad(roll, ((0, max(0, n - len(roll))), (0, 0)))[:n]
     keep = observed[i, :n] > 0
     np.testing.assert_array_equal(roll[keep], x[i, :n][keep])
@@ -234,7 +234,7 @@ def test_vq_samples_through_the_prior(tmp_path):
   options = SampleOptions(num=9, temperature=0.7)
   record = sample_lib.sample(load_config('configs/vqvae_prior.py', overrides), prior_dir,
                              options)
-  assert record['files'] == ['samples_t0.7_s0.png'] and record['step'] == 2
+  assert record['files'] == ['samples_n9_t0.7_s0.png'] and record['step'] == 2
   assert record['first_stage']['step'] == 2 and record['first_stage']['weights'] == 'params'
   first = _files(os.path.join(prior_dir, 'samples'))
   sample_lib.sample(load_config('configs/vqvae_prior.py', overrides), prior_dir, options)

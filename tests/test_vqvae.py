@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import assert_same_on_1_and_8_devices, load_config
 from vaes import data as data_lib
-from vaes.families.vqvae import build_model, resolve_upsample
+from vaes.families.vqvae import _recon_terms, build_model, resolve_upsample
 from vaes.preflight import validate_config
 from vaes.registry import ConfigError, get_family
 
@@ -225,3 +225,34 @@ def test_fashion_config_trains_and_reports_psnr_and_ssim(tmp_path):
                            splits.info, jax.random.PRNGKey(0), trainer.put, progress=False)
   assert 0 < metrics['psnr'] < 100 and -1 <= metrics['ssim'] <= 1
   assert np.isfinite(metrics['normalized_mse']) and 0 < metrics['codebook_usage'] <= 1
+
+
+# --- likelihoods: what the loss fits and what MSE / PSNR score -----------------------------
+
+def test_gaussian_likelihoods_fit_and_score_by_hand():
+  """x = (0, .5, 1, .2), decoder output (-.3, .7, 1.4, .1), training variance .25.
+  'gaussian' fits the raw output: mean((.3, .2, .4, .1)^2) / .25 = .3; 'clipped_gaussian'
+  fits (0, .7, 1, .1): mean((0, .2, 0, .1)^2) / .25 = .05. Both score the clipped image:
+  squared error .0125."""
+  x = jnp.array([0.0, 0.5, 1.0, 0.2]).reshape(1, 2, 2, 1)
+  dec = jnp.array([-0.3, 0.7, 1.4, 0.1]).reshape(1, 2, 2, 1)
+  terms = lambda lik, d: _recon_terms({'decoder_out': d}, x, lik, 0.25, 256)
+  for lik, nll in (('gaussian', 0.3), ('clipped_gaussian', 0.05)):
+    got_nll, sq_err, mean = terms(lik, dec)
+    assert got_nll.shape == sq_err.shape == (1,)
+    assert abs(float(got_nll[0]) - nll) < 1e-6, lik
+    assert abs(float(sq_err[0]) - 0.0125) < 1e-7, lik
+    assert jnp.allclose(mean.ravel(), jnp.array([0.0, 0.7, 1.0, 0.1]))
+  # Outputs beyond the data range get no gradient from the clipped fit, all do from the raw.
+  grad = lambda lik: jax.grad(lambda d: terms(lik, d)[0].sum())(dec).ravel()
+  assert jnp.array_equal(grad('clipped_gaussian') == 0, jnp.array([True, False, True, False]))
+  assert bool(jnp.all(grad('gaussian') != 0))
+
+
+def test_clipped_gaussian_is_a_known_likelihood_and_others_are_refused():
+  config = load_config('configs/vqvae.py')
+  config.model.likelihood = 'clipped_gaussian'
+  validate_config(config, get_family('vqvae'))
+  config.model.likelihood = 'laplace'
+  with pytest.raises(ConfigError, match="likelihood='laplace'"):
+    validate_config(config, get_family('vqvae'))

@@ -133,7 +133,7 @@ class SampleContext:
   rng: Any                      # jax PRNG key of the samples: PRNGKey(options.seed)
   options: SampleOptions
   out_dir: str                  # WORKDIR/samples
-  stem: str                     # e.g. 'samples_t0.8_s0': the files' names start with it
+  stem: str                     # e.g. 'samples_n8_t0.8_s0': the files' names start with it
 
   def eval_examples(self, n, spread=False):
     """(Up to) n real examples of the evaluation split, in its order: {key: numpy array

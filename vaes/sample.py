@@ -19,7 +19,7 @@ average of the parameters when the run kept one, or an export file), and the fam
 
 Files: WORKDIR/samples/<stem>.png (or the folder <stem>/ for sequences) and the sidecar
 <stem>.json (checkpoint and step, weights, seed, temperature, num, from_layer, impute,
-the files, the config), with stem '<what>_t<T>_s<seed>', <what> 'samples',
+the files, the config), with stem '<what>_n<num>_t<T>_s<seed>', <what> 'samples',
 'from_layer<K>' or 'imputation'. The samples depend only on the checkpoint and the flags
 (the key is PRNGKey(--seed)); no time is recorded, so the same checkpoint and seed write
 the same bytes. Only process 0 draws and writes.
@@ -47,10 +47,11 @@ _OPTION_USE = {'from_layer': 'keeps the top layers of a ladder or hierarchical V
 
 
 def stem(options):
-  """The files' common name: '<what>_t<T>_s<seed>'."""
+  """The files' common name: '<what>_n<num>_t<T>_s<seed>' (draws of another --num are
+  other draws, so they get other files and never mix with these)."""
   what = ('imputation' if options.impute else
           f'from_layer{options.from_layer}' if options.from_layer else 'samples')
-  return f'{what}_t{options.temperature:g}_s{options.seed}'
+  return f'{what}_n{options.num}_t{options.temperature:g}_s{options.seed}'
 
 
 def check_options(config, family, options, workdir='WORKDIR'):

@@ -3,8 +3,12 @@
 Objective (van den Oord et al. 2017, eq. 3), per example:
   L = -log p(x | z_q(x)) + ||sg[z_e(x)] - e||^2 + beta ||z_e(x) - sg[e]||^2
 with -log p(x | z_q) either the Gaussian (MSE / training-pixel variance, as in
-Sonnet's example) or a discretised logistic in nats per dimension (usable for
-bits/dim). With EMA codebook updates the codebook term is dropped. With
+Sonnet's example), the same of the decoder output clipped to the data range [0, 1]
+('clipped_gaussian': vector-quantize-pytorch's examples clamp their output so; a pixel
+at 0 or 1 is fit by any output beyond it, and those outputs get no gradient), or a
+discretised logistic in nats per dimension (usable for bits/dim). Whatever the
+likelihood, the reconstruction that MSE, PSNR and SSIM score is the decoder's mean
+clipped to [0, 1], the image one would show. With EMA codebook updates the codebook term is dropped. With
 config.model.entropy_weight > 0 the training loss adds the batch term
 lambda (E[H(q(k|z))] - gamma H(E[q(k|z)])) (vaes/codebook.py `entropy_loss`); it is
 not part of the per-example evaluation loss.
@@ -23,7 +27,7 @@ from vaes.models.layers import IMPLEMENTATIONS as UPSAMPLE_IMPLEMENTATIONS
 from vaes.models.vqvae import VQVAE
 from vaes.registry import ConfigError, ModelFamily, register_family
 
-LIKELIHOODS = ('gaussian', 'logistic')
+LIKELIHOODS = ('gaussian', 'clipped_gaussian', 'logistic')
 
 
 def model_config():
@@ -39,10 +43,12 @@ def model_config():
   m.res_hidden = 32                   # channels inside each residual block
   m.num_res_blocks = 2                # residual blocks in the encoder and the decoder
   m.num_downsamples = 1               # 4x4 stride-2 convolutions: latents are 2^n smaller
-  m.likelihood = 'gaussian'           # 'gaussian' (MSE / train variance) | 'logistic'
-  # Implementation of the decoder's 4x4 stride-2 transposed convolutions, the same
-  # function and parameters (vaes/models/layers.py): 'transpose' | 'phases' | 'subpixel',
-  # or 'auto': 'phases' when the model runs on the CPU, 'subpixel' elsewhere.
+  m.likelihood = 'gaussian'           # 'gaussian' (MSE / train variance) | 'clipped_gaussian'
+                                      # (of the output clipped to [0, 1]) | 'logistic'
+  # Implementation of the decoder's 4x4 stride-2 transposed convolutions ('pool': of its
+  # upsample-then-3x3 convolutions), the same function and parameters
+  # (vaes/models/layers.py): 'transpose' (the direct form) | 'phases' | 'subpixel', or
+  # 'auto': 'phases' when the model runs on the CPU, 'subpixel' elsewhere.
   m.upsample = 'auto'
   return m
 
@@ -170,12 +176,14 @@ def _to_bins(x, num_levels):
 
 
 def _recon_terms(out, x, likelihood, train_variance, num_levels):
-  """Per-example (B,) reconstruction NLL used in the loss, and squared error sums."""
+  """Per-example (B,) reconstruction NLL used in the loss, squared error of the
+  reconstruction (the mean clipped to the data range [0, 1]), and that reconstruction."""
   axes = tuple(range(1, x.ndim))
   dec = out['decoder_out']
-  if likelihood == 'gaussian':
-    mean = dec
-    nll = jnp.mean(jnp.square(mean - x), axis=axes) / train_variance
+  if likelihood in ('gaussian', 'clipped_gaussian'):
+    mean = jnp.clip(dec, 0.0, 1.0)
+    fit = mean if likelihood == 'clipped_gaussian' else dec
+    nll = jnp.mean(jnp.square(fit - x), axis=axes) / train_variance
   else:
     c = x.shape[-1]
     mean_m11, log_scale = dec[..., :c], dec[..., c:]

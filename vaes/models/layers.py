@@ -18,6 +18,17 @@ Derivation (1-D, kernel taps w_0..w_3; the 2-D kernel is the outer product of th
 row and column cases): with Flax/lax semantics, y[2m] = w_0 x[m-1] + w_2 x[m] and
 y[2m+1] = w_1 x[m] + w_3 x[m+1]. tests/test_layers.py checks all three against
 `flax.linen.ConvTranspose`, values and gradients.
+
+`UpsampleConv3x3` is the decoder step of the 'pool' VQ-VAE (vector-quantize-pytorch's
+example): a 2x nearest-neighbour upsampling followed by a 3x3 'SAME' convolution
+(`nn.Conv(features, (3, 3))`'s parameters, initialisation and function). Output phase a
+reads the upsampled rows 2m+a-1, 2m+a, 2m+a+1, that is x[m-1], x[m], x[m] (a = 0) or
+x[m], x[m], x[m+1] (a = 1): a 2x2 convolution of x with the taps summed where they
+read the same row, (w_0, w_1 + w_2) or (w_0 + w_1, w_2) (`_fold_taps`). So the same
+three implementations apply, with those 2x2 kernels: 'transpose' here names the direct
+form (upsample, then convolve); 'phases' does 4/9 of its multiply-adds and never builds
+the upsampled map; 'subpixel' is one 3x3 convolution of x with 4x the output channels.
+tests/test_layers.py checks both against the direct form, values and gradients.
 """
 
 from typing import Any
@@ -41,26 +52,60 @@ def _interleave(phases):
   return y.reshape(b, 2 * h, 2 * w, c)
 
 
-def phase_conv_transpose(x, kernel):
-  """The four phases as four 2x2 convolutions (exact multiply-adds)."""
+def _phase_convs(x, phase_kernel):
+  """The four output phases as four 2x2 convolutions of x, interleaved; phase_kernel(a, b)
+  is phase (a, b)'s (2, 2, in, out) kernel."""
   return _interleave([[
-      lax.conv_general_dilated(x, kernel[a::2, b::2], (1, 1),
-                               (_WINDOW[a], _WINDOW[b]), dimension_numbers=_DIMS)
+      lax.conv_general_dilated(x, phase_kernel(a, b), (1, 1), (_WINDOW[a], _WINDOW[b]),
+                               dimension_numbers=_DIMS)
       for b in (0, 1)] for a in (0, 1)])
 
 
-def subpixel_conv_transpose(x, kernel):
-  """The four phases as one 3x3 convolution with 4x the output channels."""
+def _subpixel_conv(x, phase_kernel):
+  """The four output phases as one 3x3 convolution with 4x the output channels."""
   # Phase a's two taps sit at window rows (0, 1) for a = 0 and (1, 2) for a = 1.
   place = ((0, 1), (1, 0))
   k3 = jnp.stack([jnp.stack([
-      jnp.pad(kernel[a::2, b::2], (place[a], place[b], (0, 0), (0, 0)))
+      jnp.pad(phase_kernel(a, b), (place[a], place[b], (0, 0), (0, 0)))
       for b in (0, 1)], axis=-2) for a in (0, 1)], axis=-3)   # 3, 3, I, 2(a), 2(b), O
   k3 = k3.reshape(k3.shape[:3] + (-1,))
   y = lax.conv_general_dilated(x, k3, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMS)
   b, h, w, _ = y.shape
   y = y.reshape(b, h, w, 2, 2, -1).transpose(0, 1, 3, 2, 4, 5)         # B, H, 2, W, 2, O
   return y.reshape(b, 2 * h, 2 * w, -1)
+
+
+def phase_conv_transpose(x, kernel):
+  """The transposed convolution's four phases as four 2x2 convolutions (exact
+  multiply-adds)."""
+  return _phase_convs(x, lambda a, b: kernel[a::2, b::2])
+
+
+def subpixel_conv_transpose(x, kernel):
+  """The transposed convolution's four phases as one 3x3 convolution."""
+  return _subpixel_conv(x, lambda a, b: kernel[a::2, b::2])
+
+
+def _fold_taps(kernel, a, axis):
+  """Output phase a's two taps along `axis` of a 3x3 kernel applied after a 2x
+  nearest-neighbour upsampling: (w_0, w_1 + w_2) for a = 0, (w_0 + w_1, w_2) for a = 1."""
+  k0, k1, k2 = jnp.split(kernel, 3, axis=axis)
+  return jnp.concatenate([k0, k1 + k2] if a == 0 else [k0 + k1, k2], axis=axis)
+
+
+def upsample_conv3x3(x, kernel, implementation='phases'):
+  """conv3x3_SAME(nearest_upsample_2x(x), kernel) (module docstring)."""
+  if implementation == 'transpose':
+    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return lax.conv_general_dilated(up, kernel, (1, 1), ((1, 1), (1, 1)),
+                                    dimension_numbers=_DIMS)
+  fold = lambda a, b: _fold_taps(_fold_taps(kernel, a, 0), b, 1)
+  return _phase_convs(x, fold) if implementation == 'phases' else _subpixel_conv(x, fold)
+
+
+def _check_implementation(implementation):
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'implementation={implementation!r}: choose one of {IMPLEMENTATIONS}.')
 
 
 class ConvTranspose4x4(nn.Module):
@@ -73,9 +118,7 @@ class ConvTranspose4x4(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    if self.implementation not in IMPLEMENTATIONS:
-      raise ValueError(f'implementation={self.implementation!r}: choose one of '
-                       f'{IMPLEMENTATIONS}.')
+    _check_implementation(self.implementation)
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (4, 4, x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
@@ -87,3 +130,21 @@ class ConvTranspose4x4(nn.Module):
     else:
       y = subpixel_conv_transpose(x, kernel)
     return y + bias
+
+
+class UpsampleConv3x3(nn.Module):
+  """A 2x nearest-neighbour upsampling, then `nn.Conv(features, (3, 3))` ('SAME'): the
+  same parameters ('kernel' (3, 3, in, features), 'bias'), initialisation and function,
+  computed as `implementation` says (module docstring); compute in `dtype`."""
+  features: int
+  implementation: str = 'phases'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    _check_implementation(self.implementation)
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (3, 3, x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    return upsample_conv3x3(x, kernel, self.implementation) + bias

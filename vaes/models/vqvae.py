@@ -8,9 +8,10 @@ Two architectures (`arch`):
   'pool'      vector-quantize-pytorch's `SimpleVQAutoEncoder` (examples/autoencoder.py):
               per downsampling a 3x3 convolution and a 2x2 max-pool, GELU between them
               (hidden // 2 channels, the last one D); the decoder: per upsampling a 2x
-              nearest-neighbour upsampling and a 3x3 convolution, GELU between them. With
-              hidden 32, D 32 and 2 downsamplings it is the library's example, layer for
-              layer (9,569 weights beside the codebook).
+              nearest-neighbour upsampling and a 3x3 convolution, GELU between them
+              (`UpsampleConv3x3`; on the CPU four 2x2 convolutions of the small map, 4/9
+              of the multiply-adds). With hidden 32, D 32 and 2 downsamplings it is the
+              library's example, layer for layer (9,569 weights beside the codebook).
 NHWC throughout; compute in `dtype` (bf16 or f32), parameters in float32, quantisation
 in float32.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vaes.models.layers import ConvTranspose4x4
+from vaes.models.layers import ConvTranspose4x4, UpsampleConv3x3
 from vaes.quantizers import QuantizerSpec, build_quantizer
 
 
@@ -117,14 +118,17 @@ class UpsampleDecoder(nn.Module):
   num_upsamples: int
   out_channels: int
   dtype: Any = jnp.float32
+  upsample: str = 'transpose'   # UpsampleConv3x3's implementation: same function, speed only
 
   @nn.compact
   def __call__(self, z_q):
     h = z_q.astype(self.dtype)
     for i in range(self.num_upsamples):
       last = i == self.num_upsamples - 1
-      h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)   # nearest-neighbour, 2x
-      h = nn.Conv(self.out_channels if last else self.hidden // 2, (3, 3), dtype=self.dtype)(h)
+      # 2x nearest-neighbour upsampling and a 3x3 convolution; named as the nn.Conv it
+      # computes, so that checkpoints of either implementation load in the other.
+      h = UpsampleConv3x3(self.out_channels if last else self.hidden // 2, self.upsample,
+                          self.dtype, name=f'Conv_{i}')(h)
       if not last:
         h = nn.gelu(h, approximate=False)
     if self.num_upsamples == 0:
@@ -135,8 +139,8 @@ class UpsampleDecoder(nn.Module):
 class VQVAE(nn.Module):
   """x -> z_e(x) -> z_q = e_{k*} -> decoder output (likelihood parameters).
 
-  `likelihood` 'gaussian' outputs the mean of x (MSE loss); 'logistic' outputs
-  (mean, log_scale) per channel of a discretised logistic, for bits/dim.
+  `likelihood` 'gaussian' or 'clipped_gaussian' outputs the mean of x (MSE loss);
+  'logistic' outputs (mean, log_scale) per channel of a discretised logistic, for bits/dim.
   """
   image_channels: int
   # No field but dtype has a default here: their one home is
@@ -147,7 +151,7 @@ class VQVAE(nn.Module):
   num_downsamples: int
   vq: QuantizerSpec   # the quantiser: kind, K, D, beta, EMA, ...
   likelihood: str
-  upsample: str   # ConvTranspose4x4 implementation: same function, speed only
+  upsample: str   # ConvTranspose4x4 / UpsampleConv3x3 implementation: speed only
   arch: str       # 'residual' | 'pool' (the module docstring)
   dtype: Any = jnp.float32
 
@@ -156,7 +160,8 @@ class VQVAE(nn.Module):
     if self.arch == 'pool':
       self.encoder = PoolEncoder(self.hidden, self.num_downsamples, self.vq.code_dim,
                                  self.dtype)
-      self.decoder = UpsampleDecoder(self.hidden, self.num_downsamples, out, self.dtype)
+      self.decoder = UpsampleDecoder(self.hidden, self.num_downsamples, out, self.dtype,
+                                     self.upsample)
     else:
       self.encoder = Encoder(self.hidden, self.res_hidden, self.num_res_blocks,
                              self.num_downsamples, self.vq.code_dim, self.dtype)
