@@ -117,8 +117,8 @@ class UpsampleDecoder(nn.Module):
   hidden: int
   num_upsamples: int
   out_channels: int
+  upsample: str   # UpsampleConv3x3's implementation (model.upsample): same function, speed only
   dtype: Any = jnp.float32
-  upsample: str = 'transpose'   # UpsampleConv3x3's implementation: same function, speed only
 
   @nn.compact
   def __call__(self, z_q):
@@ -160,8 +160,8 @@ class VQVAE(nn.Module):
     if self.arch == 'pool':
       self.encoder = PoolEncoder(self.hidden, self.num_downsamples, self.vq.code_dim,
                                  self.dtype)
-      self.decoder = UpsampleDecoder(self.hidden, self.num_downsamples, out, self.dtype,
-                                     self.upsample)
+      self.decoder = UpsampleDecoder(self.hidden, self.num_downsamples, out, self.upsample,
+                                     self.dtype)
     else:
       self.encoder = Encoder(self.hidden, self.res_hidden, self.num_res_blocks,
                              self.num_downsamples, self.vq.code_dim, self.dtype)
