@@ -19,19 +19,18 @@ def _reference_and_candidate(implementation, shape=(2, 5, 6, 3), features=4):
   return x, ref, new
 
 
-@pytest.mark.parametrize('implementation', ['transpose', 'phases', 'subpixel'])
-def test_same_parameters_values_and_gradients_as_flax_conv_transpose(implementation):
-  x, ref, new = _reference_and_candidate(implementation)
+def _assert_same_module(ref, new, x, out_shape):
+  """ref and new have the same parameter names, shapes and initial values (so checkpoints
+  are interchangeable), and the same outputs and gradients at parameters with a non-zero
+  bias (so that its handling is compared too)."""
   p_ref = ref.init(jax.random.PRNGKey(1), x)
   p_new = new.init(jax.random.PRNGKey(1), x)
-  # Same parameter names, shapes and initial values: checkpoints are interchangeable.
   assert jax.tree.structure(p_ref) == jax.tree.structure(p_new)
   for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_new)):
     np.testing.assert_array_equal(a, b)
-  # A non-zero bias, so that its handling is compared too.
   p = jax.tree.map(lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape) / v.size, p_ref)
   y_ref, y_new = ref.apply(p, x), new.apply(p, x)
-  assert y_new.shape == y_ref.shape == (2, 10, 12, 4)
+  assert y_new.shape == y_ref.shape == out_shape
   np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5)
 
   w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
@@ -40,6 +39,12 @@ def test_same_parameters_values_and_gradients_as_flax_conv_transpose(implementat
   g_new = jax.jit(jax.grad(loss(new), argnums=(0, 1)))(p, x)
   for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('implementation', ['transpose', 'phases', 'subpixel'])
+def test_same_parameters_values_and_gradients_as_flax_conv_transpose(implementation):
+  x, ref, new = _reference_and_candidate(implementation)
+  _assert_same_module(ref, new, x, (2, 10, 12, 4))
 
 
 def test_each_output_phase_uses_its_two_taps_per_axis():
@@ -98,25 +103,7 @@ class _Named(nn.Module):
 @pytest.mark.parametrize('implementation', ['transpose', 'phases', 'subpixel'])
 def test_upsample_conv_is_upsampling_then_flax_conv(implementation):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3))
-  ref, new = _UpsampleThenConv(4), _Named(4, implementation)
-  p_ref = ref.init(jax.random.PRNGKey(1), x)
-  p_new = new.init(jax.random.PRNGKey(1), x)
-  # Same parameter names, shapes and initial values: checkpoints are interchangeable.
-  assert jax.tree.structure(p_ref) == jax.tree.structure(p_new)
-  for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_new)):
-    np.testing.assert_array_equal(a, b)
-  p = jax.tree.map(lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape) / v.size, p_ref)
-  apply_ref, apply_new = ref.apply, new.apply
-  y_ref, y_new = apply_ref(p, x), apply_new(p, x)
-  assert y_new.shape == y_ref.shape == (2, 10, 12, 4)
-  np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5)
-
-  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
-  loss = lambda f: lambda p, x: jnp.sum(w * f(p, x) ** 2)
-  g_ref = jax.jit(jax.grad(loss(apply_ref), argnums=(0, 1)))(p, x)
-  g_new = jax.jit(jax.grad(loss(apply_new), argnums=(0, 1)))(p, x)
-  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+  _assert_same_module(_UpsampleThenConv(4), _Named(4, implementation), x, (2, 10, 12, 4))
 
 
 def test_upsample_conv_folds_the_taps_that_read_the_same_row():

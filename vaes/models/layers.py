@@ -103,9 +103,17 @@ def upsample_conv3x3(x, kernel, implementation='phases'):
   return _phase_convs(x, fold) if implementation == 'phases' else _subpixel_conv(x, fold)
 
 
-def _check_implementation(implementation):
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f'implementation={implementation!r}: choose one of {IMPLEMENTATIONS}.')
+def _conv_params(module, x, size):
+  """A layer's checked implementation and its 'kernel' (size, size, in, features) and
+  'bias' (features,) parameters, float32 and initialised as Flax's convolutions are,
+  returned with x, all cast to the compute dtype."""
+  if module.implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'implementation={module.implementation!r}: choose one of '
+                     f'{IMPLEMENTATIONS}.')
+  kernel = module.param('kernel', nn.initializers.lecun_normal(),
+                        (size, size, x.shape[-1], module.features), jnp.float32)
+  bias = module.param('bias', nn.initializers.zeros_init(), (module.features,), jnp.float32)
+  return tuple(v.astype(module.dtype) for v in (x, kernel, bias))
 
 
 class ConvTranspose4x4(nn.Module):
@@ -118,11 +126,7 @@ class ConvTranspose4x4(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    _check_implementation(self.implementation)
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (4, 4, x.shape[-1], self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    x, kernel, bias = _conv_params(self, x, 4)
     if self.implementation == 'transpose':
       y = lax.conv_transpose(x, kernel, (2, 2), 'SAME', dimension_numbers=_DIMS)
     elif self.implementation == 'phases':
@@ -142,9 +146,5 @@ class UpsampleConv3x3(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    _check_implementation(self.implementation)
-    kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.features), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    x, kernel, bias = _conv_params(self, x, 3)
     return upsample_conv3x3(x, kernel, self.implementation) + bias
