@@ -6,6 +6,7 @@ the whole train state for a resume, the variables for evaluation)."""
 import dataclasses
 import glob
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -246,6 +247,35 @@ def test_move_aside_moves_whole_steps_and_lists_again(tmp_path):
   assert checkpointer.all_steps() == [2] and checkpointer.read_meta(2)['note'] == 2
   assert len(targets) == 1 and os.path.isdir(targets[0])
   assert os.path.basename(targets[0]).startswith('1-')
+
+
+def test_a_step_deleted_while_it_is_listed_is_listed_again(tmp_path, monkeypatch):
+  """A live training run deletes a step between Orbax's listing of it and its reading of
+  the step's metadata (CI saw it in eval.py: with the metadata file gone Orbax reads the
+  step directory's time and fails). Making the read-only manager, and listing again, are
+  retried and list the steps that are left."""
+  config = load_config('configs/vqvae.py', TINY_VQ)
+  splits = data_lib.get_datasets(config)
+  state = build_trainer(config, splits.info, splits.train.element_spec).init_fn()
+  wd = str(tmp_path / 'run')
+  writer = Checkpointer(wd, async_save=False)
+  for step in (1, 2, 3):
+    writer.save(step, state, config)
+  real_stat, doomed, deleted = os.stat, [], []
+
+  def stat_racing_a_deletion(path, *a, **k):   # the step goes as its metadata is read
+    if doomed and str(path) == os.path.join(doomed[0], '_CHECKPOINT_METADATA'):
+      shutil.rmtree(doomed.pop())
+      deleted.append(path)
+    return real_stat(path, *a, **k)
+
+  monkeypatch.setattr(os, 'stat', stat_racing_a_deletion)
+  doomed.append(os.path.join(wd, 'checkpoints', '3'))
+  reader = Checkpointer(wd, read_only=True)
+  assert len(deleted) == 1 and reader.all_steps() == [1, 2]
+  doomed.append(os.path.join(wd, 'checkpoints', '2'))
+  reader.refresh()
+  assert len(deleted) == 2 and reader.all_steps() == [1]
 
 
 def test_checkpointer_refuses_a_bad_keep_count_and_a_missing_read_only_directory(tmp_path):

@@ -61,7 +61,7 @@ class Checkpointer:
     self.options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=async_save,
         read_only=read_only)
-    self.manager = self._manager()
+    self.manager = self._listed(self._manager)
 
   def _manager(self):
     # Handlers named up front, so that `item_metadata` reads the saved tree of a
@@ -79,12 +79,15 @@ class Checkpointer:
 
   def refresh(self):
     """Lists the steps again (the manager lists them once, when it is made): a live
-    training run saves and deletes steps while eval.py reads. A step deleted while it
-    is listed makes the listing fail; it is retried."""
+    training run saves and deletes steps while eval.py reads."""
+    self._listed(self.manager.reload)
+
+  def _listed(self, list_steps):
+    """`list_steps()` (making the manager or reloading it lists the steps), retried: a
+    step that a live training run deletes while it is listed makes the listing fail."""
     for attempt in range(5):
       try:
-        self.manager.reload()
-        return
+        return list_steps()
       except Exception as e:  # pylint: disable=broad-except
         if attempt == 4:
           raise CheckpointError(f'Listing the checkpoints in {self.directory} failed: '
