@@ -1,5 +1,6 @@
 """ConvTranspose4x4: every implementation is flax.linen.ConvTranspose(f, (4, 4), strides=2).
-UpsampleConv3x3: every implementation is a 2x nearest-neighbour upsampling then nn.Conv(f, (3, 3))."""
+UpsampleConv3x3: every implementation is a 2x nearest-neighbour upsampling then nn.Conv(f, (3, 3)).
+Conv3x3: every implementation is nn.Conv(f, (3, 3))."""
 
 import re
 
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaes.models.layers import ConvTranspose4x4, UpsampleConv3x3
+from vaes.models.layers import Conv3x3, ConvTranspose4x4, UpsampleConv3x3
 
 
 def _reference_and_candidate(implementation, shape=(2, 5, 6, 3), features=4):
@@ -91,13 +92,39 @@ class _UpsampleThenConv(nn.Module):
 
 
 class _Named(nn.Module):
-  """UpsampleConv3x3 under the name the nn.Conv it replaces has (as the decoder names it)."""
+  """A layer under the name the nn.Conv it replaces has (as the models name it)."""
   features: int
   implementation: str
+  layer: type = UpsampleConv3x3
 
   @nn.compact
   def __call__(self, x):
-    return UpsampleConv3x3(self.features, self.implementation, name='Conv_0')(x)
+    return self.layer(self.features, self.implementation, name='Conv_0')(x)
+
+
+class _FlaxConv(nn.Module):
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(self.features, (3, 3))(x)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize('implementation', ['auto', 'lax', 'patches'])
+def test_conv3x3_is_flax_conv(implementation, channels):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, channels))
+  _assert_same_module(_FlaxConv(4), _Named(4, implementation, Conv3x3), x, (2, 5, 6, 4))
+
+
+def test_conv3x3_convolves_one_channel_as_a_patch_matmul_and_more_with_lax():
+  for channels, convolutions in ((1, 0), (3, 1)):
+    x = jnp.ones((2, 5, 6, channels))
+    m = Conv3x3(4)
+    text = jax.jit(m.apply).lower(m.init(jax.random.PRNGKey(0), x), x).as_text()
+    assert text.count('stablehlo.convolution') == convolutions, channels
+  with pytest.raises(ValueError, match="implementation='fft'"):
+    Conv3x3(4, 'fft').init(jax.random.PRNGKey(0), x)
 
 
 @pytest.mark.parametrize('implementation', ['transpose', 'phases', 'subpixel'])

@@ -156,6 +156,16 @@ def test_max_pool_2x2_is_nn_max_pool():
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 3, 5))
   grad = lambda f: jax.grad(lambda x: jnp.sum(w * f(x)))(h)
   assert jnp.array_equal(grad(max_pool_2x2), grad(pool))
+  # Ties (a zero background convolved: common on Fashion-MNIST): each window's gradient
+  # is split among its maxima only, in shares in [0, 1] that sum to 1.
+  tied = jnp.round(h)
+  g = jax.grad(lambda x: jnp.sum(w * max_pool_2x2(x)))(tied).reshape(3, 4, 2, 3, 2, 5)
+  share = g / w[:, :, None, :, None, :]
+  windows = tied.reshape(3, 4, 2, 3, 2, 5)
+  is_max = windows == windows.max(axis=(2, 4), keepdims=True)
+  assert int(jnp.sum(jnp.sum(is_max, axis=(2, 4)) > 1)) > 10          # ties were there
+  assert bool(jnp.all(jnp.where(is_max, (share >= 0) & (share <= 1), share == 0)))
+  assert jnp.allclose(jnp.sum(share, axis=(2, 4)), 1.0, atol=1e-6)
 
 
 # --- PSNR and SSIM (dm-pix) against a brute-force computation ------------------------------

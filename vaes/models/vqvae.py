@@ -21,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vaes.models.layers import ConvTranspose4x4, UpsampleConv3x3
+from vaes.models.layers import Conv3x3, ConvTranspose4x4, UpsampleConv3x3
 from vaes.quantizers import QuantizerSpec, build_quantizer
 
 
@@ -86,11 +86,13 @@ class Decoder(nn.Module):
 
 
 def max_pool_2x2(h):
-  """2x2 max-pooling, stride 2, as a reshape and a max: the value of nn.max_pool, 9x
-  faster on XLA:CPU (fwd+bwd, 256x28x28x16: 7 against 62 ms). At ties the gradient is
-  shared among the maxima instead of going to the first one: another subgradient."""
-  b, h_, w, c = h.shape
-  return h.reshape(b, h_ // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  """2x2 max-pooling, stride 2: nn.max_pool's value, as the maximum of the four strided
+  slices. On XLA:CPU its backward is far cheaper than a reduce-window's (fwd+bwd,
+  256x28x28x16: 7 against 62 ms) and than a reshape-and-max's. At ties the gradient is
+  split among the maxima (each binary maximum halves it) instead of going to the first
+  one: another subgradient."""
+  return jnp.maximum(jnp.maximum(h[:, 0::2, 0::2], h[:, 0::2, 1::2]),
+                     jnp.maximum(h[:, 1::2, 0::2], h[:, 1::2, 1::2]))
 
 
 class PoolEncoder(nn.Module):
@@ -104,7 +106,9 @@ class PoolEncoder(nn.Module):
     h = x.astype(self.dtype)
     for i in range(self.num_downsamples):
       last = i == self.num_downsamples - 1
-      h = nn.Conv(self.code_dim if last else self.hidden // 2, (3, 3), dtype=self.dtype)(h)
+      # nn.Conv's function and parameters (a grey image's layer as a patch matmul)
+      h = Conv3x3(self.code_dim if last else self.hidden // 2, dtype=self.dtype,
+                  name=f'Conv_{i}')(h)
       h = max_pool_2x2(h)
       if not last:
         h = nn.gelu(h, approximate=False)
