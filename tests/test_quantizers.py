@@ -37,6 +37,42 @@ def test_nearest_code_equals_brute_force_loop():
   np.testing.assert_allclose(np.asarray(z_q), codebook[expected], rtol=1e-6)
 
 
+def test_nearest_code_takes_the_first_of_tied_codes_and_a_valid_index_for_nan():
+  codebook = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+  z = jnp.array([[1.0, 0.0], [0.5, 0.5], [-1.0, 0.0], [jnp.nan, 0.0]])
+  idx, _ = quantizers.nearest_code(z, codebook)
+  np.testing.assert_array_equal(np.asarray(idx), [0, 0, 3, 3])   # ties: 0 of {0, 2}; {0, 1, 2}
+
+
+@pytest.mark.parametrize('weighted', [False, True])
+def test_gathers_and_one_hot_matmuls_agree(weighted):
+  """lookup and code_sums have the same values (and lookup the same gradients) in both
+  forms; the CPU runs the gathers, so the one-hot form is checked against them here."""
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(50, 3)), jnp.float32)
+  codebook = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+  idx = jnp.asarray(rng.integers(0, 5, size=50))              # code 5 unused
+  w = jnp.asarray(rng.integers(0, 2, size=50), jnp.float32) if weighted else None
+  brute_n = np.zeros(6)
+  brute_s = np.zeros((6, 3))
+  for i, k in enumerate(np.asarray(idx)):
+    wi = 1.0 if w is None else float(w[i])
+    brute_n[k] += wi
+    brute_s[k] += wi * np.asarray(z[i])
+  for gathers in (False, True):
+    n, s = quantizers.code_sums(idx, z, 6, w, gathers=gathers)
+    np.testing.assert_allclose(np.asarray(n), brute_n, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(s), brute_s, rtol=1e-5, atol=1e-6)
+  cot = jnp.asarray(rng.normal(size=(50, 3)), jnp.float32)
+  grads = [jax.grad(lambda c: jnp.sum(cot * quantizers.lookup(idx, c, gathers)[0]))(codebook)
+           for gathers in (False, True)]
+  np.testing.assert_allclose(np.asarray(grads[1]), np.asarray(grads[0]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(grads[0][5]), 0.0)
+  for gathers in (False, True):
+    np.testing.assert_allclose(np.asarray(quantizers.lookup(idx, codebook, gathers)[0]),
+                               np.asarray(codebook)[np.asarray(idx)], rtol=1e-6)
+
+
 def test_distances_are_float32_for_bf16_inputs():
   z = jnp.ones((4, 8), jnp.bfloat16)
   codebook = jnp.zeros((3, 8), jnp.bfloat16)
@@ -61,9 +97,11 @@ def test_ema_update_equals_hand_computation():
 
   idx, _ = quantizers.nearest_code(jnp.asarray(z), jnp.asarray(codebook))
   np.testing.assert_array_equal(np.asarray(idx), [0, 0, 1])
-  one_hot = jax.nn.one_hot(idx, 3)
-  c, s, e = quantizers.ema_update(jnp.asarray(cluster), jnp.asarray(embed_sum), one_hot,
-                                  jnp.asarray(z), decay, eps)
+  counts_, sums_ = quantizers.code_sums(idx, jnp.asarray(z), 3)
+  np.testing.assert_allclose(np.asarray(counts_), counts)
+  np.testing.assert_allclose(np.asarray(sums_), sums)
+  c, s, e = quantizers.ema_update(jnp.asarray(cluster), jnp.asarray(embed_sum), counts_,
+                                  sums_, decay, eps)
   np.testing.assert_allclose(np.asarray(c), n_new, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(s), m_new, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(e), e_new, rtol=1e-5)
@@ -274,7 +312,9 @@ def test_quantizer_with_dead_code_threshold_reseeds_after_the_ema_step():
   # Codes 0 and 1 (EMA counts 0.99 * 5 + 0.16 and 0.99 * 50, above 1) take the plain
   # EMA step; codes 2 and 3 (0.099 < 1) become encoder outputs of the batch.
   n, _, e = quantizers.ema_update(state['cluster_size'], state['embed_sum'],
-                                  jax.nn.one_hot(out['indices'], 4), z, decay, 1e-5)
+                                  *quantizers.code_sums(out['indices'].reshape(-1),
+                                                        z.reshape(-1, z.shape[-1]), 4),
+                                  decay, 1e-5)
   book = np.asarray(new['vq_ema']['codebook'])
   np.testing.assert_allclose(book[:2], np.asarray(e)[:2], rtol=1e-6)
   np.testing.assert_allclose(np.asarray(new['vq_ema']['cluster_size'])[:2], np.asarray(n)[:2])

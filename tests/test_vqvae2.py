@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import load_config
+from vaes import codebook
 from vaes import data as data_lib
 from vaes.families import vqvae2 as family
 from vaes.models.vqvae2 import VQVAE2
@@ -51,15 +52,21 @@ def test_decoding_the_codes_reproduces_the_forward_pass():
                                rtol=1e-4, atol=1e-5)
 
 
-def test_train_step_gradient_has_no_gather_or_scatter_and_learns():
+@pytest.mark.parametrize('gathers', [False, True])
+def test_train_step_gradient_has_no_gather_or_scatter_off_the_cpu_and_learns(gathers,
+                                                                             monkeypatch):
+  """Off the CPU codebook lookups and code sums are one-hot matmuls: no gather, and no
+  scatter-add in the backward pass; on the CPU (vaes.codebook.use_gathers) they are
+  gathers and segment sums."""
+  monkeypatch.setattr(codebook, 'use_gathers', lambda: gathers)
   config = load_config('configs/vqvae2.py', TINY)
   splits = data_lib.get_datasets(config)
   trainer = build_trainer(config, splits.info, splits.train.element_spec)
   state = trainer.init_fn()
   batch = trainer.put(splits.train.batch(0))
   hlo = trainer.train_step.lower(state, batch).as_text()
-  # Codebook lookups are one-hot matmuls: no scatter-add in the backward pass.
-  assert 'scatter' not in hlo and 'gather' not in hlo
+  assert ('scatter' in hlo and 'gather' in hlo) == gathers
+  assert ('scatter' in hlo or 'gather' in hlo) == gathers
   losses = []
   for _ in range(8):
     state, metrics = trainer.train_step(state, batch)

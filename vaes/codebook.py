@@ -13,9 +13,13 @@ Straight-through: the decoder receives z_e + sg[z_q - z_e], whose value is z_q a
 whose gradient w.r.t. z_e is the identity.
 
 Distances and argmin are always computed in float32 (half precision ties and
-overflows are the most common source of dead codes and NaNs). The lookup is
-`one_hot(k*) @ codebook`, a matmul, whose backward is a matmul too, instead of
-a gather whose backward is a collision-heavy scatter-add (much slower on GPUs).
+overflows are the most common source of dead codes and NaNs). On GPUs and TPUs the
+lookup is `one_hot(k*) @ codebook`, a matmul, whose backward is a matmul too, instead
+of a gather whose backward is a collision-heavy scatter-add (much slower on GPUs), and
+the per-code counts and sums of the EMA and k-means are one-hot matmuls too. On the CPU
+(`use_gathers`) they are a gather and segment sums: XLA:CPU's one-hot matmuls cost
+8-30x more there (Fashion-MNIST's 12,544 x 256 x 32, quiet 2-core CPU: lookup 1.3 vs
+0.16 ms, code sums 2.8 vs 0.09 ms).
 
 The three equations above are `codebook_loss`, `commitment_loss` and
 `straight_through`, used by every quantiser (`rotation_trick` replaces the last
@@ -117,7 +121,11 @@ def per_example_axes(x):
 
 
 def nearest_code(z, codebook):
-  """k* = argmin_k ||z - e_k||^2 for z (..., D) and codebook (K, D), in float32.
+  """k* = argmin_k ||z - e_k||^2 for z (..., D) and codebook (K, D), in float32; at ties
+  the first such k, as argmin. Found as the smallest k whose distance is the minimum:
+  two plain reductions, which XLA:CPU runs 3x faster than argmin's paired one
+  (12,544 x 256: 2.7 against 8.6 ms with the distances). A row without a finite
+  minimum (NaN) gets k = K - 1.
 
   Returns (indices (...,), squared distances (..., K)).
   """
@@ -126,14 +134,43 @@ def nearest_code(z, codebook):
   d = (jnp.sum(z * z, axis=-1, keepdims=True)
        - 2.0 * jnp.einsum('...d,kd->...k', z, codebook, precision=jax.lax.Precision.HIGHEST)
        + jnp.sum(codebook * codebook, axis=-1))
-  return jnp.argmin(d, axis=-1), d
+  k = jax.lax.broadcasted_iota(jnp.int32, d.shape, d.ndim - 1)
+  first = jnp.min(jnp.where(d == jnp.min(d, axis=-1, keepdims=True), k, d.shape[-1]), axis=-1)
+  return jnp.minimum(first, d.shape[-1] - 1), d
 
 
-def lookup(indices, codebook):
-  """z_q = e_{k*} written as one_hot(k*) @ codebook (matmul forward and backward)."""
+def use_gathers():
+  """Whether lookups and per-code sums are gathers and segment sums (the CPU) rather
+  than one-hot matmuls (GPU, TPU): the module docstring."""
+  return jax.default_backend() == 'cpu'
+
+
+def lookup(indices, codebook, gathers=None):
+  """z_q = e_{k*} and one_hot(k*): z_q as one_hot(k*) @ codebook (matmul forward and
+  backward), or with `gathers` (default `use_gathers()`) as a gather (its backward, for a
+  gradient codebook, a scatter-add): the same values and gradients."""
   one_hot = jax.nn.one_hot(indices, codebook.shape[0], dtype=jnp.float32)
-  return jnp.einsum('...k,kd->...d', one_hot, codebook.astype(jnp.float32),
+  codebook = codebook.astype(jnp.float32)
+  if use_gathers() if gathers is None else gathers:
+    return jnp.take(codebook, indices, axis=0), one_hot
+  return jnp.einsum('...k,kd->...d', one_hot, codebook,
                     precision=jax.lax.Precision.HIGHEST), one_hot
+
+
+def code_sums(indices, z, num_codes, weights=None, gathers=None):
+  """Per code k: n_k = sum_{i: k*_i = k} w_i and s_k = sum_{i: k*_i = k} w_i z_i, for
+  indices (M,), z (M, D) and weights w (M,) (default 1), in float32, with no gradient; as
+  one-hot matmuls or, with `gathers` (default `use_gathers()`), segment sums.
+  Returns (counts (K,), sums (K, D))."""
+  z = sg(z.astype(jnp.float32))
+  w = jnp.ones(indices.shape, jnp.float32) if weights is None else sg(weights).astype(
+      jnp.float32)
+  if use_gathers() if gathers is None else gathers:
+    return (jax.ops.segment_sum(w, indices, num_codes),
+            jax.ops.segment_sum(z * w[:, None], indices, num_codes))
+  one_hot = jax.nn.one_hot(indices, num_codes, dtype=jnp.float32) * w[:, None]
+  return jnp.sum(one_hot, axis=0), jnp.einsum('mk,md->kd', one_hot, z,
+                                              precision=jax.lax.Precision.HIGHEST)
 
 
 def code_perplexity(one_hot, weights=None):
@@ -147,7 +184,7 @@ def code_perplexity(one_hot, weights=None):
   return jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10)))
 
 
-def ema_update(cluster_size, embed_sum, one_hot, z, decay, eps):
+def ema_update(cluster_size, embed_sum, counts, sums, decay, eps):
   """One EMA codebook step (van den Oord et al. 2017, appendix, eqs. 6-8).
 
     N_k <- decay N_k + (1 - decay) n_k,          n_k = #{i : k*_i = k}
@@ -155,14 +192,10 @@ def ema_update(cluster_size, embed_sum, one_hot, z, decay, eps):
     N'_k = (N_k + eps) / (n + K eps) * n,          n = sum_k N_k  (Laplace smoothing)
     e_k  = m_k / N'_k
 
-  `one_hot` (M, K) and `z` (M, D) are over the *global* batch: under jit with a
-  sharded batch the sums below are global reductions on any number of devices.
+  `counts` n_k (K,) and `sums` (K, D) are `code_sums` over the *global* batch: under jit
+  with a sharded batch they are global reductions on any number of devices.
   Returns (cluster_size, embed_sum, codebook).
   """
-  z = sg(z.astype(jnp.float32))
-  one_hot = sg(one_hot)
-  counts = jnp.sum(one_hot, axis=0)
-  sums = jnp.einsum('mk,md->kd', one_hot, z, precision=jax.lax.Precision.HIGHEST)
   cluster_size = decay * cluster_size + (1.0 - decay) * counts
   embed_sum = decay * embed_sum + (1.0 - decay) * sums
   n = jnp.sum(cluster_size)
@@ -198,10 +231,7 @@ def kmeans(rng, z, num_codes, num_iters, max_points=0):
 
   def assign(c):
     idx, _ = nearest_code(z, c)
-    one_hot = jax.nn.one_hot(idx, num_codes, dtype=jnp.float32)
-    counts = jnp.sum(one_hot, 0)
-    sums = jnp.einsum('mk,md->kd', one_hot, z, precision=jax.lax.Precision.HIGHEST)
-    return counts, sums
+    return code_sums(idx, z, num_codes)
 
   def step(_, c):
     counts, sums = assign(c)
@@ -244,16 +274,24 @@ def expire_codes_below(rng, codebook, cluster_size, embed_sum, z, threshold):
   `rng` the step's key, so the draw is the same on every device.
   Returns (codebook, cluster_size, embed_sum, number of re-seeded codes).
   """
-  num_codes, m = codebook.shape[0], z.shape[0]
-  if m >= num_codes:
-    draw = jax.random.choice(rng, m, (num_codes,), replace=False)
-  else:
-    draw = jax.random.randint(rng, (num_codes,), 0, m)
-  fresh = jnp.take(sg(z.astype(jnp.float32)), draw, axis=0)
   dead = cluster_size < threshold
-  codebook = jnp.where(dead[:, None], fresh, codebook)
-  cluster_size = jnp.where(dead, jnp.float32(threshold), cluster_size)
-  embed_sum = jnp.where(dead[:, None], threshold * codebook, embed_sum)
+
+  def reseed(operand):
+    codebook, cluster_size, embed_sum = operand
+    num_codes, m = codebook.shape[0], z.shape[0]
+    if m >= num_codes:
+      draw = jax.random.choice(rng, m, (num_codes,), replace=False)
+    else:
+      draw = jax.random.randint(rng, (num_codes,), 0, m)
+    fresh = jnp.take(sg(z.astype(jnp.float32)), draw, axis=0)
+    codebook = jnp.where(dead[:, None], fresh, codebook)
+    cluster_size = jnp.where(dead, jnp.float32(threshold), cluster_size)
+    embed_sum = jnp.where(dead[:, None], threshold * codebook, embed_sum)
+    return codebook, cluster_size, embed_sum
+
+  # The draw (a shuffle of the batch's rows) only runs at steps with a dead code.
+  codebook, cluster_size, embed_sum = jax.lax.cond(
+      jnp.any(dead), reseed, lambda operand: operand, (codebook, cluster_size, embed_sum))
   return codebook, cluster_size, embed_sum, jnp.sum(dead.astype(jnp.float32))
 
 

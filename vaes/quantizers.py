@@ -29,7 +29,8 @@ import ml_collections
 
 # Re-exported, so that `quantizers.<name>` reaches every quantiser and function.
 from vaes.codebook import (  # noqa: F401
-    code_perplexity, codebook_loss, commitment_loss, dropout_keep, ema_update, entropy_loss,
+    code_perplexity, code_sums, codebook_loss, commitment_loss, dropout_keep, ema_update,
+    entropy_loss,
     entropy_terms, expire_codes_below, kmeans, kmeans_once, l2_normalize, lookup, mask_terms,
     nearest_code, per_example_axes, restart_and_reset, restart_dead_codes, rotation_trick, sg,
     simvq_codebook, straight_through)
@@ -130,7 +131,7 @@ class VectorQuantizer(nn.Module):
     # Weights (M,) of the latent vectors: 0 for those of examples with keep_b = 0.
     flat_w = None if keep is None else jnp.broadcast_to(
         keep.reshape((-1,) + (1,) * (z32.ndim - 2)), z32.shape[:-1]).reshape(-1)
-    terms, restarted = self._loss_terms(z32, z_q, one_hot, flat_z, flat_w, training, ema)
+    terms, restarted = self._loss_terms(z32, z_q, indices, flat_z, flat_w, training, ema)
     if keep is not None:
       terms = mask_terms(terms, keep)
     terms['entropy_loss'] = self._entropy_loss(flat_z, lookup_book, flat_w)
@@ -183,7 +184,7 @@ class VectorQuantizer(nn.Module):
       return simvq_codebook(frozen.value, w), None
     return self.param('codebook', init, shape, jnp.float32), None
 
-  def _loss_terms(self, z32, z_q, one_hot, flat_z, flat_w, training, ema):
+  def _loss_terms(self, z32, z_q, indices, flat_z, flat_w, training, ema):
     """The commitment and codebook terms, batch and per example. With use_ema the
     codebook term is 0 and, in training, the EMA codebook takes its step (`_ema_step`).
     Returns (terms, number of restarted codes)."""
@@ -195,24 +196,22 @@ class VectorQuantizer(nn.Module):
       terms.update(codebook_loss=jnp.zeros((), jnp.float32),
                    codebook_loss_per_example=jnp.zeros(z32.shape[:1], jnp.float32))
       if training:
-        restarted = self._ema_step(ema, one_hot, flat_z, flat_w, restarted)
+        restarted = self._ema_step(ema, indices, flat_z, flat_w, restarted)
     else:
       terms.update(codebook_loss=codebook_loss(z32, z_q),
                    codebook_loss_per_example=codebook_loss(z32, z_q, axes))
     return terms, restarted
 
-  def _ema_step(self, ema, one_hot, flat_z, flat_w, restarted):
+  def _ema_step(self, ema, indices, flat_z, flat_w, restarted):
     """`ema_update` of the 'vq_ema' variables from the (kept) latent vectors, then the
     dead-code restarts. Returns the number of restarted codes (`restarted` if none ran)."""
-    flat_oh = one_hot.reshape(-1, self.num_codes)
-    if flat_w is not None:
-      flat_oh = flat_oh * flat_w[:, None]
+    counts, sums = code_sums(indices.reshape(-1), flat_z, self.num_codes, flat_w)
     cluster, embed_sum, codebook = ema_update(ema['cluster_size'].value, ema['embed_sum'].value,
-                                              flat_oh, flat_z, self.ema_decay, self.ema_eps)
+                                              counts, sums, self.ema_decay, self.ema_eps)
     if self.restart_after:
       codebook, ema['steps_unused'].value, cluster, embed_sum, restarted = restart_and_reset(
           self.make_rng('vq'), codebook, cluster, embed_sum, ema['steps_unused'].value,
-          jnp.sum(flat_oh, 0), flat_z, self.restart_after)
+          counts, flat_z, self.restart_after)
     elif self.dead_code_threshold:
       codebook, cluster, embed_sum, restarted = expire_codes_below(
           self.make_rng('vq'), codebook, cluster, embed_sum, flat_z,
