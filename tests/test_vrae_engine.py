@@ -26,6 +26,19 @@ def test_vrae_step_same_on_1_and_8_devices(tmp_path):
   assert one['metrics'][0]['kl_weight'] < one['metrics'][2]['kl_weight'] == 1.0
 
 
+def test_srnn_step_same_on_1_and_8_devices(tmp_path):
+  """The SRNN's two scans (forward deterministic RNN, backward smoothing RNN) and its
+  residual posterior under a batch sharded over 8 devices, with dropout's keys."""
+  overrides = dict(TINY, **{'data.cache_dir': str(tmp_path), 'model.dropout': 0.25,
+                            'model.kl_warmup_steps': 2, 'eval.select_num_importance_samples': 0})
+  one, _ = assert_same_on_1_and_8_devices('configs/srnn_jsb.py', overrides, tmp_path,
+                                          num_steps=3)
+  assert all(math.isfinite(m['loss']) for m in one['metrics'])
+  # Both recurrences are in the compared state: the forward d_t GRU and the backward one.
+  for rnn in ('gru_d', 'gru_b'):
+    assert any(f"['params']['{rnn}']" in k for k in one['leaves']), rnn
+
+
 def test_cli_train_then_eval_writes_metrics_and_piano_rolls(tmp_path):
   wd = str(tmp_path / 'run')
   overrides = dict(TINY, **{'data.cache_dir': str(tmp_path), 'num_train_steps': 4,
