@@ -87,10 +87,11 @@ class Decoder(nn.Module):
 
 def max_pool_2x2(h):
   """2x2 max-pooling, stride 2: nn.max_pool's value, as the maximum of the four strided
-  slices. On XLA:CPU its backward is far cheaper than a reduce-window's (fwd+bwd,
-  256x28x28x16: 7 against 62 ms) and than a reshape-and-max's. At ties the gradient is
-  split among the maxima (each binary maximum halves it) instead of going to the first
-  one: another subgradient."""
+  slices, whose backward XLA:CPU runs far faster than nn.max_pool's reduce-window (9x, fwd
+  + bwd of 256x28x28x16) and than a reshape-and-max's (the Fashion-MNIST encoder's fwd +
+  bwd, quiet 2-core CPU: 46 against 58 ms). At ties the gradient is split among the
+  maxima (each binary maximum halves it) instead of going to the first one: another
+  subgradient."""
   return jnp.maximum(jnp.maximum(h[:, 0::2, 0::2], h[:, 0::2, 1::2]),
                      jnp.maximum(h[:, 1::2, 0::2], h[:, 1::2, 1::2]))
 
