@@ -176,7 +176,10 @@ def _command_overrides(command, config):
     for part in key.split('.'):
       node = node[part]
     kind = type(node)
-    out[key] = (text.lower() in ('1', 'true')) if kind is bool else kind(text)
+    if node is None:     # a field with no default (a path such as init_from): its text
+      out[key] = text
+    else:
+      out[key] = (text.lower() in ('1', 'true')) if kind is bool else kind(text)
   return out
 
 
