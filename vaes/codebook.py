@@ -145,13 +145,18 @@ def use_gathers():
   return jax.default_backend() == 'cpu'
 
 
+def _gathers(gathers):
+  """An explicit choice of form, else the backend's (`use_gathers`)."""
+  return use_gathers() if gathers is None else gathers
+
+
 def lookup(indices, codebook, gathers=None):
   """z_q = e_{k*} and one_hot(k*): z_q as one_hot(k*) @ codebook (matmul forward and
   backward), or with `gathers` (default `use_gathers()`) as a gather (its backward, for a
   gradient codebook, a scatter-add): the same values and gradients."""
   one_hot = jax.nn.one_hot(indices, codebook.shape[0], dtype=jnp.float32)
   codebook = codebook.astype(jnp.float32)
-  if use_gathers() if gathers is None else gathers:
+  if _gathers(gathers):
     return jnp.take(codebook, indices, axis=0), one_hot
   return jnp.einsum('...k,kd->...d', one_hot, codebook,
                     precision=jax.lax.Precision.HIGHEST), one_hot
@@ -165,7 +170,7 @@ def code_sums(indices, z, num_codes, weights=None, gathers=None):
   z = sg(z.astype(jnp.float32))
   w = jnp.ones(indices.shape, jnp.float32) if weights is None else sg(weights).astype(
       jnp.float32)
-  if use_gathers() if gathers is None else gathers:
+  if _gathers(gathers):
     return (jax.ops.segment_sum(w, indices, num_codes),
             jax.ops.segment_sum(z * w[:, None], indices, num_codes))
   one_hot = jax.nn.one_hot(indices, num_codes, dtype=jnp.float32) * w[:, None]

@@ -104,11 +104,14 @@ def _fold_taps(kernel, a, axis):
 def upsample_conv3x3(x, kernel, implementation='phases'):
   """conv3x3_SAME(nearest_upsample_2x(x), kernel) (module docstring)."""
   if implementation == 'transpose':
-    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return lax.conv_general_dilated(up, kernel, (1, 1), ((1, 1), (1, 1)),
-                                    dimension_numbers=_DIMS)
+    return conv3x3(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2), kernel)
   fold = lambda a, b: _fold_taps(_fold_taps(kernel, a, 0), b, 1)
   return _phase_convs(x, fold) if implementation == 'phases' else _subpixel_conv(x, fold)
+
+
+def conv3x3(x, kernel):
+  """conv3x3_SAME(x, kernel) by `lax`, as Flax's nn.Conv computes it."""
+  return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMS)
 
 
 def patch_conv3x3(x, kernel):
@@ -181,9 +184,4 @@ class Conv3x3(nn.Module):
     x, kernel, bias = _conv_params(self, x, 3, ('auto', 'lax', 'patches'))
     patches = self.implementation == 'patches' or (
         self.implementation == 'auto' and x.shape[-1] == 1)
-    if patches:
-      y = patch_conv3x3(x, kernel)
-    else:
-      y = lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                   dimension_numbers=_DIMS)
-    return y + bias
+    return (patch_conv3x3(x, kernel) if patches else conv3x3(x, kernel)) + bias
