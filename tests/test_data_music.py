@@ -84,6 +84,67 @@ def test_missing_or_bad_pickle_gives_a_clear_error(tmp_path):
         'data.path': str(bad), 'data.eval_split': 'train'}), 0, 1)
 
 
+def srnn_npz(path, rng, test_lengths=(7, 3), width=9, **replace):
+  """A tiny file in the SRNN repository's format: x/u train and valid pieces of 4 frames,
+  x_test rows of `width` frames with mask_test on each one's first test_lengths[i], and one
+  all-padding row (the authors pad the test set to whole batches). u is x shifted by one."""
+  def rolls(*shape):
+    return (rng.random(shape + (88,)) < 0.1).astype(np.float32)
+  x_test = rolls(len(test_lengths) + 1, width)
+  mask = (np.arange(width)[None] < np.array(list(test_lengths) + [0])[:, None]).astype(np.float32)
+  x_test[len(test_lengths)] = 0.0
+  arrays = {'x_train': rolls(5, 4), 'x_valid': rolls(2, 4), 'x_test': x_test, 'mask_test': mask}
+  for k in ('train', 'valid', 'test'):
+    x = arrays['x_' + k]
+    arrays['u_' + k] = np.concatenate([np.zeros_like(x[:, :1]), x[:, :-1]], 1)
+  arrays['u_test'][len(test_lengths), 0] = np.nan     # as in the authors' file: u is unused
+  arrays.update(replace)
+  np.savez(path, **arrays)
+  return arrays
+
+
+def test_srnn_repository_npz_reads_pieces_and_whole_test_sequences(tmp_path):
+  rng = np.random.default_rng(1)
+  path = str(tmp_path / 'jsb_raw_batchsize16_seqlen100.npz')
+  arrays = srnn_npz(path, rng)
+  rolls = music.load_polyphonic_pickle(path)
+  assert [len(rolls[k]) for k in ('train', 'valid', 'test')] == [5, 2, 2]
+  np.testing.assert_array_equal(np.stack(rolls['train']), arrays['x_train'])
+  np.testing.assert_array_equal(np.stack(rolls['valid']), arrays['x_valid'])
+  for roll, row, n in zip(rolls['test'], arrays['x_test'], (7, 3)):
+    np.testing.assert_array_equal(roll, row[:n])      # the masked frames, nothing after
+  splits = data_lib.get_datasets(pickle_config({'data.path': path, 'batch_size': 2,
+                                                'eval.batch_size': 2}), 0, 1)
+  assert splits.info.eval_frames == 10 and splits.info.train_frames == 20
+  assert splits.info.num_eval == 2 and splits.info.shape == (7, 88)
+
+
+@pytest.mark.parametrize('replace,message', [
+    ({'mask_test': np.ones((2, 9), np.float32)}, 'mask_test is (2, 9), x_test (3, 9, 88)'),
+    ({'mask_test': np.tile(np.array([[1, 0, 1, 0, 0, 0, 0, 0, 0]], np.float32), (3, 1))},
+     'mask_test is not 1 on a prefix of each row'),
+    ({'x_valid': np.full((2, 4, 88), 0.5, np.float32)}, 'x_valid is (2, 4, 88) float32, not'),
+    ({'x_train': np.zeros((5, 4, 87), np.float32)}, 'x_train is (5, 4, 87) float32, not'),
+])
+def test_bad_srnn_npz_is_one_line_naming_the_array(tmp_path, replace, message):
+  path = str(tmp_path / 'bad.npz')
+  srnn_npz(path, np.random.default_rng(2), **replace)
+  with pytest.raises(DataError) as err:
+    music.load_polyphonic_pickle(path)
+  assert message in str(err.value) and '\n' not in str(err.value)
+
+
+def test_npz_without_the_srnn_arrays_or_not_a_zip_names_the_format(tmp_path):
+  path = tmp_path / 'other.npz'
+  np.savez(path, x_train=np.zeros((1, 2, 88)))
+  with pytest.raises(DataError, match=r"has no \['x_valid', 'x_test', 'mask_test'\]"):
+    music.load_polyphonic_pickle(str(path))
+  path.write_bytes(b'not a zip file')
+  with pytest.raises(DataError, match="is not a readable .npz") as err:
+    music.load_polyphonic_pickle(str(path))
+  assert 'marcofraccaro/srnn' in str(err.value)
+
+
 def test_chorales_split_by_chorale_and_cache(tmp_path, monkeypatch):
   overrides = {'data.num_chorales': 10, 'data.cache_dir': str(tmp_path), 'batch_size': 4,
                'eval.batch_size': 4, 'data.max_len': 32}

@@ -332,6 +332,35 @@ def test_evaluation_reports_the_smc_estimate_of_the_valid_sequences():
       config, None, jax.tree.map(np.asarray, plain))
 
 
+def test_the_per_sequence_average_weighs_each_valid_sequence_once():
+  """nll_per_frame_seq_mean (the SRNN repository's average): each valid sequence's -log p(x)
+  over its own frames, then the mean over sequences; nll_per_frame pools the frames."""
+  m = tiny('vrnn')
+  x, mask = data()                                   # lengths T, T - 2, 3
+  batch = {'x': x, 'mask': mask, 'valid': jnp.array([True, False, True])}
+  rng = jax.random.PRNGKey(29)
+  out = jax.jit(family.make_eval_batch_fn(m.model, 'bernoulli', 8, 4))(m.variables, batch, rng)
+  real = mask * jnp.array([1.0, 0.0, 1.0])[:, None]
+  log_p = family.iw_log_likelihood(m.model, m.variables, x, real, jax.random.fold_in(rng, 1), 8, 4)
+  lengths = np.asarray(mask.sum(1))
+  per_sequence = [-float(log_p[i]) / lengths[i] for i in (0, 2)]
+  np.testing.assert_allclose(out['nll_seq'], sum(per_sequence), rtol=1e-5)
+  recon, kl_dims, _ = family.sequence_elbo_terms(m.model, m.variables, x, real,
+                                                 jax.random.fold_in(rng, 0))
+  elbo_per_sequence = [float(recon[i] + kl_dims[i].sum()) / lengths[i] for i in (0, 2)]
+  metrics = family.eval_metrics(load_config('configs/vrae.py'), None,
+                                jax.tree.map(lambda a: np.asarray(a, np.float64), out))
+  assert metrics['nll_per_frame_seq_mean'] == pytest.approx(np.mean(per_sequence), rel=1e-5)
+  assert metrics['neg_elbo_per_frame_seq_mean'] == pytest.approx(np.mean(elbo_per_sequence),
+                                                                 rel=1e-5)
+  assert metrics['neg_elbo_per_frame'] == pytest.approx(
+      sum(elbo_per_sequence[j] * lengths[i] for j, i in enumerate((0, 2)))
+      / (lengths[0] + lengths[2]), rel=1e-5)
+  pooled = -float(log_p[0] + log_p[2]) / (lengths[0] + lengths[2])
+  assert metrics['nll_per_frame'] == pytest.approx(pooled, rel=1e-5)
+  assert abs(metrics['nll_per_frame_seq_mean'] - pooled) > 1e-3 * abs(pooled)   # T != 3
+
+
 # -----------------------------------------------------------------------------
 # Config.
 # -----------------------------------------------------------------------------

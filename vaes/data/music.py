@@ -1,4 +1,5 @@
-"""Sequence datasets: Bach chorales from music21, polyphonic-music pickles, a synthetic series.
+"""Sequence datasets: Bach chorales from music21, polyphonic-music pickles (and the SRNN
+repository's .npz files of the same music), a synthetic series.
 
 Every builder here returns batches
 
@@ -236,11 +237,14 @@ PICKLE_HELP = (
     "'train', 'valid', 'test', each a list of sequences, each a list of frames of active MIDI "
     'pitches 21..108. Download e.g. "JSB Chorales.pickle" (or Nottingham, MuseData, '
     'Piano-midi.de) from http://www-etud.iro.umontreal.ca/~boulanni/icml2012 and set '
-    '--config.data.path=/path/to/JSB_Chorales.pickle.')
+    '--config.data.path=/path/to/JSB_Chorales.pickle (or a .npz of the SRNN repository, '
+    'github.com/marcofraccaro/srnn, data/jsb_raw_batchsize16_seqlen100.npz).')
+SRNN_NPZ_KEYS = ('x_train', 'x_valid', 'x_test', 'mask_test')
 
 
 def load_polyphonic_pickle(path):
-  """The pickle at `path` -> {'train'|'valid'|'test': list of (T_i, 88) rolls}."""
+  """The pickle at `path` -> {'train'|'valid'|'test': list of (T_i, 88) rolls}; a path
+  ending in .npz is read by `load_srnn_npz`."""
   if not path:
     raise DataError('config.data.path is empty: polyphonic_pickle needs the path of a '
                     'polyphonic-music pickle. ' + PICKLE_HELP)
@@ -249,6 +253,8 @@ def load_polyphonic_pickle(path):
   if not os.path.isfile(path):
     raise DataError(f"config.data.path='{path}' is a directory, not the pickle file: name the "
                     'file itself. ' + PICKLE_HELP)
+  if path.endswith('.npz'):
+    return load_srnn_npz(path)
   with open(path, 'rb') as f:
     try:
       data = pickle.load(f)
@@ -264,6 +270,42 @@ def load_polyphonic_pickle(path):
                     "'valid', 'test'. " + PICKLE_HELP)
   return {k: [pitches_to_roll(seq, where=f'{path} [{k}][{i}]') for i, seq in enumerate(data[k])]
           for k in ('train', 'valid', 'test')}
+
+
+def load_srnn_npz(path):
+  """The music files of the SRNN repository (Fraccaro et al. 2016, github.com/marcofraccaro/
+  srnn, data/<set>_raw_batchsize16_seqlen100.npz) -> {'train'|'valid'|'test': list of (T_i, 88)
+  rolls}. x_train and x_valid are (N, 100, 88) pieces whose frames are all real (the authors
+  train and validate on them unmasked); x_test is (N, T, 88) whole sequences, mask_test (N, T)
+  marking each one's first T_i frames (rows without a frame, the authors' batch padding, are
+  dropped). Their JSB is on an eighth-note grid: 9,396 test frames for the 77 chorales that
+  the quarter-note pickle gives 4,725, so per-frame numbers differ between the two grids."""
+  try:
+    with np.load(path) as f:
+      missing = [k for k in SRNN_NPZ_KEYS if k not in f.files]
+      arrays = {} if missing else {k: np.asarray(f[k], np.float32) for k in SRNN_NPZ_KEYS}
+  except Exception as e:   # np.load: not a zip, a truncated file, a pickled object array
+    raise DataError(f"config.data.path='{path}' is not a readable .npz ({e}). "
+                    + PICKLE_HELP) from e
+  if missing:
+    raise DataError(f"config.data.path='{path}' has no {missing}: the SRNN repository's "
+                    f'files hold {list(SRNN_NPZ_KEYS)}. ' + PICKLE_HELP)
+  mask = arrays['mask_test']
+  if mask.shape != arrays['x_test'].shape[:2]:
+    raise DataError(f"config.data.path='{path}': mask_test is {mask.shape}, x_test "
+                    f"{arrays['x_test'].shape}: the mask needs one entry per test frame.")
+  lengths = mask.sum(1).astype(int)
+  prefix = np.arange(mask.shape[1])[None, :] < lengths[:, None]
+  if not np.array_equal(mask > 0, prefix):
+    raise DataError(f"config.data.path='{path}': mask_test is not 1 on a prefix of each row "
+                    'and 0 after it, as the SRNN repository writes it.')
+  for k in ('x_train', 'x_valid', 'x_test'):
+    x = arrays[k]
+    if x.ndim != 3 or x.shape[-1] != NUM_KEYS or not np.isin(x, (0.0, 1.0)).all():
+      raise DataError(f"config.data.path='{path}': {k} is {x.shape} {x.dtype}, not "
+                      f'(N, T, {NUM_KEYS}) binary piano rolls.')
+  return {'train': list(arrays['x_train']), 'valid': list(arrays['x_valid']),
+          'test': [x[:n] for x, n in zip(arrays['x_test'], lengths) if n]}
 
 
 @register('polyphonic_pickle')

@@ -35,6 +35,10 @@ Evaluation over the whole eval split (all metrics in nats per real frame):
                   log p(x) >= logsumexp_k(log p(x, z^k) - log q(z^k | x)) - log k,
                   k = config.eval.num_importance_samples, in chunks of
                   config.eval.iw_chunk_size samples (lax.map over chunks, vmap inside);
+  nll_per_frame_seq_mean, neg_elbo_per_frame_seq_mean  the same averaged the other way:
+                  each sequence's -log p(x) (or -ELBO) over its own frames, then the mean
+                  over sequences (the SRNN repository's average; the *_per_frame metrics
+                  pool the frames, so long sequences weigh more);
   nll_fivo_per_frame  -log p(x) from the SMC (FIVO) estimate with k = config.eval.fivo_particles
                   particles per sequence (0 = not computed), resampling as config.eval.
                   fivo_resample / fivo_resampler say; fivo_resample_rate = resampling steps
@@ -266,16 +270,22 @@ def _dropout_masks(model, rng, mask, dropout):
                                  batch_size, model.dropout_dims)
 
 
-def elbo_terms(model, variables, x, mask, rng, dropout=0.0):
-  """Sums over the batch: recon = -sum mask log p(x_t|.), kl_dims (latent,) closed-form KL,
-  frames = sum mask, and the per-sequence log weights log p(x, z) - log q(z | x) (B,).
+def sequence_elbo_terms(model, variables, x, mask, rng, dropout=0.0):
+  """Per sequence, at one z ~ q: recon = -sum_t mask log p(x_t|.) (B,), the closed-form KL
+  per latent dimension (B, latent) and the log weight log p(x, z) - log q(z | x) (B,).
   dropout > 0 (training): masks from fold_in(rng, DROPOUT_STREAM), a key no time step's
   fold_in(rng, t) of the latent noise can equal."""
   mask = mask.astype(F32)
   keep = _dropout_masks(model, rng, mask, dropout)
   out = model.apply(variables, x, mask, latent_noise(model, rng, mask), keep)
-  log_w = out['log_px'].sum(1) + out['logw_z']
-  return -out['log_px'].sum(), out['kl_dims'].sum(0), mask.sum(), log_w
+  return -out['log_px'].sum(1), out['kl_dims'], out['log_px'].sum(1) + out['logw_z']
+
+
+def elbo_terms(model, variables, x, mask, rng, dropout=0.0):
+  """`sequence_elbo_terms` summed over the batch: recon, kl_dims (latent,), frames = sum
+  mask, and the per-sequence log weights (B,)."""
+  recon, kl_dims, log_w = sequence_elbo_terms(model, variables, x, mask, rng, dropout)
+  return recon.sum(), kl_dims.sum(0), mask.astype(F32).sum(), log_w
 
 
 def iw_terms(model, variables, x, mask, rng, k, dropout=0.0):
@@ -417,11 +427,14 @@ def make_eval_batch_fn(model, likelihood, num_samples, chunk_size, base=None, fi
     valid = batch['valid'].astype(F32)
     mask = batch['mask'].astype(F32) * valid[:, None]
     x = batch['x']
-    recon, kl_dims, frames, _ = elbo_terms(model, variables, x, mask, jax.random.fold_in(rng, 0))
+    recon, kl_dims, _ = sequence_elbo_terms(model, variables, x, mask, jax.random.fold_in(rng, 0))
     iw = iw_log_likelihood(model, variables, x, mask, jax.random.fold_in(rng, 1),
                            num_samples, chunk_size)
-    out = {'recon': recon, 'kl': kl_dims.sum(), 'frames': frames,
-           'nll': -(iw * valid).sum(), 'sequences': valid.sum()}
+    per_frame = valid / jnp.maximum(mask.sum(1), 1.0)    # 1 / T_b, 0 on padding rows
+    out = {'recon': recon.sum(), 'kl': kl_dims.sum(), 'frames': mask.sum(),
+           'nll': -(iw * valid).sum(), 'sequences': valid.sum(),
+           'nll_seq': -(iw * per_frame).sum(),
+           'neg_elbo_seq': ((recon + kl_dims.sum(-1)) * per_frame).sum()}
     if base is not None:
       out['baseline'] = -(baseline_log_prob(likelihood, base, x) * mask).sum()
     if fivo_particles:
@@ -445,11 +458,14 @@ def eval_metrics(config, data_info, totals):
   """The split's metrics of the module docstring, per real frame."""
   del data_info
   frames = max(float(totals['frames']), 1.0)
+  sequences = max(float(totals['sequences']), 1.0)
   metrics = {
       'neg_elbo_per_frame': (totals['recon'] + totals['kl']) / frames,
       'recon_per_frame': totals['recon'] / frames,
       'kl_per_frame': totals['kl'] / frames,
       'nll_per_frame': totals['nll'] / frames,
+      'nll_per_frame_seq_mean': totals['nll_seq'] / sequences,
+      'neg_elbo_per_frame_seq_mean': totals['neg_elbo_seq'] / sequences,
       'num_importance_samples': float(config.eval.num_importance_samples),
       'eval_frames': totals['frames'],
       'eval_sequences': totals['sequences'],
