@@ -229,3 +229,24 @@ def test_dynamic_with_padding_keeps_the_border_empty():
   assert x.shape == (BATCH, 32, 32, 1) and splits.info.shape == (32, 32, 1)
   assert not x[:, :2].any() and not x[:, -2:].any() and x.any()
   assert next(iter(splits.eval))['image'].shape == (1000, 32, 32, 1)
+
+
+def test_train_plus_valid_trains_on_all_60000_sources_and_refuses_valid(grey, grey_index, static):
+  """data.train_split='train+valid' (configs/lvae_mnist_dynamic_60k.py, the Ladder VAE
+  authors' training set): the grey sources of the static train images, then of the valid
+  ones; static rows train on the file's 60,000 binary images; selecting on valid is refused."""
+  both = data_lib.get_datasets(mnist_config(binarize='dynamic', train_split='train+valid'), 0, 1)
+  grey_train = grey['train'][0]
+  expected = grey_train[np.concatenate([grey_index['train'], grey_index['valid']])]
+  np.testing.assert_array_equal(both.train.arrays['image'][..., 0], expected)
+  assert both.info.num_train == 60000 and both.info.steps_per_epoch == 600
+  assert len(np.unique(np.concatenate([grey_index['train'], grey_index['valid']]))) == 60000
+  plain = data_lib.get_datasets(mnist_config(train_split='train+valid'), 0, 1)
+  np.testing.assert_array_equal(plain.train.arrays['image'].reshape(-1, 784),
+                                np.concatenate([static['train'], static['valid']]))
+  np.testing.assert_array_equal(plain.eval.arrays['image'].reshape(-1, 784), static['test'])
+  with pytest.raises(DataError) as err:
+    data_lib.get_datasets(mnist_config(train_split='train+valid', eval_split='valid'), 0, 1)
+  assert "trains on the 'valid' images" in str(err.value) and "select_metric=''" in str(err.value)
+  with pytest.raises(DataError, match=r"train_split='test' is not one of \('train', 'train\+valid'\)"):
+    data_lib.get_datasets(mnist_config(train_split='test'), 0, 1)

@@ -26,7 +26,10 @@ and pickle: no download and no TensorFlow, so the table configs run on a fresh c
                    data.path.
 
 config.data.eval_split ('valid' | 'test', default 'test') picks the evaluation split: tune
-on 'valid', report 'test'. Training always uses 'train'. Every load checks the file's
+on 'valid', report 'test'. Training uses 'train'; binarized_mnist also takes
+config.data.train_split='train+valid', all 60,000 images (the Ladder VAE authors' training
+set), which leaves no held-out split to select on (eval_split='valid' is refused). Every load
+checks the file's
 sha256 (a few milliseconds), so a damaged or replaced copy is an error, not a quiet number.
 """
 
@@ -145,27 +148,44 @@ def binarized_mnist(config, process_index, process_count):
     raise DataError(f"config.data.source='{source}' is not one of {MNIST_SOURCES} "
                     "('local': the copy in vaes/data/files, 'tfds': TensorFlow Datasets).")
   eval_split = eval_split_name(config)
+  train_splits = mnist_train_splits(config, eval_split)
   path = local_file('binarized_mnist')
   with np.load(path) as f:
-    x_train, x_eval = f['train'], f[eval_split]
+    x_train, x_eval = np.concatenate([f[k] for k in train_splits]), f[eval_split]
   def images(rows):   # (N, 784) uint8 {0, 1}, row-major 28x28 -> float32 (N, 28, 28, 1)
     return rows.reshape(-1, 28, 28, 1).astype(np.float32)
   if dynamic:
-    return dynamic_binarized_mnist(config, images(x_eval), eval_split, path, process_index,
-                                   process_count)
+    return dynamic_binarized_mnist(config, images(x_eval), eval_split, train_splits, path,
+                                   process_index, process_count)
   return array_image_splits(config, images(x_train), images(x_eval), 2, 28, process_index,
                             process_count, {'eval_split': eval_split, 'source': path,
                                             'binarization': 'static'})
 
 
-def dynamic_binarized_mnist(config, x_eval, eval_split, path, process_index, process_count):
+def mnist_train_splits(config, eval_split):
+  """The static file's splits that config.data.train_split trains on: ('train',), or
+  ('train', 'valid') for 'train+valid'."""
+  train_split = config.data.train_split
+  if train_split not in ('train', 'train+valid'):
+    raise DataError(f"config.data.train_split='{train_split}' is not one of ('train', "
+                    "'train+valid') for config.data.name='binarized_mnist' (source 'local').")
+  if train_split == 'train+valid' and eval_split == 'valid':
+    raise DataError("config.data.train_split='train+valid' trains on the 'valid' images: "
+                    "evaluate on 'test' and select no checkpoint on valid "
+                    "(config.eval.select_metric='').")
+  return tuple(train_split.split('+'))
+
+
+def dynamic_binarized_mnist(config, x_eval, eval_split, train_splits, path, process_index,
+                            process_count):
   """Splits of the dynamic protocol: training batches re-sampled from the grey sources of
-  the static train split, in its order; `x_eval`, the static binary eval images, as they are."""
+  the static `train_splits` ('train', then 'valid' if named), in their order; `x_eval`, the
+  static binary eval images, as they are."""
   index_path = local_file('binarized_mnist_grey_index', DYNAMIC)
   with np.load(index_path) as f:
-    train_index = f['train']
+    train_index = np.concatenate([f[k] for k in train_splits])
   grey, _ = mnist_grey('train', DYNAMIC)
-  grey = grey[train_index][..., None]    # uint8 (50000, 28, 28, 1), the static train order
+  grey = grey[train_index][..., None]    # uint8 (50000 or 60000, 28, 28, 1), in static order
   size = 28 if config.data.image_size == -1 else config.data.image_size
   mode = config.data.resize or 'pad'
   grey, x_eval = resize_images(grey, size, mode), resize_images(x_eval, size, mode)
