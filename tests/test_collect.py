@@ -198,6 +198,10 @@ def test_every_results_row_was_made_by_its_config_as_it_stands():
         recorded = json.load(f)
       now = load_config(row['config'])
       now = load_config(row['config'], _command_overrides(recorded['command'], now))
+      if now.data.vqvae_workdir:
+        # A prior's codes cache: train.py derives its path from the first stage's checkpoint
+        # (vaes/stages.prepare_codes); the command's data.vqvae_workdir is compared.
+        now.data.codes_path = recorded['config']['data']['codes_path']
       diff = run_config.finished_run_diff(recorded['config'], run_config.config_dict(now))
       assert not diff, f'{run}: {run_config.describe_diff(diff)}'
       checked += 1
