@@ -8,8 +8,9 @@
 
 Data (vaes/data/music.py, `load_srnn_npz`): the authors' data/jsb_raw_batchsize16_seqlen100.npz
 holds the same 229 / 76 / 77 chorales as the quarter-note pickle of the other JSB rows, on an
-eighth-note grid: 9,396 test frames where the quarter grid has 4,725 (each chorale 2T - 1 or
-2T frames), and 55% of consecutive test frames equal the one before (11% on the quarter grid).
+eighth-note grid: 9,396 test frames where the quarter grid has 4,725 (about 2T frames for a
+chorale of T quarter notes), and 55% of consecutive test frames equal the one before (11% on
+the quarter grid).
 Training and validation are the authors' pieces of 100 frames (272 and 80, all frames real),
 the test split the 77 whole chorales. A frame that repeats its predecessor is cheap to
 predict, so per-frame numbers on the two grids are not comparable: the paper's 4.74 belongs

@@ -53,11 +53,11 @@ def test_own_idx_files_by_path_gzipped_or_raw(idx_dir, arrays, tmp_path):
 
 
 def test_valid_size_holds_out_the_last_training_images(idx_dir, arrays):
-  for split in ('valid', 'test'):
+  for split in ('valid', 'test', 'train'):
     splits = get_datasets(config(path=idx_dir, valid_size=10, eval_split=split), 0, 1)
     assert splits.info.num_train == TRAIN - 10     # the training set: eval_split aside
     evals = np.concatenate([b['image'][b['valid']] for b in splits.eval])
-    expected = arrays[0][-10:] if split == 'valid' else arrays[1]
+    expected = {'valid': arrays[0][-10:], 'test': arrays[1], 'train': arrays[0][:-10]}[split]
     np.testing.assert_array_equal(evals, expected[..., None].astype(np.float32) / 255)
   with pytest.raises(DataError, match=r"eval_split='valid'.*set config.data.valid_size"):
     get_datasets(config(path=idx_dir, eval_split='valid'), 0, 1)

@@ -34,7 +34,7 @@ def jsb_config(**data):
   return load_config('configs/vrnn_jsb.py', overrides)
 
 
-@pytest.mark.parametrize('eval_split', ['valid', 'test'])
+@pytest.mark.parametrize('eval_split', ['valid', 'test', 'train'])
 def test_binarized_mnist_splits_values_and_batches(eval_split):
   config = mnist_config(eval_split=eval_split)
   assert config.data.name == 'binarized_mnist' and config.data.source == 'local'
@@ -53,7 +53,9 @@ def test_binarized_mnist_splits_values_and_batches(eval_split):
   data_lib.validate_batch(batch, splits.train.element_spec, info)
   assert batch['image'].shape == (100, 28, 28, 1)
   batches = list(splits.eval)
-  assert len(batches) == 10 and all(b['valid'].all() for b in batches)
+  assert len(batches) == MNIST[eval_split] // 1000 and all(b['valid'].all() for b in batches)
+  if eval_split == 'train':     # the training images themselves, in the file's order
+    np.testing.assert_array_equal(splits.eval.arrays['image'], splits.train.arrays['image'])
 
 
 def test_binarized_mnist_rows_are_row_major_images():
@@ -133,8 +135,8 @@ def test_vrae_baseline_comes_from_the_datasets_frame_statistics():
 
 
 def test_bad_input_is_one_clear_error(tmp_path, monkeypatch):
-  with pytest.raises(DataError, match="eval_split='train'.*'valid'"):
-    data_lib.get_datasets(mnist_config(eval_split='train'), 0, 1)
+  with pytest.raises(DataError, match="eval_split='training'.*'valid'.*generalisation gap"):
+    data_lib.get_datasets(mnist_config(eval_split='training'), 0, 1)
   with pytest.raises(DataError, match="eval_split='validation'"):
     data_lib.get_datasets(jsb_config(eval_split='validation'), 0, 1)
   with pytest.raises(DataError, match="source='gcs'.*'local', 'tfds'"):

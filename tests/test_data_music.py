@@ -79,9 +79,9 @@ def test_missing_or_bad_pickle_gives_a_clear_error(tmp_path):
     pickle.dump({'train': [[[200]]], 'valid': [[[60]]], 'test': [[[60]]]}, f)
   with pytest.raises(DataError, match='outside the 88 piano keys'):
     data_lib.get_datasets(pickle_config({'data.path': str(bad)}), 0, 1)
-  with pytest.raises(DataError, match="eval_split='train'"):
+  with pytest.raises(DataError, match="eval_split='validation'"):
     data_lib.get_datasets(pickle_config({
-        'data.path': str(bad), 'data.eval_split': 'train'}), 0, 1)
+        'data.path': str(bad), 'data.eval_split': 'validation'}), 0, 1)
 
 
 def srnn_npz(path, rng, test_lengths=(7, 3), width=9, **replace):

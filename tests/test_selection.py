@@ -152,6 +152,14 @@ def test_dataset_without_a_valid_split_names_the_fix():
   assert "--config.eval.select_metric=''" in message and '\n' not in message
 
 
+def test_selecting_on_the_training_images_is_refused():
+  config = load_config('configs/lvae_mnist.py', {'eval.select_split': 'train'})
+  with pytest.raises(ConfigError) as info:
+    selection_splits(config, None)
+  assert 'favour the most overfit checkpoint' in str(info.value)
+  assert '--config.eval.select_split=valid' in str(info.value) and '\n' not in str(info.value)
+
+
 def test_eval_of_best_without_one_names_the_fix(tmp_path):
   config = _config(**{'eval.checkpoint': 'best'})
   with pytest.raises(CheckpointError, match='--config.eval.checkpoint=latest'):

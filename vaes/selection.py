@@ -35,6 +35,9 @@ def selection_splits(config, splits):
     chosen.data.eval_split = split
   why = (f"config.eval.select_metric='{metric}' selects checkpoints on "
          f"config.eval.select_split='{split}'")
+  if split == 'train':
+    raise ConfigError(f"{why}: the training images favour the most overfit checkpoint; "
+                      "select on --config.eval.select_split=valid.")
   try:
     built = data_lib.get_datasets(chosen)
   except data_lib.DataError as e:

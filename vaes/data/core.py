@@ -31,7 +31,8 @@ def data_config():
   A builder reads only the fields of its dataset."""
   d = ml_collections.ConfigDict()
   d.name = 'digits'           # a registered builder: vaes.data.dataset_names()
-  d.eval_split = 'test'       # 'valid' while tuning, 'test' to report
+  d.eval_split = 'test'       # 'valid' while tuning, 'test' to report ('train': the
+                              # training images, for the generalisation gap)
   d.eval_limit = 0            # > 0: evaluate on the first N examples of the evaluation
                               # split only (quick checks, tests/golden); 0 = all of it
   # Images.
@@ -134,16 +135,18 @@ def zeros_batch(element_spec, batch_size):
           for k, (shape, dtype) in element_spec.items()}
 
 
-EVAL_SPLITS = ('valid', 'test')
+EVAL_SPLITS = ('valid', 'test', 'train')
 
 
 def eval_split_name(config):
   """config.data.eval_split of the datasets split train / valid / test: tune on 'valid',
-  report on 'test'."""
+  report on 'test'; 'train' scores the training examples (the generalisation gap is its
+  difference from 'valid')."""
   split = config.data.eval_split
   if split not in EVAL_SPLITS:
     raise DataError(f"config.data.eval_split='{split}' is not one of {EVAL_SPLITS}: "
-                    "use 'valid' while tuning and 'test' to report.")
+                    "use 'valid' while tuning and 'test' to report ('train' for the "
+                    'generalisation gap).')
   return split
 
 

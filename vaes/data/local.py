@@ -25,8 +25,9 @@ and pickle: no download and no TensorFlow, so the table configs run on a fresh c
                    there). Other pickles (Nottingham, ...) go through polyphonic_pickle with
                    data.path.
 
-config.data.eval_split ('valid' | 'test', default 'test') picks the evaluation split: tune
-on 'valid', report 'test'. Training uses 'train'; binarized_mnist also takes
+config.data.eval_split ('valid' | 'test' | 'train', default 'test') picks the evaluation
+split: tune on 'valid', report 'test', and 'train' for the generalisation gap (the
+binarised MNIST file's own train images, under either protocol). Training uses 'train'; binarized_mnist also takes
 config.data.train_split='train+valid', all 60,000 images (the Ladder VAE authors' training
 set), which leaves no held-out split to select on (eval_split='valid' is refused). Every load
 checks the file's

@@ -10,7 +10,7 @@ music and the series dimension for the synthetic series, and mask[b, t] = 1 on
 real frames, 0 on padding (padding is always at the end). Eval batches also
 carry the per-example boolean 'valid' of `ArrayEvalSource`.
 
-`config.data.eval_split` ('valid' | 'test') chooses the evaluation split.
+`config.data.eval_split` ('valid' | 'test' | 'train') chooses the evaluation split.
 `config.data.max_len` > 0 cuts longer sequences into consecutive pieces of at
 most max_len frames (each piece an example); 0 pads every sequence to the
 longest one. `info` carries likelihood ('bernoulli' | 'gaussian'), shape
