@@ -123,8 +123,10 @@ def idx_images(config, process_index, process_count):
       raise DataError(f'config.data.valid_size={valid_size}: must be in 1..{len(train) - 1} '
                       f'(the {len(train)} training images of {directory}), or 0.')
     train, valid = train[:-valid_size], train[-valid_size:]
-  evals = {'valid': lambda: valid, 'train': lambda: train,
-           'test': lambda: read_images(name, directory, TEST_IMAGES)}[eval_split]()
+  if eval_split == 'test':
+    evals = read_images(name, directory, TEST_IMAGES)
+  else:
+    evals = valid if eval_split == 'valid' else train
   if train.shape[1:] != evals.shape[1:]:
     raise DataError(f'{directory}: training images are {train.shape[1:]}, test images '
                     f'{evals.shape[1:]}; both splits must share one shape.')

@@ -26,12 +26,12 @@ and pickle: no download and no TensorFlow, so the table configs run on a fresh c
                    data.path.
 
 config.data.eval_split ('valid' | 'test' | 'train', default 'test') picks the evaluation
-split: tune on 'valid', report 'test', and 'train' for the generalisation gap (the
-binarised MNIST file's own train images, under either protocol). Training uses 'train'; binarized_mnist also takes
-config.data.train_split='train+valid', all 60,000 images (the Ladder VAE authors' training
-set), which leaves no held-out split to select on (eval_split='valid' is refused). Every load
-checks the file's
-sha256 (a few milliseconds), so a damaged or replaced copy is an error, not a quiet number.
+split: tune on 'valid', report 'test', and 'train' for the generalisation gap (the binarised
+MNIST file's own train images, under either protocol). Training uses 'train';
+binarized_mnist also takes config.data.train_split='train+valid', all 60,000 images (the
+Ladder VAE authors' training set), which leaves no held-out split to select on
+(eval_split='valid' is refused). Every load checks the file's sha256 (a few milliseconds),
+so a damaged or replaced copy is an error, not a quiet number.
 """
 
 import hashlib
