@@ -38,7 +38,7 @@ def get_config():
   c.eval.update(vrae_family.eval_config())   # the family's eval fields and defaults
 
   c.data.name = 'chorales'
-  c.data.eval_split = 'test'        # 'valid' | 'test'
+  c.data.eval_split = 'test'        # 'valid' | 'test' | 'train'
   c.data.max_len = 64               # longer chorales are cut into pieces of <= 64 frames
   c.data.cache_dir = ''             # '' = ~/.cache/vaes
   c.data.num_chorales = 0           # 0 = all 371; N > 0 = the first N (quick tests)
