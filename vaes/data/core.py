@@ -96,7 +96,7 @@ class DataInfo:
   num_train: int = 0                         # examples of the train split
   num_eval: int = 0                          # examples of the evaluation split
   steps_per_epoch: int = 0                   # train batches (global) per epoch; 0: unknown
-  eval_split: Optional[str] = None           # 'valid' | 'test' | 'train'; None: a fixed split (digits)
+  eval_split: Optional[str] = None           # 'valid' | 'test' | 'train'; None: fixed (digits)
   train_variance: Optional[float] = None     # pixel / value variance of the training data
   num_levels: int = 256                      # grey levels of the source; 2 = binary
   source: str = ''                           # where the data came from (a path, a corpus, a seed)
