@@ -47,10 +47,10 @@ def test_pickle_rolls_padding_masks_and_splits(tmp_path):
   overrides = {'data.path': str(path), 'batch_size': 2, 'eval.batch_size': 4}
   splits = data_lib.get_datasets(pickle_config(overrides), 0, 1)
   info = splits.info
-  assert info.likelihood == 'bernoulli' and info.shape == (12, 88)   # longest anywhere
+  assert info.likelihood == 'bernoulli' and info.shape == (9, 88)   # the longest in train
   assert info.num_train == 4 and info.num_eval == 2 and info.eval_split == 'test'
   batch = next(iter(splits.eval))
-  assert batch['x'].shape == (4, 12, 88) and batch['mask'].shape == (4, 12)
+  assert batch['x'].shape == (4, 12, 88) and batch['mask'].shape == (4, 12)   # test's own
   assert batch['valid'].tolist() == [True, True, False, False]
   for i, s in enumerate(raw['test']):
     assert batch['mask'][i].sum() == len(s)
@@ -58,7 +58,7 @@ def test_pickle_rolls_padding_masks_and_splits(tmp_path):
       assert (np.flatnonzero(batch['x'][i, t]) + 21).tolist() == frame
     assert not batch['x'][i, len(s):].any()
   train = next(splits.train.iterate(0))
-  assert train['x'].shape == (2, 12, 88) and set(np.unique(train['x'])) <= {0.0, 1.0}
+  assert train['x'].shape == (2, 9, 88) and set(np.unique(train['x'])) <= {0.0, 1.0}
   # eval_split chooses the split; max_len cuts into pieces of at most max_len frames.
   valid = data_lib.get_datasets(pickle_config(dict(
       overrides, **{'data.eval_split': 'valid', 'data.max_len': 4})), 0, 1)
@@ -116,7 +116,8 @@ def test_srnn_repository_npz_reads_pieces_and_whole_test_sequences(tmp_path):
   splits = data_lib.get_datasets(pickle_config({'data.path': path, 'batch_size': 2,
                                                 'eval.batch_size': 2}), 0, 1)
   assert splits.info.eval_frames == 10 and splits.info.train_frames == 20
-  assert splits.info.num_eval == 2 and splits.info.shape == (7, 88)
+  assert splits.info.num_eval == 2 and splits.info.shape == (4, 88)   # the training pieces'
+  assert next(iter(splits.eval))['x'].shape == (2, 7, 88)             # the longest test chorale
 
 
 @pytest.mark.parametrize('replace,message', [

@@ -106,7 +106,7 @@ class DataInfo:
   # Sequences (vaes/data/music.py): frames are (T, P), padded to max_len with a mask.
   likelihood: str = ''                       # 'bernoulli' | 'gaussian'; '' = the data names none
   num_classes: int = 0                       # categorical: classes; 0 = config.model.num_classes
-  max_len: int = 0                           # T, the padded length of every split
+  max_len: int = 0                           # T, the padded length of the training split
   train_frames: int = 0                      # real (unpadded) frames of the train split
   eval_frames: int = 0                       # real frames of the evaluation split
   train_frame_count: int = 0                 # frame_statistics: frames summed over

@@ -12,9 +12,9 @@ carry the per-example boolean 'valid' of `ArrayEvalSource`.
 
 `config.data.eval_split` ('valid' | 'test' | 'train') chooses the evaluation split.
 `config.data.max_len` > 0 cuts longer sequences into consecutive pieces of at
-most max_len frames (each piece an example); 0 pads every sequence to the
-longest one. `info` carries likelihood ('bernoulli' | 'gaussian'), shape
-(T, P), max_len, and frame counts.
+most max_len frames (each piece an example); 0 keeps whole sequences. Each split
+is padded to its own longest piece. `info` carries likelihood ('bernoulli' |
+'gaussian'), shape (T, P) and max_len of the training split, and frame counts.
 """
 
 import os
@@ -96,8 +96,10 @@ def frame_statistics(x, mask):
 def make_sequence_splits(config, splits, process_index, process_count, likelihood, extra_info=None):
   """splits: {'train'|'valid'|'test': list of (T_i, P) float32} -> Splits with padded arrays.
 
-  All splits are padded to the same T: the longest piece over all splits after
-  cutting to config.data.max_len (so train and eval shapes agree).
+  The training split is padded to its longest piece after cutting to config.data.max_len,
+  the evaluation split to its own (the scans run over the padded length, so padding one
+  split to another's longest only costs time); info.shape and max_len are the training
+  split's, the length of samples drawn from the model.
   """
   max_len = int(config.data.max_len)
   if max_len < 0:
@@ -107,9 +109,8 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
   for k in ('train', eval_split):
     if not pieces.get(k):
       raise DataError(f"The '{k}' split of config.data.name='{config.data.name}' is empty.")
-  length = max(len(s) for v in pieces.values() for s in v)
-  x_train, m_train = pad_sequences(pieces['train'], length)
-  x_eval, m_eval = pad_sequences(pieces[eval_split], length)
+  x_train, m_train = pad_sequences(pieces['train'], max(len(s) for s in pieces['train']))
+  x_eval, m_eval = pad_sequences(pieces[eval_split], max(len(s) for s in pieces[eval_split]))
   train = ArrayTrainSource({'x': x_train, 'mask': m_train}, config.batch_size, config.seed,
                            process_index, process_count)
   evals = ArrayEvalSource({'x': x_eval, 'mask': m_eval}, config.eval.batch_size,
@@ -118,7 +119,7 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
       kind='sequence',
       likelihood=likelihood,
       shape=x_train.shape[1:],
-      max_len=length,
+      max_len=x_train.shape[1],
       num_train=len(x_train),
       num_eval=len(x_eval),
       steps_per_epoch=train.steps_per_epoch,
