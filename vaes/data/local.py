@@ -151,10 +151,11 @@ def binarized_mnist(config, process_index, process_count):
   eval_split = eval_split_name(config)
   train_splits = mnist_train_splits(config, eval_split)
   path = local_file('binarized_mnist')
-  with np.load(path) as f:
-    x_train, x_eval = np.concatenate([f[k] for k in train_splits]), f[eval_split]
   def images(rows):   # (N, 784) uint8 {0, 1}, row-major 28x28 -> float32 (N, 28, 28, 1)
     return rows.reshape(-1, 28, 28, 1).astype(np.float32)
+  with np.load(path) as f:   # dynamic: the training images come from the grey files
+    x_eval = f[eval_split]
+    x_train = None if dynamic else np.concatenate([f[k] for k in train_splits])
   if dynamic:
     return dynamic_binarized_mnist(config, images(x_eval), eval_split, train_splits, path,
                                    process_index, process_count)

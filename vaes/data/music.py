@@ -72,14 +72,13 @@ def cut_sequences(seqs, max_len):
   return out
 
 
-def pad_sequences(seqs, length):
-  """List of (T_i, P) -> x (N, length, P) zero-padded at the end, mask (N, length) float32."""
-  dim = seqs[0].shape[-1]
+def pad_sequences(seqs):
+  """List of (T_i, P) -> x (N, T, P) zero-padded at the end to the longest, T = max T_i, and
+  mask (N, T) float32."""
+  length, dim = max(len(s) for s in seqs), seqs[0].shape[-1]
   x = np.zeros((len(seqs), length, dim), np.float32)
   mask = np.zeros((len(seqs), length), np.float32)
   for i, s in enumerate(seqs):
-    if len(s) > length:
-      raise DataError(f'A sequence of {len(s)} frames does not fit the padded length {length}.')
     x[i, :len(s)] = s
     mask[i, :len(s)] = 1.0
   return x, mask
@@ -109,8 +108,8 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
   for k in ('train', eval_split):
     if not pieces.get(k):
       raise DataError(f"The '{k}' split of config.data.name='{config.data.name}' is empty.")
-  x_train, m_train = pad_sequences(pieces['train'], max(len(s) for s in pieces['train']))
-  x_eval, m_eval = pad_sequences(pieces[eval_split], max(len(s) for s in pieces[eval_split]))
+  x_train, m_train = pad_sequences(pieces['train'])
+  x_eval, m_eval = pad_sequences(pieces[eval_split])
   train = ArrayTrainSource({'x': x_train, 'mask': m_train}, config.batch_size, config.seed,
                            process_index, process_count)
   evals = ArrayEvalSource({'x': x_eval, 'mask': m_eval}, config.eval.batch_size,

@@ -389,7 +389,8 @@ def iw_log_likelihood(model, variables, x, mask, rng, num_samples, chunk_size):
 
   def one_chunk(chunk_keys, weights):
     del weights  # num_samples is a multiple of the chunk (validate_config)
-    return jax.vmap(lambda key: elbo_terms(model, variables, x, mask, key)[3])(chunk_keys), ()
+    log_w = jax.vmap(lambda key: sequence_elbo_terms(model, variables, x, mask, key)[2])
+    return log_w(chunk_keys), ()
 
   return objectives.chunked_iw_bound(one_chunk, num_samples, chunk, keys)[0]
 
