@@ -186,3 +186,53 @@ def test_synthetic_series_is_a_function_of_the_seed():
   config.data.series_seed = 1
   c = data_lib.get_datasets(config, 0, 1)
   assert not np.allclose(c.train.arrays['x'], a.train.arrays['x'])
+
+
+def jsb_config(overrides=None):
+  return load_config('configs/vrnn_jsb.py', dict({'batch_size': 16}, **(overrides or {})))
+
+
+def test_transposition_moves_each_piece_by_a_drawn_shift_kept_on_the_keys():
+  plain = data_lib.get_datasets(jsb_config(), 0, 1).train
+  moved = data_lib.get_datasets(jsb_config({'data.transpose': 5}), 0, 1).train
+  shifts = []
+  for step in range(40):
+    a, b = plain.batch(step), moved.batch(step)
+    np.testing.assert_array_equal(a['mask'], b['mask'])
+    np.testing.assert_array_equal(b['x'], moved.batch(step)['x'])       # a resume repeats it
+    for x, y in zip(a['x'], b['x']):
+      # Brute force: the one shift in [-5, 5] that turns x into y, every note kept.
+      found = [s for s in range(-5, 6)
+               if x.sum() == y.sum() and np.array_equal(np.roll(x, s, axis=-1), y)
+               and not (x[:, -s:].any() if s > 0 else x[:, :-s].any() if s < 0 else False)]
+      assert len(found) == 1
+      shifts.append(found[0])
+  assert set(shifts) == set(range(-5, 6))       # every shift is drawn (440 pieces)
+  assert abs(np.mean(shifts)) < 0.6
+  assert plain.batch(0)['x'].sum() == moved.batch(0)['x'].sum()
+
+
+def test_transposition_keeps_a_piece_at_the_top_of_the_keyboard_on_it():
+  x = np.zeros((3, 4, music.NUM_KEYS), np.float32)
+  x[0, 1, [85, 87]] = 1.0      # the top key: it can only move down
+  x[1, 2, [0, 3]] = 1.0        # the bottom key: only up
+  mask = np.ones((3, 4), np.float32)                 # piece 2: no notes, stays
+  transform = music.transpose_transform(4)
+  for seed in range(50):
+    y = transform({'x': x, 'mask': mask}, np.random.default_rng(seed))['x']
+    assert y.sum() == x.sum() and not y[2].any()
+    top = np.flatnonzero(y[0, 1])
+    assert top[1] - top[0] == 2 and 83 <= top[1] <= 87
+    bottom = np.flatnonzero(y[1, 2])
+    assert bottom[1] - bottom[0] == 3 and 0 <= bottom[0] <= 4
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'data.transpose': -2}, 'config.data.transpose=-2: must be a whole number of semitones'),
+    ({'data.transpose': 3, 'data.name': 'synthetic_series', 'model.likelihood': 'gaussian'},
+     'config.data.transpose=3 moves piano rolls of 88 keys'),
+])
+def test_bad_transposition_is_one_line(overrides, message):
+  with pytest.raises(DataError) as err:
+    data_lib.get_datasets(jsb_config(overrides), 0, 1)
+  assert message in str(err.value) and '\n' not in str(err.value)

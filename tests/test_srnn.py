@@ -29,7 +29,8 @@ from vaes.registry import ConfigError
 def tiny(posterior='smooth', residual=True, dropout=0.0):
   """A tiny SRNN, its variables and jitted functions (built once per variant)."""
   model = VRAE(features=P, likelihood='bernoulli', prior='srnn', posterior=posterior,
-               hidden=H, latent=D, mlp_hidden=H, unroll=1, remat=False, q_residual=residual)
+               hidden=H, latent=D, mlp_hidden=H, unroll=1, remat=False, q_residual=residual,
+               made_hidden=0)
   variables = random_variables(model, 'bernoulli')
   loss_fn = family.make_loss_fn(loss_config(dropout=dropout), model, SEQUENCE_INFO)
   return types.SimpleNamespace(
@@ -349,7 +350,7 @@ def test_config_checks_name_the_field_and_the_fix(overrides, message):
 
 def test_the_module_refuses_a_residual_choice_that_does_not_fit_the_prior():
   fields = dict(features=P, likelihood='bernoulli', posterior='smooth', hidden=H, latent=D,
-                mlp_hidden=H, unroll=1, remat=False)
+                mlp_hidden=H, unroll=1, remat=False, made_hidden=0)
   x, mask = data()
   for prior, residual, message in (('srnn', None, "needs q_residual=True or False"),
                                    ('vrnn', True, "is for prior='srnn' only")):

@@ -40,7 +40,7 @@ def tiny(prior='latent', likelihood='bernoulli', unroll=1, remat=False, posterio
   """A tiny VRAE, its variables and jitted functions, built once per variant (compiling
   is what costs time here, so tests share these functions and their input shapes)."""
   model = VRAE(features=P, likelihood=likelihood, prior=prior, posterior=posterior, hidden=H,
-               latent=D, mlp_hidden=H, unroll=unroll, remat=remat)
+               latent=D, mlp_hidden=H, unroll=unroll, remat=remat, made_hidden=0)
   variables = random_variables(model, likelihood)
   loss_fn = family.make_loss_fn(loss_config(free_bits=0.05), model, SEQUENCE_INFO)
   return types.SimpleNamespace(

@@ -52,6 +52,8 @@ def data_config():
   d.shuffle_buffer = 10_000
   # Sequences.
   d.max_len = 0               # cut pieces into at most this many frames; 0 = whole pieces
+  d.transpose = 0             # music: training pieces moved by a random number of semitones
+                              # in [-N, N] (kept on the keys), per batch; 0 = off
   d.path = ''                 # polyphonic_pickle: the pickle of MIDI pitches per frame;
                               # mnist, fashion_mnist, idx_images: the idx files' directory
   d.cache_dir = ''            # chorales: where the piano rolls are cached; '' = ~/.cache/vaes

@@ -92,6 +92,29 @@ def frame_statistics(x, mask):
           'train_frame_var': frames.var(0)}
 
 
+def transpose_transform(semitones):
+  """Data augmentation of piano rolls: each training piece of a batch moves up or down by s
+  semitones, s drawn uniformly from the whole numbers in [-semitones, semitones] that keep
+  every note of the piece on the 88 keys (a piece without notes stays), with the batch's
+  generator (`ArrayTrainSource`: seeded by the seed and the step, so a resumed run draws
+  the same shifts)."""
+  def transform(batch, rng):
+    x, mask = batch['x'], batch['mask']
+    keys = np.arange(x.shape[-1])
+    played = (x * mask[..., None]).max(1) > 0                        # (B, P)
+    any_note = played.any(1)                                          # else: s = 0
+    lowest = np.where(any_note, np.where(played, keys, NUM_KEYS).min(1), 0)
+    highest = np.where(any_note, np.where(played, keys, 0).max(1), NUM_KEYS - 1)
+    low = np.maximum(-semitones, -lowest)
+    high = np.minimum(semitones, NUM_KEYS - 1 - highest)
+    shift = low + np.floor(rng.random(len(x)) * (high - low + 1)).astype(int)
+    source = keys[None, :] - shift[:, None]                           # (B, P)
+    on = (source >= 0) & (source < NUM_KEYS)
+    moved = np.take_along_axis(x, source.clip(0, NUM_KEYS - 1)[:, None, :], axis=2)
+    return {**batch, 'x': (moved * on[:, None, :]).astype(x.dtype)}
+  return transform
+
+
 def make_sequence_splits(config, splits, process_index, process_count, likelihood, extra_info=None):
   """splits: {'train'|'valid'|'test': list of (T_i, P) float32} -> Splits with padded arrays.
 
@@ -110,8 +133,17 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
       raise DataError(f"The '{k}' split of config.data.name='{config.data.name}' is empty.")
   x_train, m_train = pad_sequences(pieces['train'])
   x_eval, m_eval = pad_sequences(pieces[eval_split])
+  semitones = config.data.transpose
+  if isinstance(semitones, bool) or not isinstance(semitones, int) or semitones < 0:
+    raise DataError(f'config.data.transpose={semitones!r}: must be a whole number of semitones '
+                    '>= 0 (0 = off).')
+  if semitones and (likelihood != 'bernoulli' or x_train.shape[-1] != NUM_KEYS):
+    raise DataError(f'config.data.transpose={semitones} moves piano rolls of {NUM_KEYS} keys; '
+                    f"config.data.name='{config.data.name}' has {x_train.shape[-1]} "
+                    f"{likelihood} values per frame: set config.data.transpose=0.")
   train = ArrayTrainSource({'x': x_train, 'mask': m_train}, config.batch_size, config.seed,
-                           process_index, process_count)
+                           process_index, process_count,
+                           transform=transpose_transform(semitones) if semitones else None)
   evals = ArrayEvalSource({'x': x_eval, 'mask': m_eval}, config.eval.batch_size,
                           process_index, process_count)
   info = DataInfo(

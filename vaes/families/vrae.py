@@ -90,6 +90,8 @@ def model_config():
   m.hidden = 64               # units of each GRU (prior, posterior, decoder; 'srnn': d_t, a_t)
   m.latent = 8                # dimensions of z_t
   m.mlp_hidden = 64           # units of the prior, posterior and decoder MLPs
+  m.made_hidden = 0           # > 0: p(x_t | .) autoregressive over the frame's dimensions, a
+                              # MADE of this many units (Bernoulli frames); 0 = factorised
   m.unroll = 1                # scan unroll (speed only)
   m.remat = False             # rematerialise each step in the backward pass (memory only)
   m.kl_warmup_start = 0.1     # beta_0
@@ -155,6 +157,9 @@ def validate_config(config):
     v = m[field]
     if not isinstance(v, int) or v <= 0:
       raise ConfigError(f'config.model.{field}={v!r}: must be a positive integer.')
+  if isinstance(m.made_hidden, bool) or not isinstance(m.made_hidden, int) or m.made_hidden < 0:
+    raise ConfigError(f'config.model.made_hidden={m.made_hidden!r}: must be an integer >= 0 '
+                      '(0 = a factorised p(x_t | .)).')
   if m.free_bits < 0 or m.kl_warmup_steps < 0:
     raise ConfigError('config.model.free_bits and config.model.kl_warmup_steps must be >= 0, got '
                       f'{m.free_bits} and {m.kl_warmup_steps}.')
@@ -231,11 +236,15 @@ def build_model(config, data_info):
   else:
     features = int(data_info.shape[-1])
   m = config.model
+  if m.made_hidden and (lik != 'bernoulli' or features < 2):
+    raise ConfigError(f'config.model.made_hidden={m.made_hidden}: the frame MADE models Bernoulli '
+                      f"frames of >= 2 dimensions, not likelihood='{lik}' with {features}; "
+                      'set config.model.made_hidden=0.')
   return vrae_model.VRAE(
       features=features, likelihood=lik, prior=m.prior, posterior=m.posterior,
       hidden=m.hidden, latent=m.latent, mlp_hidden=m.mlp_hidden, unroll=m.unroll,
-      remat=bool(m.remat), q_residual=bool(m.srnn_residual) if m.prior == 'srnn' else None,
-      dtype=jnp.dtype(config.compute_dtype))
+      remat=bool(m.remat), made_hidden=int(m.made_hidden),
+      q_residual=bool(m.srnn_residual) if m.prior == 'srnn' else None, dtype=jnp.dtype(config.compute_dtype))
 
 
 def init_variables(model, rng, batch):
@@ -510,10 +519,11 @@ def impute(model, variables, x, observed, mask, rng):
 
 
 def reconstruct(model, variables, x, mask, rng):
-  """E[x_t | z_<=t, x_<t] with z ~ q(z | x) (teacher forcing): (B, T, ...)."""
+  """E[x_t | z_<=t, x_<t] with z ~ q(z | x) (teacher forcing): (B, T, ...); with the frame
+  MADE, p(x_td = 1 | x_t<d, z_<=t, x_<t) at the data."""
   mask = mask.astype(F32)
   out = model.apply(variables, x, mask, latent_noise(model, rng, mask))
-  return model.apply(variables, out['out'], method=vrae_model.VRAE.mean_x)
+  return model.apply(variables, out['out'], x, method=vrae_model.VRAE.mean_x)
 
 
 def hidden_block(mask, frac=(1 / 3, 2 / 3)):

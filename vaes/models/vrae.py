@@ -44,6 +44,21 @@ with three GRUs whose states summarise exactly the conditioning sets:
 Likelihoods p(x_t | .): 'bernoulli' (x in {0,1}^P, logits), 'gaussian' (diagonal, mean and
 log-variance), 'categorical' (x an int token in [0, K), logits).
 
+Frame-autoregressive emission (`made_hidden` = H_m > 0, Bernoulli only): the P dimensions of
+a frame are no longer independent given the states, but a MADE (Germain et al. 2015) over
+them, in the order d = 1..P (for piano rolls: low to high keys), conditioned on the
+decoder's output o_t = mlp_x(.) = [b_t, c_t] (P + H_m values):
+
+    p(x_t | .) = prod_d Bernoulli(x_td; sigmoid(l_td)),
+    l_t = b_t + relu(c_t + x_t (W_in * M_in)) (W_out * M_out) + x_t (W_x * M_x)
+
+M_in[j, k] = [m_k >= j], M_out[k, d] = [d > m_k] with hidden degrees m_k = 1 + (k mod
+(P - 1)), and M_x[j, d] = [j < d] (direct connections): l_td depends on x_t<d alone, so
+log p(x_t | .) is exact in one pass (the role NADE plays in RNN-NADE, Boulanger-Lewandowski
+et al. 2012: the notes of a chord are strongly dependent, which a factorised Bernoulli
+must push through z_t). Sampling draws x_t1, ..., x_tP in order (`made_sample`, one
+lax.fori_loop of P passes).
+
 Dropout (training only, the per-step priors): `keep = dropout_keep(rng, rate, T, B, dims)`
 multiplies the frame features x_t wherever they enter a GRU (and as x_{t-1}; 'srnn': also
 [d_t, x_t] of its filtering q) and the decoder's output-layer input [h^d_t, z_t] ('srnn':
@@ -195,6 +210,56 @@ class MLP(nn.Module):
     return nn.Dense(self.features, dtype=self.dtype, param_dtype=F32)(h).astype(F32)
 
 
+def made_masks(features, hidden):
+  """(M_in (P, H), M_out (H, P), M_x (P, P)) float32 masks of the frame MADE (module
+  docstring): logit d reads x_j for j < d only."""
+  degree = 1 + jnp.arange(hidden) % max(features - 1, 1)        # m_k in [1, P - 1]
+  d = jnp.arange(1, features + 1)                               # input / output degrees
+  m_in = (degree[None, :] >= d[:, None]).astype(F32)
+  m_out = (d[None, :] > degree[:, None]).astype(F32)
+  m_x = (d[:, None] < d[None, :]).astype(F32)
+  return m_in, m_out, m_x
+
+
+def made_logits(weights, x, out, dtype=F32):
+  """Logits l_t (..., P) of the frame MADE at frames x (..., P), given the decoder output
+  out = [b_t, c_t] (..., P + H) and the masked weights (W_in, W_out, W_x) of `FrameMADE`."""
+  w_in, w_out, w_x = weights
+  features = w_x.shape[0]
+  b, c = out[..., :features], out[..., features:]
+  xd = x.astype(dtype)
+  h = nn.relu(c.astype(dtype) + xd @ w_in.astype(dtype))
+  return b + (h @ w_out.astype(dtype) + xd @ w_x.astype(dtype)).astype(F32)
+
+
+def made_sample(weights, out, u):
+  """x_t ~ the frame MADE given out, from uniforms u (..., P): x_td = [u_td < sigmoid(l_td)]
+  with l_td computed at the x_t<d already drawn (P passes in one lax.fori_loop)."""
+  def draw(d, x):
+    p_d = jax.nn.sigmoid(jax.lax.dynamic_index_in_dim(made_logits(weights, x, out), d, -1,
+                                                      keepdims=False))
+    u_d = jax.lax.dynamic_index_in_dim(u, d, -1, keepdims=False)
+    return jax.lax.dynamic_update_index_in_dim(x, (u_d < p_d).astype(F32), d, -1)
+  return jax.lax.fori_loop(0, u.shape[-1], draw, jnp.zeros(u.shape, F32))
+
+
+class FrameMADE(nn.Module):
+  """The weights of the frame MADE (module docstring), masked: `__call__()` returns
+  (W_in * M_in, W_out * M_out, W_x * M_x) for `made_logits` / `made_sample`."""
+  features: int
+  hidden: int
+
+  @nn.compact
+  def __call__(self):
+    p, h = self.features, self.hidden
+    w_in = self.param('w_in', nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'),
+                      (p, h), F32)
+    w_out = self.param('w_out', nn.initializers.lecun_normal(), (h, p), F32)
+    w_x = self.param('w_x', nn.initializers.zeros_init(), (p, p), F32)
+    m_in, m_out, m_x = made_masks(p, h)
+    return w_in * m_in, w_out * m_out, w_x * m_x
+
+
 def _gauss(params):
   mean, logvar = jnp.split(params, 2, axis=-1)
   return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
@@ -205,7 +270,8 @@ class VRAE(nn.Module):
 
   Attributes: features (P for Bernoulli/Gaussian x of shape (.., P), K classes for
   categorical), likelihood, prior, posterior, hidden (GRU width), latent (dim of z_t), mlp_hidden,
-  unroll (scan unroll factor), remat (rematerialise each step in the backward pass), dtype,
+  unroll (scan unroll factor), remat (rematerialise each step in the backward pass),
+  made_hidden (H_m of the frame MADE; 0: a factorised p(x_t | .)), dtype,
   q_residual (prior='srnn' only: True / False, None for the other priors; build_model sets
   it from config.model.srnn_residual).
   No field of a config.model name has a default here: their one home is
@@ -229,6 +295,7 @@ class VRAE(nn.Module):
   mlp_hidden: int
   unroll: int
   remat: bool
+  made_hidden: int
   dtype: Any = F32
   q_residual: Any = None
 
@@ -248,9 +315,15 @@ class VRAE(nn.Module):
     if self.prior != 'srnn' and self.q_residual is not None:
       raise ValueError(f"q_residual={self.q_residual!r} is for prior='srnn' only; leave it None "
                        f"for prior='{self.prior}'.")
+    if self.made_hidden and (self.likelihood != 'bernoulli' or self.features < 2):
+      raise ValueError(f'made_hidden={self.made_hidden}: the frame MADE is for Bernoulli frames '
+                       f"of >= 2 dimensions, not likelihood='{self.likelihood}' with "
+                       f'{self.features}; set made_hidden=0.')
     gru = lambda: GRU(self.hidden, self.dtype)
-    out = {'bernoulli': self.features, 'gaussian': 2 * self.features,
+    out = {'bernoulli': self.features + self.made_hidden, 'gaussian': 2 * self.features,
            'categorical': self.features}[self.likelihood]
+    if self.made_hidden:
+      self.made = FrameMADE(self.features, self.made_hidden)
     if self.prior == 'srnn':
       self.gru_d = gru()        # d_t, the deterministic forward GRU over x_<t
       self.prior_head = MLP(2 * self.latent, self.mlp_hidden, self.dtype)
@@ -281,10 +354,14 @@ class VRAE(nn.Module):
       return jax.nn.one_hot(x_t.astype(jnp.int32), self.features, dtype=F32)
     return x_t.astype(F32)
 
+  def logits(self, x_t, out):
+    """Bernoulli logits of p(x_t | .): out itself, or the frame MADE's at x_t."""
+    return made_logits(self.made(), x_t, out, self.dtype) if self.made_hidden else out
+
   def log_px(self, x_t, out):
     """log p(x_t | z_<=t, x_<t) summed over the frame's dimensions: (B,)."""
     if self.likelihood == 'bernoulli':
-      return dist.bernoulli_log_prob(x_t, out).sum(-1)
+      return dist.bernoulli_log_prob(x_t, self.logits(x_t, out)).sum(-1)
     if self.likelihood == 'gaussian':
       mean, logvar = _gauss(out)
       return dist.gaussian_log_prob(x_t, mean, logvar).sum(-1)
@@ -293,6 +370,8 @@ class VRAE(nn.Module):
   def sample_x(self, out, u_t):
     """A sample of p(x_t | .) in data form from noise u_t (uniform, or normal if Gaussian)."""
     if self.likelihood == 'bernoulli':
+      if self.made_hidden:
+        return made_sample(self.made(), out, u_t)
       return (u_t < jax.nn.sigmoid(out)).astype(F32)
     if self.likelihood == 'gaussian':
       mean, logvar = _gauss(out)
@@ -300,10 +379,12 @@ class VRAE(nn.Module):
     gumbel = -jnp.log(-jnp.log(u_t))
     return jnp.argmax(out + gumbel, axis=-1).astype(jnp.int32)
 
-  def mean_x(self, out):
-    """E[x_t] under p(x_t | .): probabilities, the Gaussian mean, or class probabilities."""
+  def mean_x(self, out, x_t):
+    """E[x_t] under p(x_t | .): probabilities, the Gaussian mean, or class probabilities.
+    With the frame MADE, p(x_td = 1 | x_t<d, .) at the frame x_t (the data's when teacher
+    forced, the sample's when generating): E[x_t] itself has no closed form there."""
     if self.likelihood == 'bernoulli':
-      return jax.nn.sigmoid(out)
+      return jax.nn.sigmoid(self.logits(x_t, out))
     if self.likelihood == 'gaussian':
       return _gauss(out)[0]
     return jax.nn.softmax(out, axis=-1)
@@ -398,7 +479,8 @@ class VRAE(nn.Module):
     z = dist.gaussian_reparam(mean_p, logvar_p, eps_t)
     h_d, out = self._decode(h_d, z, xf_prev)
     x_t = self.sample_x(out, u_t)
-    return (h_p, h_d, z, self.features_of(x_t)), {'x': x_t, 'mean': self.mean_x(out), 'z': z}
+    return (h_p, h_d, z, self.features_of(x_t)), {'x': x_t, 'mean': self.mean_x(out, x_t),
+                                                   'z': z}
 
   def impute_step(self, carry, inp):
     """Observed frame (o_t = 1): z_t ~ q(z_t | .) and x_t kept ('smooth': b_t reads the
@@ -423,7 +505,7 @@ class VRAE(nn.Module):
     h_q_new = _sel(obs, h_q_obs, h_q_miss)
     new = tuple(_sel(m_t, a, b) for a, b in
                 zip((h_p_new, h_q_new, h_d_new, z, xf_new), carry))
-    return new, {'x': x_new, 'mean': self.mean_x(out)}
+    return new, {'x': x_new, 'mean': self.mean_x(out, x_new)}
 
   def backward_step(self, b, inp):
     """b_t = GRU_b(b_{t+1}, x_t * keep_x_t) (run in reverse), carried unchanged where the
@@ -453,7 +535,7 @@ class VRAE(nn.Module):
     log_px = jnp.where(obs, self.log_px(x_t, out), 0.0)
     xf_new = self.features_of(x_new)
     new = (_sel(m_t, h_d_new, h_d), z, _sel(m_t, xf_new, xf_prev))
-    return new, {'log_px': log_px, 'x': x_new, 'mean': self.mean_x(out), 'out': out}
+    return new, {'log_px': log_px, 'x': x_new, 'mean': self.mean_x(out, x_new), 'out': out}
 
   # --------------------------------------------------------------------------
   # SRNN (prior='srnn'): the steps of its scans (module docstring).
@@ -534,7 +616,7 @@ class VRAE(nn.Module):
     z = dist.gaussian_reparam(mean_p, logvar_p, eps_t)
     out = self.out_head(jnp.concatenate([d, z], -1))
     x_t = self.sample_x(out, u_t)
-    return (d, z, self.features_of(x_t)), {'x': x_t, 'mean': self.mean_x(out), 'z': z}
+    return (d, z, self.features_of(x_t)), {'x': x_t, 'mean': self.mean_x(out, x_t), 'z': z}
 
   def srnn_impute_step(self, carry, inp):
     """d_t = GRU_d(d_{t-1}, x_{t-1}) over the filled sequence (observed or sampled x_{t-1});
@@ -558,7 +640,7 @@ class VRAE(nn.Module):
     x_new = _sel(obs, x_t, self.sample_x(out, u_t))
     new = tuple(_sel(m_t, a, b) for a, b in
                 zip((d_new, z, self.features_of(x_new)), carry))
-    return new, {'x': x_new, 'mean': self.mean_x(out)}
+    return new, {'x': x_new, 'mean': self.mean_x(out, x_new)}
 
   # --------------------------------------------------------------------------
   # Time loops.
