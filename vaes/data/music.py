@@ -92,27 +92,44 @@ def frame_statistics(x, mask):
           'train_frame_var': frames.var(0)}
 
 
-def transpose_transform(semitones):
-  """Data augmentation of piano rolls: each training piece of a batch moves up or down by s
-  semitones, s drawn uniformly from the whole numbers in [-semitones, semitones] that keep
-  every note of the piece on the 88 keys (a piece without notes stays), with the batch's
-  generator (`ArrayTrainSource`: seeded by the seed and the step, so a resumed run draws
-  the same shifts)."""
-  def transform(batch, rng):
-    x, mask = batch['x'], batch['mask']
-    keys = np.arange(x.shape[-1])
-    played = (x * mask[..., None]).max(1) > 0                        # (B, P)
-    any_note = played.any(1)                                          # else: s = 0
-    lowest = np.where(any_note, np.where(played, keys, NUM_KEYS).min(1), 0)
-    highest = np.where(any_note, np.where(played, keys, 0).max(1), NUM_KEYS - 1)
-    low = np.maximum(-semitones, -lowest)
-    high = np.minimum(semitones, NUM_KEYS - 1 - highest)
-    shift = low + np.floor(rng.random(len(x)) * (high - low + 1)).astype(int)
-    source = keys[None, :] - shift[:, None]                           # (B, P)
-    on = (source >= 0) & (source < NUM_KEYS)
-    moved = np.take_along_axis(x, source.clip(0, NUM_KEYS - 1)[:, None, :], axis=2)
-    return {**batch, 'x': (moved * on[:, None, :]).astype(x.dtype)}
-  return transform
+TRANSPOSE_TAG = 1 << 23   # in the seed of the transposition draws: [seed, TRANSPOSE_TAG, step]
+
+
+def transpose_rolls(x, mask, semitones, u):
+  """Each piece of x (B, T, 88) moved by s semitones, s uniform (from u (B,) in [0, 1)) over
+  the whole numbers in [-semitones, semitones] that keep every note of its real frames
+  (mask (B, T)) on the keys; a piece without notes stays."""
+  keys = np.arange(x.shape[-1])
+  played = (x * mask[..., None]).max(1) > 0                          # (B, P)
+  any_note = played.any(1)
+  lowest = np.where(any_note, np.where(played, keys, NUM_KEYS).min(1), 0)
+  highest = np.where(any_note, np.where(played, keys, 0).max(1), NUM_KEYS - 1)
+  low = np.maximum(-semitones, -lowest)
+  high = np.minimum(semitones, NUM_KEYS - 1 - highest)
+  shift = low + np.floor(u * (high - low + 1)).astype(int)
+  source = keys[None, :] - shift[:, None]                             # (B, P)
+  on = (source >= 0) & (source < NUM_KEYS)
+  moved = np.take_along_axis(x, source.clip(0, NUM_KEYS - 1)[:, None, :], axis=2)
+  return (moved * on[:, None, :]).astype(x.dtype)
+
+
+class TransposedTrainSource(ArrayTrainSource):
+  """ArrayTrainSource of piano rolls whose batches are moved by `transpose_rolls`
+  (config.data.transpose = semitones): data augmentation. The uniforms of a step are drawn
+  for the whole global batch from default_rng([seed, TRANSPOSE_TAG, step]) and each process
+  keeps its rows, so a batch is a function of (seed, step, position in the global batch): a
+  resumed run draws the same shifts, and N processes together see the batch one would."""
+
+  def __init__(self, arrays, global_batch_size, seed, process_index, process_count, semitones):
+    super().__init__(arrays, global_batch_size, seed, process_index, process_count)
+    self.semitones = semitones
+
+  def batch(self, step: int) -> dict:
+    out = super().batch(step)
+    u = np.random.default_rng([self.seed, TRANSPOSE_TAG, step]).random(self.global_batch_size)
+    lo = self.process_index * self.local_batch_size
+    u = u[lo:lo + self.local_batch_size]
+    return {**out, 'x': transpose_rolls(out['x'], out['mask'], self.semitones, u)}
 
 
 def make_sequence_splits(config, splits, process_index, process_count, likelihood, extra_info=None):
@@ -141,9 +158,10 @@ def make_sequence_splits(config, splits, process_index, process_count, likelihoo
     raise DataError(f'config.data.transpose={semitones} moves piano rolls of {NUM_KEYS} keys; '
                     f"config.data.name='{config.data.name}' has {x_train.shape[-1]} "
                     f"{likelihood} values per frame: set config.data.transpose=0.")
-  train = ArrayTrainSource({'x': x_train, 'mask': m_train}, config.batch_size, config.seed,
-                           process_index, process_count,
-                           transform=transpose_transform(semitones) if semitones else None)
+  arrays = {'x': x_train, 'mask': m_train}
+  train = (TransposedTrainSource(arrays, config.batch_size, config.seed, process_index,
+                                 process_count, semitones) if semitones else
+           ArrayTrainSource(arrays, config.batch_size, config.seed, process_index, process_count))
   evals = ArrayEvalSource({'x': x_eval, 'mask': m_eval}, config.eval.batch_size,
                           process_index, process_count)
   info = DataInfo(
