@@ -20,7 +20,8 @@ TABLE_CONFIGS = {
     'configs/lvae_mnist_dynamic.py': 'nll', 'configs/hvae_mnist_dynamic.py': 'nll',
     'configs/vae_mnist_dynamic.py': 'nll',
     'configs/vrnn_jsb.py': 'nll_per_frame', 'configs/vrnn_smooth_jsb.py': 'nll_per_frame',
-    'configs/srnn_jsb.py': 'nll_per_frame',
+    'configs/srnn_jsb.py': 'nll_per_frame', 'configs/srnn_made_jsb.py': 'nll_per_frame',
+    'configs/srnn_made_transpose_jsb.py': 'nll_per_frame',
     'configs/vrae_latent_jsb.py': 'nll_per_frame', 'configs/vrae_global_jsb.py': 'nll_per_frame',
 }
 
