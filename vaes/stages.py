@@ -37,12 +37,17 @@ from vaes import fs
 from vaes.checkpoint import Checkpointer
 from vaes.data import DataError
 from vaes.data import codes as codes_data
+from vaes.data import core as data_core
 from vaes.errors import CheckpointError
 from vaes.evaluation import abstract_variables, evaluation_variables
 from vaes.registry import get_family
 from vaes.run_config import config_dict, weights_note
 
 CODES_FORMAT = 2     # bump when the cached arrays change meaning
+# config.data fields added after the key's format: at their default they stay out of the
+# key, so the caches, and the recorded codes_path of runs and exports, made before a field
+# existed keep their names. Add every new config.data field here.
+DATA_FIELDS_ADDED = ('transpose',)
 
 
 @dataclasses.dataclass
@@ -87,7 +92,11 @@ def _checkpointer(workdir):
 
 
 def _key(variables_checksums, vq_config):
-  fields = {'format': CODES_FORMAT, 'data': config_dict(vq_config.data),
+  data, defaults = config_dict(vq_config.data), data_core.data_config()
+  for name in DATA_FIELDS_ADDED:
+    if name in data and data[name] == defaults[name]:
+      del data[name]
+  fields = {'format': CODES_FORMAT, 'data': data,
             'batch_size': vq_config.batch_size, 'seed': vq_config.seed,
             'variables': sorted(variables_checksums.items())}
   return hashlib.blake2b(json.dumps(fields, sort_keys=True).encode(),
