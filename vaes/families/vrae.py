@@ -244,7 +244,8 @@ def build_model(config, data_info):
       features=features, likelihood=lik, prior=m.prior, posterior=m.posterior,
       hidden=m.hidden, latent=m.latent, mlp_hidden=m.mlp_hidden, unroll=m.unroll,
       remat=bool(m.remat), made_hidden=int(m.made_hidden),
-      q_residual=bool(m.srnn_residual) if m.prior == 'srnn' else None, dtype=jnp.dtype(config.compute_dtype))
+      q_residual=bool(m.srnn_residual) if m.prior == 'srnn' else None,
+      dtype=jnp.dtype(config.compute_dtype))
 
 
 def init_variables(model, rng, batch):

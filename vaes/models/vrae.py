@@ -232,12 +232,13 @@ def made_logits(weights, x, out, dtype=F32):
   return b + (h @ w_out.astype(dtype) + xd @ w_x.astype(dtype)).astype(F32)
 
 
-def made_sample(weights, out, u):
+def made_sample(weights, out, u, dtype=F32):
   """x_t ~ the frame MADE given out, from uniforms u (..., P): x_td = [u_td < sigmoid(l_td)]
-  with l_td computed at the x_t<d already drawn (P passes in one lax.fori_loop)."""
+  with l_td computed (in `dtype`, as when scoring) at the x_t<d already drawn (P passes in
+  one lax.fori_loop)."""
   def draw(d, x):
-    p_d = jax.nn.sigmoid(jax.lax.dynamic_index_in_dim(made_logits(weights, x, out), d, -1,
-                                                      keepdims=False))
+    logits = made_logits(weights, x, out, dtype)
+    p_d = jax.nn.sigmoid(jax.lax.dynamic_index_in_dim(logits, d, -1, keepdims=False))
     u_d = jax.lax.dynamic_index_in_dim(u, d, -1, keepdims=False)
     return jax.lax.dynamic_update_index_in_dim(x, (u_d < p_d).astype(F32), d, -1)
   return jax.lax.fori_loop(0, u.shape[-1], draw, jnp.zeros(u.shape, F32))
@@ -371,7 +372,7 @@ class VRAE(nn.Module):
     """A sample of p(x_t | .) in data form from noise u_t (uniform, or normal if Gaussian)."""
     if self.likelihood == 'bernoulli':
       if self.made_hidden:
-        return made_sample(self.made(), out, u_t)
+        return made_sample(self.made(), out, u_t, self.dtype)
       return (u_t < jax.nn.sigmoid(out)).astype(F32)
     if self.likelihood == 'gaussian':
       mean, logvar = _gauss(out)
