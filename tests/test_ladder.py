@@ -114,6 +114,50 @@ def test_ladder_posterior_is_merge_of_bottom_up_and_top_down_prior():
                              atol=1e-6)
 
 
+def test_unshared_top_down_copied_from_the_prior_is_the_shared_model():
+  """share_top_down=False (the authors' -ladder_share_params False): the merge's own
+  top-down path (q_down, q_head) with the prior's weights copied into it gives the shared
+  model's every output; other weights change q(z_1 | .) but neither p(z_1 | z_2) at a
+  given z_2 nor the generative model's samples, and the KL has gradients in both paths."""
+  config, fam, _, model, batch, variables = tiny_setup('ladder', {'model.batch_norm': True})
+  config_u, _, _, model_u, _, variables_u = tiny_setup(
+      'ladder', {'model.batch_norm': True, 'model.share_top_down': False})
+  params_u = variables_u['params']
+  assert {'q_down_0', 'q_head_0'} <= set(params_u) and 'q_down_0' not in variables['params']
+  x = batch['image']
+  noise = ladder_model.draw_noise(model, jax.random.PRNGKey(1), x.shape[:1], x.shape[1:])
+  copied = {**variables, 'params': {**variables['params'],
+                                    'q_down_0': variables['params']['down_0'],
+                                    'q_head_0': variables['params']['prior_head_0']},
+            'batch_stats': {**variables['batch_stats'],
+                            'q_down_0': variables['batch_stats']['down_0']}}
+  for train in (False, True):
+    out, _ = model.apply(variables, x, noise, train=train, mutable=['batch_stats'])
+    out_u, _ = model_u.apply(copied, x, noise, train=train, mutable=['batch_stats'])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                 out, out_u)
+  other = {**copied, 'params': {**copied['params'],
+                                'q_head_0': variables_u['params']['q_head_0']}}
+  out = model_u.apply(copied, x, noise)['layers']
+  out_o = model_u.apply(other, x, noise)['layers']
+  assert np.abs(out_o[0]['q_mean'] - out[0]['q_mean']).max() > 1e-3
+  np.testing.assert_array_equal(out_o[1]['z'], out[1]['z'])     # z_2: the bottom-up head
+  np.testing.assert_array_equal(out_o[0]['p_mean'], out[0]['p_mean'])
+  eps = ladder_model.draw_noise(model, jax.random.PRNGKey(2), (5,), x.shape[1:])
+  np.testing.assert_array_equal(model_u.apply(other, eps, method=model_u.sample)['logits'],
+                                model_u.apply(copied, eps, method=model_u.sample)['logits'])
+  np.testing.assert_array_equal(  # the shared model samples the same from the same weights
+      model.apply(variables, eps, method=model.sample)['logits'],
+      model_u.apply(copied, eps, method=model_u.sample)['logits'])
+
+  def kl(params):
+    layers = model_u.apply({**variables_u, 'params': params}, x, noise)['layers']
+    return family.layer_kls('ladder', layers).sum()
+  grads = jax.grad(kl)(params_u)
+  for name in ('q_head_0', 'prior_head_0', 'q_down_0', 'down_0'):
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name
+
+
 def test_closed_form_kl_matches_monte_carlo():
   rng = np.random.default_rng(1)
   mq, mp = rng.normal(size=(2, 6))
@@ -478,6 +522,9 @@ def test_config_errors_name_the_field():
     family.build_model(config, splits.info)
   config = load_config('configs/lvae.py', {'model.block': 'conv', 'model.strides': (2,)})
   with pytest.raises(ConfigError, match='strides'):
+    family.validate_config(config)
+  config = load_config('configs/hvae.py', {'model.share_top_down': False})
+  with pytest.raises(ConfigError, match='share_top_down'):
     family.validate_config(config)
 
 

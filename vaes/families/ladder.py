@@ -88,6 +88,9 @@ def model_config():
   m.activation = 'leaky_relu'         # one of ladder_model.ACTIVATIONS
   m.residual = False                  # identity paths around each block layer after the first
   m.top_down_skip = False             # p(z_l | z_>l) via t_l = down_l([z_l+1, t_l+1]); False: Markov
+  # Ladder only: the merge uses p(z_l | z_l+1) (the paper's text), or with False a top-down
+  # path of its own (the authors' run_models.py, -ladder_share_params False).
+  m.share_top_down = True
   m.likelihood = 'bernoulli'          # 'bernoulli' | 'logistic' (8-bit / grey levels) | 'gaussian'
   m.kl_warmup_steps = 1500            # beta = min(1, step / N); 0 = no warm-up
   m.kl_warmup_epochs = 0.0            # > 0 overrides kl_warmup_steps (epochs of the train split)
@@ -134,6 +137,9 @@ def validate_config(config):
   if m.activation not in ladder_model.ACTIVATIONS:
     raise ConfigError(f"config.model.activation='{m.activation}' is not one of "
                       f'{sorted(ladder_model.ACTIVATIONS)}.')
+  if not m.share_top_down and inference != 'ladder':
+    raise ConfigError("config.model.share_top_down=False gives the ladder merge a top-down path "
+                      f"of its own; inference '{inference}' has no merge: keep it True.")
   if m.likelihood not in ladder_model.LIKELIHOODS:
     raise ConfigError(f"config.model.likelihood='{m.likelihood}' is not one of "
                       f'{ladder_model.LIKELIHOODS}.')
@@ -179,7 +185,8 @@ def build_model(config, data_info):
       inference=m.inference, block=m.block, block_depth=m.block_depth,
       strides=tuple(m.strides) if m.block == 'conv' else (), batch_norm=bool(m.batch_norm),
       activation=m.activation, likelihood=m.likelihood, top_down_skip=bool(m.top_down_skip),
-      residual=bool(m.residual), dtype=jnp.dtype(config.compute_dtype))
+      residual=bool(m.residual), share_top_down=bool(m.share_top_down),
+      dtype=jnp.dtype(config.compute_dtype))
 
 
 def init_variables(model, rng, batch):

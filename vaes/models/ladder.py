@@ -16,6 +16,10 @@ Inference (`inference`):
       q(z_L | x) = N(mu_hat_L, s_hat_L^2),
       q(z_l | z_l+1, x) = N(mu_q, s_q^2) with the precision-weighted merge
       s_q^2 = 1 / (s_hat_l^-2 + s_p,l^-2),  mu_q = (mu_hat_l s_hat_l^-2 + mu_p,l s_p,l^-2) s_q^2.
+  With `share_top_down=False` the merge takes (mu_t,l, s_t,l) from a top-down path of
+  its own (`q_down_l`, `q_head_l`: the same shapes as `down_l`, `prior_head_l`, other
+  parameters) fed the same z_l+1 sample, and p(z_l | z_l+1) serves the KL only: the
+  authors' run_models.py with -ladder_share_params False, the setting of their README.
 
 Both modes use the same modules (`up_l`, `head_l`, `down_l`, `prior_head_l`,
 the decoder); only the input of `up_l` and the use of `head_l` differ.
@@ -156,7 +160,8 @@ class LadderVAE(nn.Module):
   `x_shape` (H, W, C) and `likelihood` of x: 'bernoulli' (logits),
   'logistic' (discretised logistic: mean and log-scale), 'gaussian'
   (mean and logvar; continuous data and tests); `top_down_skip` and
-  `residual` as in the module docstring. No field but `dtype` has a default here: their
+  `residual` as in the module docstring; `share_top_down` (ladder only): the merge
+  uses p(z_l | z_l+1) itself, or a top-down path of its own. No field but `dtype` has a default here: their
   one home is `vaes.families.ladder.model_config()`.
   """
   latent_sizes: Sequence[int]
@@ -171,6 +176,7 @@ class LadderVAE(nn.Module):
   likelihood: str
   top_down_skip: bool
   residual: bool
+  share_top_down: bool
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -189,6 +195,12 @@ class LadderVAE(nn.Module):
                  for l in range(num - 1)]
     self.prior_head = [GaussianHead(self.latent_sizes[l], self.block, self.dtype)
                        for l in range(num - 1)]
+    if self.inference == 'ladder' and not self.share_top_down:
+      # The merge's own top-down path: (mu_t, s_t) = q_head_l(q_down_l(z_l+1)).
+      self.q_down = [block(self.hidden_sizes[l], strides[l + 1], upsample=True)
+                     for l in range(num - 1)]
+      self.q_head = [GaussianHead(self.latent_sizes[l], self.block, self.dtype)
+                     for l in range(num - 1)]
     # p(x | z_1).
     self.decoder_block = block(self.hidden_sizes[0], strides[0], upsample=True)
     num_x_params = {'bernoulli': 1, 'logistic': 2, 'gaussian': 2}[self.likelihood]
@@ -217,6 +229,15 @@ class LadderVAE(nn.Module):
     the path is Markov)."""
     t = self.down[l - 1](self._top_down_input(z_above, t_above), train)
     return t, self.prior_head[l - 1](t)
+
+  def merge_top_down(self, l, z_above, t_above, p, train: bool = False):
+    """(t, (mu_t, logvar_t)): what the ladder merge combines with head_l's (mu_hat, s_hat)
+    for layer l (1-based): p = (mu_p, logvar_p) itself with its t_above (shared), else
+    the merge's own path, q_head_l(q_down_l(z_l+1)), carrying its own t."""
+    if self.share_top_down:
+      return t_above, p
+    t = self.q_down[l - 1](self._top_down_input(z_above, t_above), train)
+    return t, self.q_head[l - 1](t)
 
   def decode(self, z1, t1=None, train: bool = False):
     """Parameters of p(x | z_1) (p(x | z_1, t_1) with `top_down_skip`), float32, each
@@ -270,11 +291,12 @@ class LadderVAE(nn.Module):
       z[-1] = gaussian_reparam(*q[-1], noise[-1])
     p = [None] * num
     p[-1] = (jnp.zeros_like(z[-1]), jnp.zeros_like(z[-1]))
-    t = None
+    t = t_q = None
     for l in range(num - 2, -1, -1):          # top-down: p(z_l | z_l+1) or p(z_l | z_>l)
       t, p[l] = self.top_down(l + 1, z[l + 1], t, train)
       if self.inference == 'ladder':
-        q[l] = precision_weighted_merge(*bottom_up[l], *p[l])
+        t_q, merged = self.merge_top_down(l + 1, z[l + 1], t_q, p[l], train)
+        q[l] = precision_weighted_merge(*bottom_up[l], *merged)
         z[l] = gaussian_reparam(*q[l], noise[l])
     layers = [{'z': z[l], 'q_mean': q[l][0], 'q_logvar': q[l][1],
                'p_mean': p[l][0], 'p_logvar': p[l][1]} for l in range(num)]
@@ -318,11 +340,12 @@ class LadderVAE(nn.Module):
         bottom_up.append(self.head[l](h))
     if self.inference == 'ladder':
       z[-1] = gaussian_reparam(*bottom_up[-1], noise_q[-1])
-    t = None
+    t = t_q = None
     for l in range(num - 2, -1, -1):          # top-down, 0-based l: layer l + 1
       t, p = self.top_down(l + 1, z[l + 1], t, train)
       if l < num - keep:
         z[l] = gaussian_reparam(*p, noise_p[l])
       elif self.inference == 'ladder':
-        z[l] = gaussian_reparam(*precision_weighted_merge(*bottom_up[l], *p), noise_q[l])
+        t_q, merged = self.merge_top_down(l + 1, z[l + 1], t_q, p, train)
+        z[l] = gaussian_reparam(*precision_weighted_merge(*bottom_up[l], *merged), noise_q[l])
     return self.decode(z[0], t, train)
