@@ -158,6 +158,47 @@ def test_unshared_top_down_copied_from_the_prior_is_the_shared_model():
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name
 
 
+def test_up_from_mean_feeds_each_bottom_up_block_the_mean_below():
+  """up_from_mean (the authors' -only_mu_up True): d_1 = up_1(x), d_l = up_l(mu_hat_l-1),
+  so the top layer's q is head_L(up_L(mu_hat_L-1)) computed by hand, and up_2 reads
+  n_1 = 4 features (not d_1's 16)."""
+  _, _, _, model, batch, variables = tiny_setup('ladder', {'model.up_from_mean': True})
+  assert variables['params']['up_1']['Dense_0']['kernel'].shape[0] == 4
+  x = batch['image']
+  noise = ladder_model.draw_noise(model, jax.random.PRNGKey(1), x.shape[:1], x.shape[1:])
+
+  def by_hand(m, x):
+    mu_1, _ = m.head[0](m.up[0](m._bottom_up_input(x), False))
+    return m.head[1](m.up[1](mu_1, False))
+
+  top = model.apply(variables, x, noise)['layers'][-1]
+  mu_2, lv_2 = model.apply(variables, x, method=by_hand)
+  np.testing.assert_allclose(top['q_mean'], mu_2, rtol=1e-6)
+  np.testing.assert_allclose(top['q_logvar'], lv_2, rtol=1e-6)
+
+
+def test_head_batch_norm_normalises_every_gaussian_head_in_training():
+  """head_batch_norm (the authors' BN'd `denselayer` heads): in train mode each unit of
+  the top layer's q mean (a head output, no merge) has batch mean 0 and variance 1 at
+  initialisation; the heads' linear maps lose their bias (BatchNorm's offset replaces it);
+  eval mode uses the running averages the train step updated."""
+  _, _, _, model, batch, variables = tiny_setup('ladder', {'model.head_batch_norm': True})
+  params = variables['params']
+  for name in ('head_0', 'head_1', 'prior_head_0'):
+    assert set(params[name]) == {'mean', 'var', 'mean_bn', 'var_bn'}, name
+    assert 'bias' not in params[name]['mean']
+  x = batch['image']
+  noise = ladder_model.draw_noise(model, jax.random.PRNGKey(1), x.shape[:1], x.shape[1:])
+  out, state = model.apply(variables, x, noise, train=True, mutable=['batch_stats'])
+  top = np.asarray(out['layers'][-1]['q_mean'])
+  np.testing.assert_allclose(top.mean(0), 0.0, atol=1e-5)
+  # v / (v + eps) for the pre-normalisation variance v (eps = 1e-5): within 1% of 1 here
+  np.testing.assert_allclose(top.var(0), 1.0, rtol=0.02)
+  before = model.apply(variables, x, noise)['layers'][-1]['q_mean']
+  after = model.apply({**variables, **state}, x, noise)['layers'][-1]['q_mean']
+  assert np.abs(np.asarray(after) - np.asarray(before)).max() > 1e-3
+
+
 def test_closed_form_kl_matches_monte_carlo():
   rng = np.random.default_rng(1)
   mq, mp = rng.normal(size=(2, 6))
@@ -525,6 +566,9 @@ def test_config_errors_name_the_field():
     family.validate_config(config)
   config = load_config('configs/hvae.py', {'model.share_top_down': False})
   with pytest.raises(ConfigError, match='share_top_down'):
+    family.validate_config(config)
+  config = load_config('configs/hvae.py', {'model.up_from_mean': True})
+  with pytest.raises(ConfigError, match='up_from_mean'):
     family.validate_config(config)
 
 

@@ -117,7 +117,8 @@ EXAMPLES = {'vqvae_codebook_size.py': 'configs/vqvae.py',
             'lvae_inference_seeds.py': 'configs/lvae.py',
             'vrae_free_bits.py': 'configs/vrae.py',
             'vq_prior_dropout.py': 'configs/vqvae_prior.py',
-            'vqvae_fashion_mnist_quantizers.py': 'configs/vqvae_fashion_mnist.py:plain'}
+            'vqvae_fashion_mnist_quantizers.py': 'configs/vqvae_fashion_mnist.py:plain',
+            'lvae_authors_variants.py': 'configs/lvae_mnist_dynamic.py'}
 
 
 def test_example_sweeps_plan_against_their_configs(tmp_path):

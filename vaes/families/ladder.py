@@ -91,6 +91,8 @@ def model_config():
   # Ladder only: the merge uses p(z_l | z_l+1) (the paper's text), or with False a top-down
   # path of its own (the authors' run_models.py, -ladder_share_params False).
   m.share_top_down = True
+  m.up_from_mean = False              # ladder only: d_l = up_l(mu_hat_l-1) (their -only_mu_up)
+  m.head_batch_norm = False           # batch norm in every Gaussian head's linear maps (theirs)
   m.likelihood = 'bernoulli'          # 'bernoulli' | 'logistic' (8-bit / grey levels) | 'gaussian'
   m.kl_warmup_steps = 1500            # beta = min(1, step / N); 0 = no warm-up
   m.kl_warmup_epochs = 0.0            # > 0 overrides kl_warmup_steps (epochs of the train split)
@@ -140,6 +142,9 @@ def validate_config(config):
   if not m.share_top_down and inference != 'ladder':
     raise ConfigError("config.model.share_top_down=False gives the ladder merge a top-down path "
                       f"of its own; inference '{inference}' has no merge: keep it True.")
+  if m.up_from_mean and inference != 'ladder':
+    raise ConfigError("config.model.up_from_mean=True feeds the ladder's bottom-up blocks the "
+                      f"means mu_hat; inference '{inference}' feeds them samples: keep it False.")
   if m.likelihood not in ladder_model.LIKELIHOODS:
     raise ConfigError(f"config.model.likelihood='{m.likelihood}' is not one of "
                       f'{ladder_model.LIKELIHOODS}.')
@@ -186,6 +191,7 @@ def build_model(config, data_info):
       strides=tuple(m.strides) if m.block == 'conv' else (), batch_norm=bool(m.batch_norm),
       activation=m.activation, likelihood=m.likelihood, top_down_skip=bool(m.top_down_skip),
       residual=bool(m.residual), share_top_down=bool(m.share_top_down),
+      up_from_mean=bool(m.up_from_mean), head_batch_norm=bool(m.head_batch_norm),
       dtype=jnp.dtype(config.compute_dtype))
 
 

@@ -20,6 +20,9 @@ Inference (`inference`):
   its own (`q_down_l`, `q_head_l`: the same shapes as `down_l`, `prior_head_l`, other
   parameters) fed the same z_l+1 sample, and p(z_l | z_l+1) serves the KL only: the
   authors' run_models.py with -ladder_share_params False, the setting of their README.
+  With `up_from_mean` the bottom-up pass goes through the means, d_l = up_l(mu_hat_l-1)
+  for l > 1 (their -only_mu_up True). `head_batch_norm` batch-normalises the linear maps
+  of every Gaussian head (their `denselayer` with -batch_norm True).
 
 Both modes use the same modules (`up_l`, `head_l`, `down_l`, `prior_head_l`,
 the decoder); only the input of `up_l` and the use of `head_l` differ.
@@ -114,20 +117,31 @@ class Block(nn.Module):
 class GaussianHead(nn.Module):
   """h -> (mean, logvar) of a diagonal Gaussian, float32; var = softplus(.) + MIN_VAR.
 
-  Two separate linear maps named 'mean' and 'var' (a 3x3 conv each for 'conv').
+  Two separate linear maps named 'mean' and 'var' (a 3x3 conv each for 'conv'). With
+  `batch_norm` each is batch-normalised ('mean_bn', 'var_bn': batch statistics when
+  `train`, running averages otherwise) before the softplus, as the authors' code does
+  with -batch_norm True.
   """
   features: int
   block: str
+  batch_norm: bool
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, h):
-    if self.block == 'mlp':
-      mean = nn.Dense(self.features, dtype=self.dtype, name='mean')(h)
-      pre = nn.Dense(self.features, dtype=self.dtype, name='var')(h)
-    else:
-      mean = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype, name='mean')(h)
-      pre = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype, name='var')(h)
+  def __call__(self, h, train: bool = False):
+    outs = []
+    for name in ('mean', 'var'):
+      if self.block == 'mlp':
+        out = nn.Dense(self.features, use_bias=not self.batch_norm, dtype=self.dtype,
+                       name=name)(h)
+      else:
+        out = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=not self.batch_norm,
+                      dtype=self.dtype, name=name)(h)
+      if self.batch_norm:
+        out = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                           dtype=self.dtype, name=f'{name}_bn')(out)
+      outs.append(out)
+    mean, pre = outs
     var = jax.nn.softplus(pre.astype(jnp.float32)) + MIN_VAR
     return mean.astype(jnp.float32), jnp.log(var)
 
@@ -161,8 +175,10 @@ class LadderVAE(nn.Module):
   'logistic' (discretised logistic: mean and log-scale), 'gaussian'
   (mean and logvar; continuous data and tests); `top_down_skip` and
   `residual` as in the module docstring; `share_top_down` (ladder only): the merge
-  uses p(z_l | z_l+1) itself, or a top-down path of its own. No field but `dtype` has a default here: their
-  one home is `vaes.families.ladder.model_config()`.
+  uses p(z_l | z_l+1) itself, or a top-down path of its own; `up_from_mean` (ladder
+  only): d_l = up_l(mu_hat_l-1) instead of up_l(d_l-1); `head_batch_norm`: batch norm in
+  every Gaussian head (`GaussianHead`). No field but `dtype` has a
+  default here: their one home is `vaes.families.ladder.model_config()`.
   """
   latent_sizes: Sequence[int]
   hidden_sizes: Sequence[int]
@@ -177,6 +193,8 @@ class LadderVAE(nn.Module):
   top_down_skip: bool
   residual: bool
   share_top_down: bool
+  up_from_mean: bool
+  head_batch_norm: bool
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -189,18 +207,19 @@ class LadderVAE(nn.Module):
 
     # Bottom-up: d_l = up_l(input), (mu, s) = head_l(d_l); in 'ladder' these are (mu_hat, s_hat).
     self.up = [block(self.hidden_sizes[l], strides[l]) for l in range(num)]
-    self.head = [GaussianHead(self.latent_sizes[l], self.block, self.dtype) for l in range(num)]
+    def head(l):
+      return GaussianHead(self.latent_sizes[l], self.block, self.head_batch_norm, self.dtype)
+
+    self.head = [head(l) for l in range(num)]
     # Top-down: p(z_l | z_l+1) = prior_head_l(down_l(z_l+1)), l = 1..L-1 (list index l-1).
     self.down = [block(self.hidden_sizes[l], strides[l + 1], upsample=True)
                  for l in range(num - 1)]
-    self.prior_head = [GaussianHead(self.latent_sizes[l], self.block, self.dtype)
-                       for l in range(num - 1)]
+    self.prior_head = [head(l) for l in range(num - 1)]
     if self.inference == 'ladder' and not self.share_top_down:
       # The merge's own top-down path: (mu_t, s_t) = q_head_l(q_down_l(z_l+1)).
       self.q_down = [block(self.hidden_sizes[l], strides[l + 1], upsample=True)
                      for l in range(num - 1)]
-      self.q_head = [GaussianHead(self.latent_sizes[l], self.block, self.dtype)
-                     for l in range(num - 1)]
+      self.q_head = [head(l) for l in range(num - 1)]
     # p(x | z_1).
     self.decoder_block = block(self.hidden_sizes[0], strides[0], upsample=True)
     num_x_params = {'bernoulli': 1, 'logistic': 2, 'gaussian': 2}[self.likelihood]
@@ -228,7 +247,7 @@ class LadderVAE(nn.Module):
     l is 1-based, 1 <= l < L; t_above is t_l+1 (None for l + 1 = L, and ignored when
     the path is Markov)."""
     t = self.down[l - 1](self._top_down_input(z_above, t_above), train)
-    return t, self.prior_head[l - 1](t)
+    return t, self.prior_head[l - 1](t, train)
 
   def merge_top_down(self, l, z_above, t_above, p, train: bool = False):
     """(t, (mu_t, logvar_t)): what the ladder merge combines with head_l's (mu_hat, s_hat)
@@ -237,7 +256,7 @@ class LadderVAE(nn.Module):
     if self.share_top_down:
       return t_above, p
     t = self.q_down[l - 1](self._top_down_input(z_above, t_above), train)
-    return t, self.q_head[l - 1](t)
+    return t, self.q_head[l - 1](t, train)
 
   def decode(self, z1, t1=None, train: bool = False):
     """Parameters of p(x | z_1) (p(x | z_1, t_1) with `top_down_skip`), float32, each
@@ -264,6 +283,17 @@ class LadderVAE(nn.Module):
     x = x.astype(self.dtype)
     return x.reshape((x.shape[0], -1)) if self.block == 'mlp' else x
 
+  def _ladder_bottom_up(self, h, train):
+    """[(mu_hat_l, logvar_hat_l) for l = 1..L]: d_l = up_l(d_l-1), or up_l(mu_hat_l-1)
+    with `up_from_mean` (l > 1); d_0 = x."""
+    bottom_up = []
+    for l in range(len(self.latent_sizes)):
+      if self.up_from_mean and bottom_up:
+        h = bottom_up[-1][0].astype(self.dtype)
+      h = self.up[l](h, train)
+      bottom_up.append(self.head[l](h, train))
+    return bottom_up
+
   # -- inference + generation ----------------------------------------------------
 
   def __call__(self, x, noise, train: bool = False):
@@ -279,14 +309,11 @@ class LadderVAE(nn.Module):
     z = [None] * num
     if self.inference == 'hierarchical':
       for l in range(num):
-        q[l] = self.head[l](self.up[l](h, train))
+        q[l] = self.head[l](self.up[l](h, train), train)
         z[l] = gaussian_reparam(*q[l], noise[l])
         h = z[l].astype(self.dtype)
     else:
-      bottom_up = []
-      for l in range(num):
-        h = self.up[l](h, train)
-        bottom_up.append(self.head[l](h))
+      bottom_up = self._ladder_bottom_up(h, train)
       q[-1] = bottom_up[-1]
       z[-1] = gaussian_reparam(*q[-1], noise[-1])
     p = [None] * num
@@ -330,14 +357,12 @@ class LadderVAE(nn.Module):
       return self.sample(noise_p, train)
     h = self._bottom_up_input(x)
     z = [None] * num
-    bottom_up = []
-    for l in range(num):
-      if self.inference == 'hierarchical':
-        z[l] = gaussian_reparam(*self.head[l](self.up[l](h, train)), noise_q[l])
+    if self.inference == 'hierarchical':
+      for l in range(num):
+        z[l] = gaussian_reparam(*self.head[l](self.up[l](h, train), train), noise_q[l])
         h = z[l].astype(self.dtype)
-      else:
-        h = self.up[l](h, train)
-        bottom_up.append(self.head[l](h))
+    else:
+      bottom_up = self._ladder_bottom_up(h, train)
     if self.inference == 'ladder':
       z[-1] = gaussian_reparam(*bottom_up[-1], noise_q[-1])
     t = t_q = None
