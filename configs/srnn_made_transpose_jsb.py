@@ -16,11 +16,12 @@ The published rows of REFERENCE.md's table (DMM 6.39, STORN 6.91, RNN-NADE 5.19)
 trained on the chorales as written: this row's test number is on the same test chorales,
 but its training protocol differs by the augmentation, and the table says so.
 
-Measured (seed 0; 2-core CPU beside one other training; valid nll_per_frame at k = 25, test
+Measured (2-core CPU beside one other training; valid nll_per_frame at k = 25, test
 at k = 500):
-- 6,000 steps (this config; code e448efa): valid 6.52 at step 2,000, 6.14 at 2,500, 5.70 at
+- 6,000 steps (this config; code e448efa), seed 0: valid 6.52 at step 2,000, 6.14 at 2,500, 5.70 at
   3,750, 5.568 at 6,000 (the best, still falling by 0.001 a step of 250 at the end of the
   cosine); test 5.559, -ELBO 5.764; 72 min of training, train -ELBO 5.30 at the end.
+  Seed 1: best valid 5.562 at 6,000, test 5.566, -ELBO 5.706 (76 min).
 - 3,000 steps (code 41e4bd1, whose transposition drew each process's shifts from its own
   generator: the same distribution, other draws): valid 9.73 at step 500, 6.41 at 1,750,
   6.18 at 2,500, 6.141 at 3,000 (the best); test 6.213, -ELBO 6.393.
