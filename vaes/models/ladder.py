@@ -210,15 +210,16 @@ class LadderVAE(nn.Module):
     def head(l):
       return GaussianHead(self.latent_sizes[l], self.block, self.head_batch_norm, self.dtype)
 
+    def down(l):   # the top-down block into z_l (0-based l), from z_l+1
+      return block(self.hidden_sizes[l], strides[l + 1], upsample=True)
+
     self.head = [head(l) for l in range(num)]
     # Top-down: p(z_l | z_l+1) = prior_head_l(down_l(z_l+1)), l = 1..L-1 (list index l-1).
-    self.down = [block(self.hidden_sizes[l], strides[l + 1], upsample=True)
-                 for l in range(num - 1)]
+    self.down = [down(l) for l in range(num - 1)]
     self.prior_head = [head(l) for l in range(num - 1)]
     if self.inference == 'ladder' and not self.share_top_down:
       # The merge's own top-down path: (mu_t, s_t) = q_head_l(q_down_l(z_l+1)).
-      self.q_down = [block(self.hidden_sizes[l], strides[l + 1], upsample=True)
-                     for l in range(num - 1)]
+      self.q_down = [down(l) for l in range(num - 1)]
       self.q_head = [head(l) for l in range(num - 1)]
     # p(x | z_1).
     self.decoder_block = block(self.hidden_sizes[0], strides[0], upsample=True)
@@ -363,7 +364,6 @@ class LadderVAE(nn.Module):
         h = z[l].astype(self.dtype)
     else:
       bottom_up = self._ladder_bottom_up(h, train)
-    if self.inference == 'ladder':
       z[-1] = gaussian_reparam(*bottom_up[-1], noise_q[-1])
     t = t_q = None
     for l in range(num - 2, -1, -1):          # top-down, 0-based l: layer l + 1
