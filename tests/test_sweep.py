@@ -49,6 +49,24 @@ def test_workdir_names_are_readable_safe_deterministic_and_distinct():
   assert names == [sweep.workdir_name(o) for o in odd]
 
 
+def test_fields_every_run_sets_alike_are_left_out_of_the_names(tmp_path):
+  runs = [{'seed': 0, 'num_train_steps': 9},
+          {'seed': 0, 'num_train_steps': 9, 'model.beta': 1.0},
+          {'seed': 0, 'num_train_steps': 9, 'model.beta': 2.0}]
+  assert sweep.shared_fields(runs) == {'seed', 'num_train_steps'}
+  assert sweep.shared_fields(runs[:1]) == set()   # one run: its name says what it set
+  assert sweep.shared_fields([{'seed': 0}, {'seed': 1}]) == set()
+  assert sweep.shared_fields([{'seed': 0}, {'model.beta': 1.0}]) == set()
+  path = _sweep_file(tmp_path, f'def get_sweep():\n  return {runs!r}\n')
+  names = [os.path.basename(run.workdir) for run in sweep.plan(VQ, path, str(tmp_path), [])]
+  assert names == ['base', 'model.beta=1.0', 'model.beta=2.0']
+  path = os.path.join(REPO, 'sweeps', 'lvae_authors_variants.py')
+  names = [os.path.basename(run.workdir) for run in sweep.plan(
+      os.path.join(REPO, 'configs/lvae_mnist_dynamic.py'), path, str(tmp_path), [])]
+  assert names[:3] == ['base', 'model.head_batch_norm=True,model.share_top_down=False,'
+                       'model.up_from_mean=True', 'model.share_top_down=False'], names
+
+
 @pytest.mark.parametrize('body,expected', [
     ('X = 1\n', 'defines no get_sweep()'),
     ('def get_sweep():\n  return [{"model.num_code": 8}]\n',

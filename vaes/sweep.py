@@ -10,7 +10,8 @@ per run (the big_vision / ml_collections habit):
       return [{'model.num_codes': k, 'seed': s} for k in (16, 64) for s in (0, 1)]
 
 Each run's workdir is WORKDIR_ROOT/<name>, the name made of its overrides sorted by
-field, `model.num_codes=16,seed=0` (`base` for {}); a name that would need characters
+field, `model.num_codes=16,seed=0` (`base` for {}), less the fields that every run of a
+sweep of two or more sets to the same value (they say nothing about which run it is); a name that would need characters
 other than letters, digits and `._+-=,`, that holds a tuple, or that is longer than
 120 characters is cleaned and ends in a hash of the overrides, so names stay unique.
 
@@ -121,8 +122,17 @@ def _name_value(v):
   return repr(v) if isinstance(v, float) else str(v)
 
 
-def workdir_name(overrides):
-  """A readable, file-system-safe, deterministic folder name for one run."""
+def shared_fields(runs):
+  """The fields that every run of a sweep of two or more sets to one value."""
+  if len(runs) < 2:
+    return set()
+  return {k for k, v in runs[0].items() if all(k in run and run[k] == v for run in runs)}
+
+
+def workdir_name(overrides, shared=()):
+  """A readable, file-system-safe, deterministic folder name for one run, of its
+  overrides less the `shared` fields."""
+  overrides = {k: v for k, v in overrides.items() if k not in shared}
   if not overrides:
     return 'base'
   name = ','.join(f'{k}={_name_value(v)}' for k, v in sorted(overrides.items()))
@@ -384,6 +394,7 @@ def plan(config_path, sweep_path, workdir_root, extra_args):
   runs = load_sweep(sweep_path)
   check_fields(sweep_path, config_path, base, runs)
   common = {a.split('=', 1)[0][len('--config.'):] for a in config_args}
+  shared = shared_fields(runs)
   seen = {}
   planned = []
   for i, overrides in enumerate(runs):
@@ -391,7 +402,7 @@ def plan(config_path, sweep_path, workdir_root, extra_args):
     if both:
       raise SweepError(f'--sweep={sweep_path}: run {i} sets {both[0]!r}, which the command '
                        f'line sets too (--config.{both[0]}=...); set it in one place.')
-    name = workdir_name(overrides)
+    name = workdir_name(overrides, shared)
     if name in seen:
       raise SweepError(f'--sweep={sweep_path}: runs {seen[name]} and {i} are the same run '
                        f'({overrides}); remove one.')
