@@ -11,9 +11,10 @@ per run (the big_vision / ml_collections habit):
 
 Each run's workdir is WORKDIR_ROOT/<name>, the name made of its overrides sorted by
 field, `model.num_codes=16,seed=0` (`base` for {}), less the fields that every run of a
-sweep of two or more sets to the same value (they say nothing about which run it is); a name that would need characters
-other than letters, digits and `._+-=,`, that holds a tuple, or that is longer than
-120 characters is cleaned and ends in a hash of the overrides, so names stay unique.
+sweep of two or more sets to the same value (they do not tell the runs apart); a name that
+would need characters other than letters, digits and `._+-=,`, that holds a tuple, or
+that is longer than 120 characters is cleaned and ends in a hash of the overrides, so
+names stay unique.
 
 The runs go one after another, each as `train.py` then `eval.py` in a subprocess (the
 same code path as by hand). A run is finished, and skipped, when its WORKDIR/config.json
