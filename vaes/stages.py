@@ -44,10 +44,15 @@ from vaes.registry import get_family
 from vaes.run_config import config_dict, weights_note
 
 CODES_FORMAT = 2     # bump when the cached arrays change meaning
-# config.data fields added after the key's format: at their default they stay out of the
-# key, so the caches, and the recorded codes_path of runs and exports, made before a field
-# existed keep their names. Add every new config.data field here.
-DATA_FIELDS_ADDED = ('transpose',)
+# The config.data fields of the key's format. A field added since enters the key only
+# away from its default, so the caches, and the codes_path recorded by runs and exports,
+# made before it existed keep their names (data.transpose is one such field).
+KEY_DATA_FIELDS = frozenset((
+    'binarize', 'cache_dir', 'codes_path', 'crop_size', 'eval_limit', 'eval_split',
+    'image_size', 'max_len', 'name', 'num_chorales', 'num_test', 'num_train', 'num_valid',
+    'path', 'resize', 'series_dim', 'series_length', 'series_min_length', 'series_noise',
+    'series_seed', 'shuffle_buffer', 'source', 'tfds_data_dir', 'tfds_download',
+    'train_split', 'valid_size', 'vqvae_workdir'))
 
 
 @dataclasses.dataclass
@@ -93,8 +98,8 @@ def _checkpointer(workdir):
 
 def _key(variables_checksums, vq_config):
   data, defaults = config_dict(vq_config.data), data_core.data_config()
-  for name in DATA_FIELDS_ADDED:
-    if name in data and data[name] == defaults[name]:
+  for name in set(data) - KEY_DATA_FIELDS:
+    if name in defaults and data[name] == defaults[name]:
       del data[name]
   fields = {'format': CODES_FORMAT, 'data': data,
             'batch_size': vq_config.batch_size, 'seed': vq_config.seed,
