@@ -1,4 +1,5 @@
-"""What the benchmarks share: random data of a config's shapes, its compiled train step, JSON output."""
+"""What the benchmarks share: random data of a config's shapes, its compiled train step,
+JSON output."""
 
 import json
 import time

@@ -8,8 +8,8 @@ for sequences), ms per step (median over timed windows after warm-up, the device
 synchronised at the end of each window), compile time, peak device memory where
 the backend reports it, the compiled step's temporary memory (XLA's buffer
 assignment: activations kept for the backward pass, scratch), and XLA's FLOP
-estimate per example with the fraction of the device's peak it reaches. The step is exactly `vaes.train.build_trainer`'s:
-forward, backward, optimiser update, donated state.
+estimate per example with the fraction of the device's peak it reaches. The step is
+exactly `vaes.train.build_trainer`'s: forward, backward, optimiser update, donated state.
 """
 
 import os

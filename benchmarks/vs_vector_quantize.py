@@ -117,7 +117,8 @@ def markdown(rows, steps):
   for r in rows:
     lines.append(f"| {r['side']} | {r['variant']} | {r['mse']:.5f} | {r['nmse']:.4f} | "
                  f"{r['psnr']:.2f} | {r['usage']:.3f} | {r['perplexity']:.1f} | {r['ms']:.0f} |")
-  return f'{steps} steps, batch 256, Fashion-MNIST test split (10,000 images)\n\n' + '\n'.join(lines)
+  header = f'{steps} steps, batch 256, Fashion-MNIST test split (10,000 images)\n\n'
+  return header + '\n'.join(lines)
 
 
 def main(argv=None):

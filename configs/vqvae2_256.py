@@ -12,7 +12,8 @@ Data: TFDS celeb_a, centre crop 148 then resized to 256 (vaes/data/tfds_data.py)
       --config.data.tfds_data_dir=$TFDS_DIR
   # then the priors (top, and bottom conditioned on top):
   python train.py --config=configs/vqvae2_prior.py:celeb_a --workdir=runs/vqvae2_celeba_prior \
-      --config.data.vqvae_workdir=runs/vqvae2_celeba --config.data.vqvae.data.tfds_data_dir=$TFDS_DIR
+      --config.data.vqvae_workdir=runs/vqvae2_celeba \
+      --config.data.vqvae.data.tfds_data_dir=$TFDS_DIR
 
 Hardware: one H100. Speed: bf16 compute (config.compute_dtype), float32
 quantisation with one-hot matmul lookups (no gather / scatter-add in the

@@ -66,7 +66,7 @@ def get_config():
 
   c.data = base.get_base_config().data   # the data defaults, not the chorales config's
   c.data.name = 'jsb_chorales'      # the bundled copy; 'polyphonic_pickle' reads data.path
-  c.data.path = ''                  # polyphonic_pickle only: --config.data.path=/path/to/file.pickle
+  c.data.path = ''                  # polyphonic_pickle only: --config.data.path=/path/x.pickle
   c.data.eval_split = 'test'
   c.data.max_len = 0                # whole sequences, padded to the longest (standard protocol)
 
