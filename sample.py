@@ -1,10 +1,10 @@
 """Draw from a trained model: python sample.py --config=configs/lvae.py --workdir=/tmp/lvae
 [--num=64] [--temperature=0.8] [--seed=0] [--from_layer=K (ladder / hierarchical VAEs)]
 [--impute (sequence models)] [--export=FILE]. Uses the checkpoint and weights eval.py
-evaluates (the moving average when the run kept one; or an export file's) and writes PNG grids, or per-sequence piano rolls
-and MIDI files, into WORKDIR/samples/ with a JSON sidecar (vaes/sample.py). The same
-checkpoint and seed write the same files. Exit status: 0 done, 2 bad input (one line
-says what to fix), 130 for a Ctrl-C."""
+evaluates (the moving average when the run kept one; or an export file's) and writes PNG
+grids, or per-sequence piano rolls and MIDI files, into WORKDIR/samples/ with a JSON
+sidecar (vaes/sample.py). The same checkpoint and seed write the same files. Exit status:
+0 done, 2 bad input (one line says what to fix), 130 for a Ctrl-C."""
 
 from vaes import startup_interrupt  # first: Ctrl-C from here on is one line
 

@@ -106,8 +106,8 @@ def _flag_error_message(e, argv):
   first = first.replace('\\n', ' ').replace('\\"', '"').split(' Other fields present')[0]
   if 'does not exist' in first or "has no attribute" in first or isinstance(
       e, (AttributeError, KeyError)):
-    return (f'--config={path}: a field that does not exist: {first[:300].rstrip(".")}. Check the field '
-            'names in the config file and the --config.* overrides.')
+    return (f'--config={path}: a field that does not exist: {first[:300].rstrip(".")}. '
+            'Check the field names in the config file and the --config.* overrides.')
   return f'Reading --config={path} and its overrides failed: {type(e).__name__}: {first[:300]}'
 
 

@@ -13,9 +13,10 @@ CSV with --csv. A sweep's table is one command: `python -m vaes.collect runs/swe
 
 The results table of the README, from the results/ folder (see results/README.md):
 results/paper_numbers.json names the rows, each row's metric, the paper's number (with
-an optional short note) and the paper's schedule; results/<row>/ holds the run's eval_metrics.json and config.json, or one
-sub-folder per seed (results/<row>/seed0/, ...). Columns: row, metric, paper, ours (the
-mean and each seed's value when there are several), schedule, hardware, wall time. Rows
+an optional short note) and the paper's schedule; results/<row>/ holds the run's
+eval_metrics.json and config.json, or one sub-folder per seed (results/<row>/seed0/, ...).
+Columns: row, metric, paper, ours (the mean and each seed's value when there are several),
+schedule, hardware, wall time. Rows
 without a run folder say 'not run'; a folder that paper_numbers.json does not name is an
 error.
 
@@ -98,8 +99,8 @@ def check_weights(workdir, config, metrics):
   used = ('the moving average of the weights (weights_ema_decay='
           f'{metrics.get("weights_ema_decay")})' if weights == 'ema' else 'the raw weights')
   raise CollectError(f'{fs.join(workdir, METRICS_JSON)} holds the numbers of {used}, but '
-                     f'{fs.join(workdir, CONFIG_JSON)} says weights_ema_decay={decay}: they are not '
-                     f'of one run. Evaluate it again (python eval.py --config=... '
+                     f'{fs.join(workdir, CONFIG_JSON)} says weights_ema_decay={decay}: they '
+                     f'are not of one run. Evaluate it again (python eval.py --config=... '
                      f'--workdir={workdir}).')
 
 

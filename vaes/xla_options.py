@@ -4,8 +4,8 @@ one home of code that depends on the jaxlib release.
 XLA:CPU (jaxlib 0.10 to 0.12) hands every convolution (and its gradients) to YNNPACK as
 a fusion of its own. On the CPU workloads of `benchmarks/vs_pytorch.py` XLA's own
 convolution kernels are faster: the 32x32 VQ-VAE train step (2 cores, 'subpixel')
-took 143 ms with them against 206 ms with YNNPACK's (benchmarks/README.md); matmuls and reductions stay
-with YNNPACK, which is the faster for them (turning YNNPACK off altogether slowed
+took 143 ms with them against 206 ms with YNNPACK's (benchmarks/README.md); matmuls and
+reductions stay with YNNPACK, which is the faster for them (turning YNNPACK off altogether slowed
 the VRNN step from 400 to 568 ms).
 
 The choice is made per compiled function, through `jax.jit(compiler_options=...)`,

@@ -39,7 +39,7 @@ BUNDLED_MNIST = os.path.join(local.FILES_DIR, 'mnist')   # the bundled grey MNIS
 FASHION_MNIST_DIRS = (
     '/usr/share/datasets/fashion-mnist',                 # Debian: apt install dataset-fashion-mnist
     '~/.keras/datasets/fashion-mnist',                    # keras.datasets.fashion_mnist.load_data()
-    '~/data/fashion_mnist/FashionMNIST/raw',              # torchvision, vector-quantize-pytorch's root
+    '~/data/fashion_mnist/FashionMNIST/raw',              # torchvision (vector-quantize-pytorch)
 )
 FASHION_MNIST_FIX = (
     'install it with `apt install dataset-fashion-mnist` (Debian, Ubuntu), or download '

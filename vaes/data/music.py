@@ -222,7 +222,8 @@ def build_chorale_rolls(limit=0):
   try:
     from music21 import corpus
   except ImportError as e:
-    raise DataError('config.data.name=chorales needs the music21 package (pip install music21).') from e
+    raise DataError('config.data.name=chorales needs the music21 package '
+                    '(pip install music21).') from e
   names, rolls = [], []
   files = list(corpus.chorales.Iterator(numberingSystem='riemenschneider', returnType='filename'))
   for name in files[:limit] if limit > 0 else files:

@@ -2,7 +2,8 @@
 
 Names: mnist, fashion_mnist, binarized_mnist (with config.data.source='tfds'; by
 default vaes/data/idx_images.py and vaes/data/local.py read their idx / npz files),
-cifar10, svhn_cropped, omniglot, celeb_a. Batches are {'image': float32 (B, H, W, C) in [0, 1]}, as for 'digits'.
+cifar10, svhn_cropped, omniglot, celeb_a. Batches are {'image': float32 (B, H, W, C) in
+[0, 1]}, as for 'digits'.
 
 Config (`config.data.*`, all optional except `name`):
   tfds_data_dir   '' = the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR).
@@ -162,13 +163,15 @@ def read_options(config) -> Options:
   if not isinstance(data_dir, str):
     raise DataError(f'config.data.tfds_data_dir={data_dir!r} must be a path string '
                     "('' = the TFDS default).")
-  image_size = _check_int('data.image_size', spec.image_size if data.image_size == -1 else data.image_size, 1)
+  image_size = _check_int('data.image_size',
+                          spec.image_size if data.image_size == -1 else data.image_size, 1)
   resize = data.resize or 'bilinear'
   if resize not in RESIZE_MODES:
     raise DataError(f'config.data.resize={resize!r} is not one of {list(RESIZE_MODES)} '
                     f'(for {name}).')
   h, w, _ = spec.native_shape
-  crop_size = _check_int('data.crop_size', spec.crop_size if data.crop_size == -1 else data.crop_size, 0, min(h, w),
+  crop_size = _check_int('data.crop_size',
+                         spec.crop_size if data.crop_size == -1 else data.crop_size, 0, min(h, w),
                          what=f' ({name} images are {h}x{w}; 0 = no crop)')
   if resize == 'pad':
     ch, cw = (crop_size, crop_size) if crop_size else (h, w)

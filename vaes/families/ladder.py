@@ -87,7 +87,7 @@ def model_config():
   m.batch_norm = True                 # batch normalisation in the deterministic blocks
   m.activation = 'leaky_relu'         # one of ladder_model.ACTIVATIONS
   m.residual = False                  # identity paths around each block layer after the first
-  m.top_down_skip = False             # p(z_l | z_>l) via t_l = down_l([z_l+1, t_l+1]); False: Markov
+  m.top_down_skip = False             # p(z_l | z_>l): t_l = down_l([z_l+1, t_l+1]); False: Markov
   # Ladder only: the merge uses p(z_l | z_l+1) (the paper's text), or with False a top-down
   # path of its own (the authors' run_models.py, -ladder_share_params False).
   m.share_top_down = True

@@ -8,8 +8,8 @@ Sonnet's example), the same of the decoder output clipped to the data range [0, 
 at 0 or 1 is fit by any output beyond it, and those outputs get no gradient), or a
 discretised logistic in nats per dimension (usable for bits/dim). Whatever the
 likelihood, the reconstruction that MSE, PSNR and SSIM score is the decoder's mean
-clipped to [0, 1], the image one would show. With EMA codebook updates the codebook term is dropped. With
-config.model.entropy_weight > 0 the training loss adds the batch term
+clipped to [0, 1], the image one would show. With EMA codebook updates the codebook term
+is dropped. With config.model.entropy_weight > 0 the training loss adds the batch term
 lambda (E[H(q(k|z))] - gamma H(E[q(k|z)])) (vaes/codebook.py `entropy_loss`); it is
 not part of the per-example evaluation loss.
 """
