@@ -1,9 +1,6 @@
-"""VRAE (prior p(z_t | z_<t)) on JSB Chorales, filtering posterior
-(configs/vrae_latent_jsb.py), on the schedule of configs/vrnn_smooth_jsb.py: 3,000 steps and the
-moving average of the weights at 0.995; everything else as configs/vrae_latent_jsb.py. The JSB
-table's rows then differ by one change each: vrae_latent_jsb -> vrae_latent_jsb_3k_ema is the
-schedule and the weight average, vrnn_jsb_3k_ema -> vrnn_smooth_jsb the posterior alone,
-and vrae_*_jsb_3k_ema -> vrnn_jsb_3k_ema the prior alone.
+"""VRAE (prior p(z_t | z_<t)) on JSB Chorales, filtering posterior (configs/vrae_latent_jsb.py),
+on the smoothing row's schedule: 3,000 steps and the weight average
+(configs/vrnn_smooth_jsb.py `smoothing_row_schedule`, which lists the changes of the table).
 
   python train.py --config=configs/vrae_latent_jsb_3k_ema.py \
       --workdir=~/runs/vrae_latent_jsb_3k_ema_s0

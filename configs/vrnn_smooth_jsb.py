@@ -36,7 +36,10 @@ from configs import vrnn_jsb
 def smoothing_row_schedule(c):
   """This row's schedule, which the filtering rows are also run on (configs/*_jsb_3k_ema.py)
   so that each difference of the JSB table is one change: 3,000 steps and the moving
-  average of the weights."""
+  average of the weights at 0.995. Then vrnn_jsb -> vrnn_jsb_3k_ema (and vrae_latent_jsb,
+  vrae_global_jsb -> their _3k_ema) is the schedule and the average, vrae_*_jsb_3k_ema ->
+  vrnn_jsb_3k_ema the prior alone, and vrnn_jsb_3k_ema -> vrnn_smooth_jsb the posterior
+  alone."""
   c.num_train_steps = 3000          # the best valid step is kept (seeds 0 / 1: 2,000 / 1,750)
   c.weights_ema_decay = 0.995       # evaluations (so the checkpoint kept) use the average
   return c

@@ -16,9 +16,8 @@ results/paper_numbers.json names the rows, each row's metric, the paper's number
 an optional short note) and the paper's schedule; results/<row>/ holds the run's
 eval_metrics.json and config.json, or one sub-folder per seed (results/<row>/seed0/, ...).
 Columns: row, metric, paper, ours (the mean and each seed's value when there are several),
-schedule, hardware, wall time. Rows
-without a run folder say 'not run'; a folder that paper_numbers.json does not name is an
-error.
+schedule, hardware, wall time. Rows without a run folder say 'not run'; a folder that
+paper_numbers.json does not name is an error.
 
 Missing or unreadable files, and a URL whose file system is missing or unknown, end the
 command with one line naming the file and the fix.
