@@ -46,7 +46,10 @@ def model_fields(module_class, family, **given):
 
 def subprocess_env(num_devices=1, extra=None):
   env = dict(os.environ)
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
+  inherited = [f for f in env.get('XLA_FLAGS', '').split()      # tests/conftest.py's
+               if not f.startswith('--xla_force_host_platform_device_count=')]
+  env['XLA_FLAGS'] = ' '.join(inherited + [
+      f'--xla_force_host_platform_device_count={num_devices}'])
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
   env.pop('CUDA_VISIBLE_DEVICES', None)
