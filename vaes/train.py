@@ -212,7 +212,8 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
       compiler_options=options)
   return Trainer(
       config, family, model, data_info, placement, tx, state_sharding,
-      init_fn=jax.jit(init, out_shardings=state_sharding),
+      init_fn=jax.jit(init, out_shardings=state_sharding,
+                      compiler_options=xla_options.init_compiler_options(placement.platform)),
       train_step=jit(train_step, placement.batch), abstract_state=abstract_state,
       multi_step=jit(lambda state, batches: jax.lax.scan(train_step, state, batches),
                      placement.stacked))

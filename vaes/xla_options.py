@@ -1,5 +1,6 @@
-"""Per-backend XLA compiler options of the compiled steps (`config.cpu_convolutions`): the
-one home of code that depends on the jaxlib release.
+"""Per-backend XLA compiler options of the compiled steps (`config.cpu_convolutions`) and
+of the initial state (`init_compiler_options`): the one home of code that depends on the
+jaxlib release.
 
 XLA:CPU (jaxlib 0.10 to 0.12) hands every convolution (and its gradients) to YNNPACK as
 a fusion of its own. On the CPU workloads of `benchmarks/vs_pytorch.py` XLA's own
@@ -53,15 +54,38 @@ def compiler_options(cpu_convolutions, backend=None):
   return _supported(tuple(_YNN_WITHOUT_CONVOLUTIONS.items()))
 
 
+def init_compiler_options(backend=None):
+  """`compiler_options` for `jax.jit` of the initial state (`vaes.train.make_init`): LLVM's
+  O1 on the CPU, None elsewhere.
+
+  The initial state is compiled once per run and run once, so its compile time is all
+  that counts. XLA:CPU compiles the threefry loop of every initialiser into a kernel of
+  its own, which LLVM takes seconds each to optimise at jaxlib's default level: the
+  digits VQ-VAE-2's initial state took 55-94 s to compile, 3.4 s at O1 (the VQ-VAE 9.4
+  vs 1.7 s, lvae_mnist_dynamic 8.3 vs 5.8 s; 2-core CPU beside a training run). The values
+  are the same bits for the VQ-VAEs and sequence models; the Ladder VAE's differ by one
+  or two float32 ulps in a few weights (where LLVM fuses a multiply-add in the truncated
+  normal): tests/test_xla_options.py."""
+  if (backend or jax.default_backend()) != 'cpu':
+    return None
+  return _supported(tuple(_INIT_AT_O1.items()), note=False)
+
+
+_INIT_AT_O1 = {'xla_backend_optimization_level': 1}
+
+
 @functools.cache
-def _supported(options):
+def _supported(options, note=True):
+  """`options` if this jaxlib compiles a tiny computation with them, else None (with one
+  line saying so when `note`: the option of config.cpu_convolutions='xla')."""
   options = dict(options)
   try:
     jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros((), jnp.float32)).compile()
   except Exception as e:  # pylint: disable=broad-except  (jaxlib's error types vary)
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f"note: this jaxlib ({jax.__version__}) refuses the XLA:CPU option of "
-          f"config.cpu_convolutions='xla' ({first[:160]}); compiling with its defaults, "
-          "as with --config.cpu_convolutions=ynnpack.", file=sys.stderr, flush=True)
+    if note:
+      print(f"note: this jaxlib ({jax.__version__}) refuses the XLA:CPU option of "
+            f"config.cpu_convolutions='xla' ({first[:160]}); compiling with its defaults, "
+            "as with --config.cpu_convolutions=ynnpack.", file=sys.stderr, flush=True)
     return None
   return options
