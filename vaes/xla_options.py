@@ -36,6 +36,8 @@ CPU_CONVOLUTIONS = ('xla', 'ynnpack')
 _YNN_WITHOUT_CONVOLUTIONS = {
     'xla_cpu_experimental_ynn_fusion_type':
         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+# The initial state's: LLVM's O1 (`init_compiler_options`).
+_INIT_AT_O1 = {'xla_backend_optimization_level': 1}
 
 
 def validate(value):
@@ -68,24 +70,29 @@ def init_compiler_options(backend=None):
   normal): tests/test_xla_options.py."""
   if (backend or jax.default_backend()) != 'cpu':
     return None
-  return _supported(tuple(_INIT_AT_O1.items()), note=False)
-
-
-_INIT_AT_O1 = {'xla_backend_optimization_level': 1}
+  return None if _refusal(tuple(_INIT_AT_O1.items())) else dict(_INIT_AT_O1)
 
 
 @functools.cache
-def _supported(options, note=True):
-  """`options` if this jaxlib compiles a tiny computation with them, else None (with one
-  line saying so when `note`: the option of config.cpu_convolutions='xla')."""
-  options = dict(options)
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros((), jnp.float32)).compile()
-  except Exception as e:  # pylint: disable=broad-except  (jaxlib's error types vary)
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if note:
-      print(f"note: this jaxlib ({jax.__version__}) refuses the XLA:CPU option of "
-            f"config.cpu_convolutions='xla' ({first[:160]}); compiling with its defaults, "
-            "as with --config.cpu_convolutions=ynnpack.", file=sys.stderr, flush=True)
+def _supported(options):
+  """`options` of config.cpu_convolutions='xla' if this jaxlib accepts them, else None
+  with one line saying so."""
+  refused = _refusal(options)
+  if refused:
+    print(f"note: this jaxlib ({jax.__version__}) refuses the XLA:CPU option of "
+          f"config.cpu_convolutions='xla' ({refused[:160]}); compiling with its defaults, "
+          "as with --config.cpu_convolutions=ynnpack.", file=sys.stderr, flush=True)
     return None
-  return options
+  return dict(options)
+
+
+@functools.cache
+def _refusal(options):
+  """None if this jaxlib compiles a tiny computation with `options` ((name, value)
+  pairs), else the first line of its error."""
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
+        jnp.zeros((), jnp.float32)).compile()
+  except Exception as e:  # pylint: disable=broad-except  (jaxlib's error types vary)
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return None
