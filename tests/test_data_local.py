@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import PYTHON, REPO, load_config, subprocess_env
 from vaes import data as data_lib
 from vaes.data import local
-from vaes.data.core import DataError
+from vaes.data.core import ArrayTrainSource, DataError
 
 MNIST = {'train': 50000, 'valid': 10000, 'test': 10000}
 MNIST_MEAN = {'train': 0.1306, 'valid': 0.1311, 'test': 0.1325}
@@ -165,3 +165,20 @@ def test_local_loaders_do_not_import_tensorflow():
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip().splitlines()[-1] == '[]'
+
+
+def test_training_order_is_one_seeded_permutation_per_epoch_in_any_step_order():
+  """The epoch's order is drawn once and kept (ArrayTrainSource._permutation); a step's
+  indices stay default_rng([seed, epoch])'s, whatever step was asked for before it (a
+  resumed run starts anywhere), and the kept order cannot be written through them."""
+  n, b, seed = 10, 3, 7   # 3 steps per epoch, the tenth example dropped
+  source = ArrayTrainSource({'x': np.arange(n)}, b, seed)
+  for step in [4, 5, 0, 8, 3, 1, 7, 2, 6, 5, 0]:
+    epoch, pos = divmod(step, 3)
+    expected = np.random.default_rng([seed, epoch]).permutation(n)[pos * b:(pos + 1) * b]
+    np.testing.assert_array_equal(source.global_indices(step), expected)
+    np.testing.assert_array_equal(source.batch(step)['x'], expected)
+  epoch_1 = np.concatenate([source.global_indices(s) for s in (3, 4, 5)])
+  assert len(set(epoch_1.tolist())) == 9
+  with pytest.raises(ValueError, match='read-only'):
+    source.global_indices(0)[0] = 0

@@ -201,6 +201,7 @@ class ArrayTrainSource:
     self.process_index = process_index
     self.transform = transform
     self.steps_per_epoch = steps_per_epoch(self.num_examples, global_batch_size)
+    self._epoch_order = (None, None)     # (epoch, its permutation): see _permutation
 
   @property
   def element_spec(self):
@@ -208,8 +209,16 @@ class ArrayTrainSource:
 
   def global_indices(self, step: int) -> np.ndarray:
     epoch, pos = divmod(step, self.steps_per_epoch)
-    perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-    return perm[pos * self.global_batch_size:(pos + 1) * self.global_batch_size]
+    return self._permutation(epoch)[pos * self.global_batch_size:(pos + 1) * self.global_batch_size]
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    """The order of `epoch` (read-only), drawn once for the epoch's steps: drawn at every
+    step, it took ~2 ms of a ~50 ms Ladder VAE step on the 2-core CPU (50,000 examples)."""
+    if self._epoch_order[0] != epoch:
+      order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+      order.flags.writeable = False
+      self._epoch_order = (epoch, order)
+    return self._epoch_order[1]
 
   def batch(self, step: int) -> dict:
     idx = self.global_indices(step)
