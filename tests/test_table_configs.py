@@ -11,6 +11,7 @@ from tests.helpers import load_config
 from vaes import data as data_lib
 from vaes.data.core import ArrayEvalSource
 from vaes.registry import get_family
+from vaes.run_config import flatten
 from vaes.evaluation import evaluate_split
 from vaes.train import build_trainer
 
@@ -51,3 +52,26 @@ def test_table_config_trains_and_evaluates_on_its_real_data(path):
   else:                 # frames of the 12 test chorales, counted once
     assert metrics['eval_sequences'] == 12
     assert metrics['eval_frames'] == splits.eval.arrays['mask'][:12].sum()
+
+
+def test_the_60k_rows_differ_from_each_other_in_the_authors_three_model_fields_only():
+  """configs/lvae_mnist_dynamic_authors_60k.py is configs/lvae_mnist_dynamic_60k.py with the
+  three choices of the authors' run_models.py that the validation sweep chose (and both
+  train 2000 epochs on all 60,000 images with nothing selected); its model trains on the
+  real data."""
+  base = flatten(load_config('configs/lvae_mnist_dynamic_60k.py').to_dict())
+  authors = flatten(load_config('configs/lvae_mnist_dynamic_authors_60k.py').to_dict())
+  assert {k for k in base if base[k] != authors[k]} == {
+      'model.share_top_down', 'model.up_from_mean', 'model.head_batch_norm'}
+  assert (authors['model.share_top_down'], authors['model.up_from_mean'],
+          authors['model.head_batch_norm']) == (False, True, True)
+  assert authors['data.train_split'] == 'train+valid' and authors['eval.select_metric'] == ''
+  assert authors['num_train_steps'] == 2000 * (60000 // 256)
+  config = load_config('configs/lvae_mnist_dynamic_authors_60k.py', {'batch_size': 8})
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state = trainer.init_fn()
+  for step in range(2):
+    state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))
+    assert np.isfinite(float(metrics['loss']))
+  assert int(state.skipped_updates) == 0 and 'kl_layer_5' in metrics
