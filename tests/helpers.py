@@ -34,6 +34,20 @@ def load_config(path, overrides=None):
     node[leaf] = value
   return config
 
+def two_train_steps(config):
+  """The config's data, its engine (vaes.train.build_trainer) and its state after two real
+  train steps on the first two training batches: (splits, trainer, state, [loss, loss])."""
+  from vaes import data as data_lib
+  from vaes.train import build_trainer
+  splits = data_lib.get_datasets(config)
+  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  state, losses = trainer.init_fn(), []
+  for step in range(2):
+    state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))
+    losses.append(float(metrics['loss']))
+  return splits, trainer, state, losses
+
+
 
 def model_fields(module_class, family, **given):
   """Keyword arguments of a family's Linen module built directly in a test: `given`, and

@@ -7,13 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
-from vaes import data as data_lib
+from tests.helpers import load_config, two_train_steps
 from vaes.data.core import ArrayEvalSource
 from vaes.registry import get_family
 from vaes.run_config import flatten
 from vaes.evaluation import evaluate_split
-from vaes.train import build_trainer
 
 TABLE_CONFIGS = {
     'configs/lvae_mnist.py': 'nll', 'configs/hvae_mnist.py': 'nll',
@@ -33,13 +31,7 @@ def test_table_config_trains_and_evaluates_on_its_real_data(path):
                               'eval.num_importance_samples': 4, 'eval.iw_chunk_size': 4,
                               'eval.select_num_importance_samples': 0})
   assert config.data.eval_split == 'test' and config.eval.select_metric == TABLE_CONFIGS[path]
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  state = trainer.init_fn()
-  losses = []
-  for step in range(2):
-    state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))
-    losses.append(float(metrics['loss']))
+  splits, trainer, state, losses = two_train_steps(config)
   assert np.all(np.isfinite(losses)) and int(state.skipped_updates) == 0
   subset = ArrayEvalSource({k: v[:12] for k, v in splits.eval.arrays.items()}, 8)  # 8 + 4 padded
   metrics = evaluate_split(get_family(config.model.name), config, trainer.model,
@@ -67,11 +59,9 @@ def test_the_60k_rows_differ_from_each_other_in_the_authors_three_model_fields_o
           authors['model.head_batch_norm']) == (False, True, True)
   assert authors['data.train_split'] == 'train+valid' and authors['eval.select_metric'] == ''
   assert authors['num_train_steps'] == 2000 * (60000 // 256)
-  config = load_config('configs/lvae_mnist_dynamic_authors_60k.py', {'batch_size': 8})
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  state = trainer.init_fn()
-  for step in range(2):
-    state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))
-    assert np.isfinite(float(metrics['loss']))
-  assert int(state.skipped_updates) == 0 and 'kl_layer_5' in metrics
+  _, trainer, state, losses = two_train_steps(
+      load_config('configs/lvae_mnist_dynamic_authors_60k.py', {'batch_size': 8}))
+  assert np.all(np.isfinite(losses)) and int(state.skipped_updates) == 0
+  model = trainer.model   # the engine's model: five layers, the three choices in force
+  assert len(model.latent_sizes) == 5 and (
+      model.share_top_down, model.up_from_mean, model.head_batch_norm) == (False, True, True)

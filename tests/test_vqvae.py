@@ -216,20 +216,15 @@ def test_fashion_config_trains_and_reports_psnr_and_ssim(tmp_path):
   """configs/vqvae_fashion_mnist.py (its data read as idx files of the same shapes):
   two train steps, then the evaluation reports psnr and ssim beside normalized_mse."""
   import numpy as np
-  from tests.helpers import write_idx_images
+  from tests.helpers import two_train_steps, write_idx_images
   from vaes.evaluation import evaluate_split
-  from vaes.train import build_trainer
   rng = np.random.default_rng(0)
   path = write_idx_images(tmp_path, rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
                           rng.integers(0, 256, (12, 28, 28), dtype=np.uint8))
   config = load_config('configs/vqvae_fashion_mnist.py', {
       'batch_size': 8, 'eval.batch_size': 8, 'data.name': 'idx_images', 'data.path': path})
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
-  state = trainer.init_fn()
-  for step in range(2):
-    state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))
-  assert np.isfinite(float(metrics['loss']))
+  splits, trainer, state, losses = two_train_steps(config)
+  assert np.isfinite(losses[-1])
   metrics = evaluate_split(get_family('vqvae'), config, trainer.model,
                            {'params': state.params, **state.model_state}, splits.eval,
                            splits.info, jax.random.PRNGKey(0), trainer.put, progress=False)
