@@ -38,9 +38,11 @@ def random_variables(model, likelihood, seed=0):
 @functools.lru_cache(maxsize=None)
 def tiny(prior='latent', likelihood='bernoulli', unroll=1, remat=False, posterior='filter'):
   """A tiny VRAE, its variables and jitted functions, built once per variant (compiling
-  is what costs time here, so tests share these functions and their input shapes)."""
+  is what costs time here, so tests share these functions and their input shapes).
+  prior='srnn' has the paper's residual posterior mean (tests/test_srnn.py has its own)."""
   model = VRAE(features=P, likelihood=likelihood, prior=prior, posterior=posterior, hidden=H,
-               latent=D, mlp_hidden=H, unroll=unroll, remat=remat, made_hidden=0)
+               latent=D, mlp_hidden=H, unroll=unroll, remat=remat, made_hidden=0,
+               q_residual=True if prior == 'srnn' else None)
   variables = random_variables(model, likelihood)
   loss_fn = family.make_loss_fn(loss_config(free_bits=0.05), model, SEQUENCE_INFO)
   return types.SimpleNamespace(

@@ -43,7 +43,9 @@ Evaluation over the whole eval split (all metrics in nats per real frame):
                   particles per sequence (0 = not computed), resampling as config.eval.
                   fivo_resample / fivo_resampler say; fivo_resample_rate = resampling steps
                   per real frame. All k particles of a batch's sequences in one pass: memory
-                  grows as eval.batch_size x k (lower eval.batch_size for large k). The
+                  grows as eval.batch_size x k (lower eval.batch_size for large k). Any
+                  per-step model: with posterior='smooth' the proposal q(z_t | z_<t, x_1:T)
+                  reads the future frames too, and the estimate of p(x) stays unbiased. The
                   checkpoint-selection evaluations skip it unless it is the selection
                   metric (`selection_eval`);
   baseline_nll_per_frame  independent per-dimension model of the training frames, from
@@ -215,10 +217,12 @@ def _validate_bounds(config):
     if on and m.prior == 'global':
       raise ConfigError(f"{field}={value}: the particle filter needs per-step latents z_t, "
                         "and prior='global' has one z; use prior='latent', 'vrnn' or 'srnn'.")
-    if on and m.posterior != 'filter':
-      raise ConfigError(f"{field}={value} needs the filtering posterior q(z_t | z_<t, x_<=t) "
-                        f"as proposal, not posterior='{m.posterior}': set "
-                        "config.model.posterior='filter' (or train_bound='iwae').")
+  # The SMC estimate is unbiased for any proposal, the smoothing posterior included, so it
+  # evaluates every per-step model; as a training bound it stays the filtering one (FIVO).
+  if m.train_bound == 'fivo' and m.posterior != 'filter':
+    raise ConfigError("config.model.train_bound='fivo' needs the filtering posterior "
+                      f"q(z_t | z_<t, x_<=t) as proposal, not posterior='{m.posterior}': set "
+                      "config.model.posterior='filter' (or train_bound='iwae').")
 
 
 def build_model(config, data_info):

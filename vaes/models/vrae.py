@@ -774,8 +774,9 @@ class VRAE(nn.Module):
     with k = 1 the z's are those of `__call__` with eps = step_noise(rng_z, T, (B, latent)).
     'smooth': b_t of each sequence is shared by its particles ('srnn': so is d_t, a function
     of x_<t alone, and a_t). SMC stays unbiased for a
-    proposal that reads x_1:T, but resampling then judges particles by the past frames
-    only; vaes.families.vrae allows FIVO for 'filter' posteriors only.
+    proposal that reads x_1:T (the weights' targets are still p(x_<=t, z_<=t)), but
+    resampling then judges particles by the past frames only; vaes.families.vrae evaluates
+    with either posterior and trains FIVO with 'filter' only.
 
     x: (B, T, ...), mask: (B, T), keep: None or the dropout masks (keep_x, keep_h) of
     `dropout_keep(rng, rate, T, B, self.dropout_dims)`, shared by a sequence's particles.
