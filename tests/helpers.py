@@ -34,6 +34,7 @@ def load_config(path, overrides=None):
     node[leaf] = value
   return config
 
+
 def two_train_steps(config):
   """The config's data, its engine (vaes.train.build_trainer) and its state after two real
   train steps on the first two training batches: (splits, trainer, state, [loss, loss])."""
@@ -46,7 +47,6 @@ def two_train_steps(config):
     state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))
     losses.append(float(metrics['loss']))
   return splits, trainer, state, losses
-
 
 
 def model_fields(module_class, family, **given):
