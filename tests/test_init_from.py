@@ -112,26 +112,33 @@ def test_bad_init_from_is_one_line_naming_the_fix(source, tmp_path, case):
   assert not (tmp_path / workdir / BEST_DIR).exists()
 
 
-def test_the_ladder_fine_tuning_config_needs_init_from_and_trains_on_the_iw_bound(tmp_path):
-  """configs/lvae_mnist_dynamic_finetune.py, shrunk: refused without init_from (one line);
-  with it, a trained ladder's weights go on training on the k = 10 bound from step 0."""
+@pytest.mark.parametrize('trained_path,tune_path,tune_overrides', [
+    ('configs/lvae_mnist_dynamic.py', 'configs/lvae_mnist_dynamic_finetune.py',
+     {'init_from_checkpoint': 'latest'}),   # its own default, 'best', needs a selected run
+    ('configs/lvae_mnist_dynamic_60k.py', 'configs/lvae_mnist_dynamic_60k_finetune.py', {}),
+])
+def test_the_ladder_fine_tuning_configs_need_init_from_and_train_on_the_iw_bound(
+    trained_path, tune_path, tune_overrides, tmp_path):
+  """The two ladder fine-tuning configs, shrunk: refused without init_from (one line); with
+  it, a trained ladder's weights go on training on the k = 10 bound from step 0 (the 60k
+  one from the trained run's last checkpoint by default: that run selects none)."""
   tiny = {'model.latent_sizes': (4, 2), 'model.hidden_sizes': (16, 8), 'batch_size': 32,
           'log_every_steps': 1, 'eval_every_steps': 0, 'checkpoint_every_steps': 2,
           'eval.batch_size': 100, 'eval.select_metric': ''}
   trained = str(tmp_path / 'trained')
-  train_and_evaluate(load_config('configs/lvae_mnist_dynamic.py',
-                                 dict(tiny, num_train_steps=2)), trained)
-  config = load_config('configs/lvae_mnist_dynamic_finetune.py', dict(tiny, num_train_steps=2,
-                                                                      init_from_checkpoint='latest'))
+  trained_config = load_config(trained_path, dict(tiny, num_train_steps=2))
+  train_and_evaluate(trained_config, trained)
+  config = load_config(tune_path, dict(tiny, num_train_steps=2, **tune_overrides))
+  assert config.model.train_importance_samples == 10
   with pytest.raises(ConfigError, match='--config.init_from=WORKDIR_OF_THE_TRAINED_RUN'):
     train_and_evaluate(config, str(tmp_path / 'tune'))
   # Refused before anything is written but the workdir's lock file.
   assert [p.name for p in (tmp_path / 'tune').iterdir()] == [workdir_lock.LOCK_NAME]
   config.init_from = trained
   _, start = _start(config, str(tmp_path / 'tune'))
-  source = _saved(load_config('configs/lvae_mnist_dynamic.py', dict(tiny, num_train_steps=2)),
-                  trained)
-  for a, b in zip(jax.tree.leaves(source.params), jax.tree.leaves(jax.device_get(start.state.params))):
+  source = _saved(trained_config, trained)
+  started = jax.device_get(start.state.params)
+  for a, b in zip(jax.tree.leaves(source.params), jax.tree.leaves(started)):
     np.testing.assert_array_equal(a, b)
   metrics = train_and_evaluate(config, str(tmp_path / 'tune'))
   assert np.isfinite(metrics['loss']) and metrics['kl_weight'] == 1.0

@@ -65,3 +65,20 @@ def test_the_60k_rows_differ_from_each_other_in_the_authors_three_model_fields_o
   model = trainer.model   # the engine's model: five layers, the three choices in force
   assert len(model.latent_sizes) == 5 and (
       model.share_top_down, model.up_from_mean, model.head_batch_norm) == (False, True, True)
+
+
+def test_the_60k_fine_tuning_is_the_50k_one_on_the_60k_runs_data_for_the_length_valid_chose():
+  """configs/lvae_mnist_dynamic_60k_finetune.py is configs/lvae_mnist_dynamic_finetune.py
+  (k = 10, KL weight 1) on the 60,000 images of the run it starts from, for 10 epochs of
+  them, from that run's last checkpoint, with nothing selected."""
+  tune = flatten(load_config('configs/lvae_mnist_dynamic_finetune.py').to_dict())
+  tune_60k = flatten(load_config('configs/lvae_mnist_dynamic_60k_finetune.py').to_dict())
+  assert {k for k in tune if tune[k] != tune_60k[k]} == {
+      'data.train_split', 'init_from_checkpoint', 'num_train_steps', 'checkpoint_every_steps',
+      'eval_every_steps', 'eval.select_metric'}
+  trained = flatten(load_config('configs/lvae_mnist_dynamic_60k.py').to_dict())
+  assert tune_60k['data.train_split'] == trained['data.train_split'] == 'train+valid'
+  assert (tune_60k['init_from_checkpoint'], tune_60k['eval.select_metric'],
+          tune_60k['eval_every_steps']) == ('latest', '', 0)
+  assert tune_60k['num_train_steps'] == 10 * (60000 // 256)
+  assert (tune_60k['model.train_importance_samples'], tune_60k['model.kl_warmup_steps']) == (10, 0)
