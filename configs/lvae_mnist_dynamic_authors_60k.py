@@ -33,9 +33,16 @@ about 9 hours, then the 5000-sample test evaluation.
 from configs import lvae_mnist_dynamic_60k
 
 
+def authors_choices(model):
+  """The three model fields above, set on `model` (a config's `model`) in place; also the
+  model of configs/lvae_mnist_dynamic_authors_60k_finetune.py, which must restore these
+  weights."""
+  model.share_top_down = False
+  model.up_from_mean = True
+  model.head_batch_norm = True
+
+
 def get_config():
   c = lvae_mnist_dynamic_60k.get_config()
-  c.model.share_top_down = False
-  c.model.up_from_mean = True
-  c.model.head_batch_norm = True
+  authors_choices(c.model)
   return c

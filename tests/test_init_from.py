@@ -116,12 +116,14 @@ def test_bad_init_from_is_one_line_naming_the_fix(source, tmp_path, case):
     ('configs/lvae_mnist_dynamic.py', 'configs/lvae_mnist_dynamic_finetune.py',
      {'init_from_checkpoint': 'latest'}),   # its own default, 'best', needs a selected run
     ('configs/lvae_mnist_dynamic_60k.py', 'configs/lvae_mnist_dynamic_60k_finetune.py', {}),
+    ('configs/lvae_mnist_dynamic_authors_60k.py',
+     'configs/lvae_mnist_dynamic_authors_60k_finetune.py', {}),
 ])
 def test_the_ladder_fine_tuning_configs_need_init_from_and_train_on_the_iw_bound(
     trained_path, tune_path, tune_overrides, tmp_path):
-  """The two ladder fine-tuning configs, shrunk: refused without init_from (one line); with
-  it, a trained ladder's weights go on training on the k = 10 bound from step 0 (the 60k
-  one from the trained run's last checkpoint by default: that run selects none)."""
+  """The ladder fine-tuning configs, shrunk: refused without init_from (one line); with it, a
+  trained ladder's weights go on training on the k = 10 bound from step 0 (the 60k ones
+  from the trained run's last checkpoint by default: that run selects none)."""
   tiny = {'model.latent_sizes': (4, 2), 'model.hidden_sizes': (16, 8), 'batch_size': 32,
           'log_every_steps': 1, 'eval_every_steps': 0, 'checkpoint_every_steps': 2,
           'eval.batch_size': 100, 'eval.select_metric': ''}

@@ -67,6 +67,33 @@ def test_the_60k_rows_differ_from_each_other_in_the_authors_three_model_fields_o
       model.share_top_down, model.up_from_mean, model.head_batch_norm) == (False, True, True)
 
 
+FINE_TUNINGS = [    # (the trained run's config, the config that fine-tunes its weights)
+    ('configs/lvae_mnist_dynamic.py', 'configs/lvae_mnist_dynamic_finetune.py'),
+    ('configs/lvae_mnist_dynamic_60k.py', 'configs/lvae_mnist_dynamic_60k_finetune.py'),
+    ('configs/lvae_mnist_dynamic_authors_60k.py',
+     'configs/lvae_mnist_dynamic_authors_60k_finetune.py'),
+]
+
+
+@pytest.mark.parametrize('trained_path,tune_path', FINE_TUNINGS)
+def test_a_fine_tuning_config_is_its_trained_runs_config_on_the_iw_bound(trained_path,
+                                                                         tune_path):
+  """A fine-tuning config restores its trained run's weights (init_from), so it must build
+  the same model on the same data with the same optimiser: of the model only the objective
+  (k = 10) and the warm-up (off: KL weight 1) differ, and otherwise only the schedule and
+  where it starts."""
+  trained = flatten(load_config(trained_path).to_dict())
+  tune = flatten(load_config(tune_path).to_dict())
+  assert set(trained) == set(tune)
+  assert {k for k in trained if trained[k] != tune[k]} <= {
+      'model.train_importance_samples', 'model.kl_warmup_fraction', 'init_from',
+      'init_from_checkpoint', 'num_train_steps', 'checkpoint_every_steps', 'eval_every_steps',
+      'log_every_steps'}
+  assert (trained['model.train_importance_samples'], tune['model.train_importance_samples'],
+          tune['model.kl_warmup_fraction'], tune['model.kl_warmup_steps']) == (1, 10, 0.0, 0)
+  assert trained['model.kl_warmup_fraction'] > 0
+
+
 def test_the_60k_fine_tuning_is_the_50k_one_on_the_60k_runs_data_for_the_length_valid_chose():
   """configs/lvae_mnist_dynamic_60k_finetune.py is configs/lvae_mnist_dynamic_finetune.py
   (k = 10, KL weight 1) on the 60,000 images of the run it starts from, for 10 epochs of
