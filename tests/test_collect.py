@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -206,3 +207,24 @@ def test_every_results_row_was_made_by_its_config_as_it_stands():
       assert not diff, f'{run}: {run_config.describe_diff(diff)}'
       checked += 1
   assert checked >= 6
+
+
+def test_the_readmes_mnist_summary_quotes_the_results_folder():
+  """The README's MNIST summary (| `row` | data | schedule | seeds | test nll | -ELBO | paper |)
+  is written by hand beside the generated table: each of its rows must give the number of
+  seeds in results/<row>/ and their mean test nll and -ELBO to the quoted 2 decimals."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  quoted = re.findall(r'^\| `(\w+)` \| [^|]+ \| [^|]+ \| (\d+) \| \**([\d.]+)\**[^|]* \| '
+                      r'([\d.]+) \|', readme, re.M)
+  assert len(quoted) >= 7
+  for name, seeds, nll, neg_elbo in quoted:
+    runs = collect.row_runs(os.path.join(REPO, 'results', name))
+    metrics = []
+    for run in runs:
+      with open(os.path.join(run, 'eval_metrics.json')) as f:
+        metrics.append(json.load(f))
+    assert len(metrics) == int(seeds), name
+    for text, key in ((nll, 'nll'), (neg_elbo, 'neg_elbo')):
+      mean = sum(m[key] for m in metrics) / len(metrics)
+      assert abs(float(text) - mean) <= 0.005 + 1e-9, (name, key, text, mean)
