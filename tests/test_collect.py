@@ -139,6 +139,44 @@ def test_results_table_from_fake_rows(tmp_path, capsys):
   assert rc == 1 and err.count('\n') == 1 and 'row_d' in err and 'paper_numbers.json' in err
 
 
+def test_readme_flag_writes_the_table_between_the_markers_and_keeps_the_rest(tmp_path,
+                                                                             capsys):
+  results = tmp_path / 'results'
+  results.mkdir()
+  with open(results / 'paper_numbers.json', 'w') as f:
+    json.dump({'row_a': {'metric': 'nll', 'paper': 79.24}}, f)
+  make_run(results / 'row_a', config(1e-3, 32), {'nll': 80.0, 'step': 5000.0})
+  readme = tmp_path / 'README.md'
+  before = '# Title\n\ntext\n<!-- results-table: generated; do not edit -->\n'
+  after = '<!-- /results-table -->\n\nmore text\n'
+  readme.write_text(before + '| an old | table |\n|---|---|\n' + after)
+  rc, out, err = run_main(capsys, ['--results', str(results), '--readme', str(readme)])
+  assert rc == 0 and err == '' and out.count('\n') == 1 and str(readme) in out
+  _, table, _ = run_main(capsys, ['--results', str(results)])
+  assert readme.read_text() == before + table + after
+  # Again: the same file (a table replaced, not added).
+  assert run_main(capsys, ['--results', str(results), '--readme', str(readme)])[0] == 0
+  assert readme.read_text() == before + table + after
+  # No end marker: one line naming both markers, the file untouched.
+  readme.write_text(before + 'no end\n')
+  rc, out, err = run_main(capsys, ['--results', str(results), '--readme', str(readme)])
+  assert rc == 1 and out == '' and err.count('\n') == 1 and collect.TABLE_END in err
+  assert readme.read_text() == before + 'no end\n'
+  rc, _, err = run_main(capsys, ['--results', str(results),
+                                 '--readme', str(tmp_path / 'nowhere.md')])
+  assert rc == 1 and err.count('\n') == 1 and 'nowhere.md' in err
+
+
+def test_the_readmes_results_table_is_the_generated_one():
+  """README.md's results table is what `python -m vaes.collect --results results` makes of
+  results/ as it stands: a row added or changed there without rerunning it with
+  `--readme README.md`, or a hand edit of the table, fails here."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    text = f.read()
+  header, rows = collect.results_table(os.path.join(REPO, 'results'))
+  assert collect.splice_table(text, collect.markdown(header, rows), 'README.md') == text
+
+
 def test_schedule_names_the_training_steps_and_the_best_checkpoint():
   config = {'batch_size': 16, 'num_train_steps': 20000, 'eval.select_split': 'valid'}
   assert collect.schedule(config, {'step': 20000.0}) == '20,000 steps x 16'

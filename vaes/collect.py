@@ -19,6 +19,11 @@ Columns: row, metric, paper, ours (the mean and each seed's value when there are
 schedule, hardware, wall time. Rows without a run folder say 'not run'; a folder that
 paper_numbers.json does not name is an error.
 
+    python -m vaes.collect --results results --readme README.md
+
+writes that table into the file between its two marker lines, `<!-- results-table ... -->`
+and `<!-- /results-table -->`, instead of printing it (the rest of the file is kept).
+
 Missing or unreadable files, and a URL whose file system is missing or unknown, end the
 command with one line naming the file and the fix.
 This module does not import JAX, so it runs anywhere in a second.
@@ -29,6 +34,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 
 from vaes import fs
@@ -276,6 +282,36 @@ def to_csv(header, rows):
   return buf.getvalue().rstrip('\n')
 
 
+TABLE_BEGIN = '<!-- results-table'     # a README's marker lines around the generated table
+TABLE_END = '<!-- /results-table -->'
+
+
+def splice_table(text, table, path):
+  """`text` with the lines between its marker lines (TABLE_BEGIN ... and TABLE_END)
+  replaced by `table`; `path` names the file in the error when a marker is missing."""
+  begin = text.find(TABLE_BEGIN)
+  end = text.find(TABLE_END, begin) if begin >= 0 else -1
+  if end < 0 or '\n' not in text[begin:end]:
+    raise CollectError(f'{path} has no line "{TABLE_BEGIN} ... -->" followed by a line '
+                       f'"{TABLE_END}"; add the two where the table goes.')
+  start = text.index('\n', begin) + 1
+  return text[:start] + table.rstrip('\n') + '\n' + text[end:]
+
+
+def write_into(path, table):
+  """Splices `table` into the local file `path` (splice_table), replacing it whole."""
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError as e:
+    raise CollectError(f'--readme {path}: {e.strerror}; give the README to write the '
+                       'table into.') from e
+  text = splice_table(text, table, path)
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m vaes.collect', description=__doc__.split(
       '\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -285,9 +321,14 @@ def main(argv=None):
   parser.add_argument('--csv', action='store_true', help='CSV (full precision) instead of '
                       'Markdown')
   parser.add_argument('--results', default='', help='a results/ folder: the README table')
+  parser.add_argument('--readme', default='', help='with --results: write the table into '
+                      'this file between its marker lines instead of printing it')
   args = parser.parse_args(argv)
   if bool(args.results) == bool(args.workdirs):
     parser.error('give either WORKDIR... or --results DIR')
+  if args.readme and (not args.results or args.csv):
+    parser.error('--readme writes the Markdown table of --results DIR; give --results '
+                 'without --csv')
   if args.results and args.metrics:
     parser.error('--metrics is for WORKDIR...; --results takes each row\'s metric from '
                  'paper_numbers.json')
@@ -303,6 +344,10 @@ def main(argv=None):
     else:
       metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
       header, rows = run_table(args.workdirs, metrics, precise=args.csv)
+    if args.readme:
+      write_into(args.readme, markdown(header, rows))
+      print(f'vaes.collect: the table of {len(rows)} rows written into {args.readme}')
+      return 0
   except CollectError as e:
     print(f'vaes.collect: {e}', file=sys.stderr)
     return 1
