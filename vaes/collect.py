@@ -34,7 +34,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 
 from vaes import fs
@@ -299,17 +298,14 @@ def splice_table(text, table, path):
 
 
 def write_into(path, table):
-  """Splices `table` into the local file `path` (splice_table), replacing it whole."""
+  """Splices `table` into the file `path` (splice_table), replacing it whole."""
   try:
-    with open(path) as f:
+    with fs.open(path) as f:
       text = f.read()
   except OSError as e:
-    raise CollectError(f'--readme {path}: {e.strerror}; give the README to write the '
+    raise CollectError(f'--readme {path}: {e.strerror or e}; give the README to write the '
                        'table into.') from e
-  text = splice_table(text, table, path)
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  fs.write_atomic(path, splice_table(text, table, path))
 
 
 def main(argv=None):
