@@ -265,10 +265,8 @@ def test_the_readmes_summary_tables_quote_the_results_folder():
   for name, seeds, value, neg_elbo in quoted:
     metric = rows[name]['metric']
     elbo_key = 'neg_elbo_per_frame' if metric.endswith('_per_frame') else 'neg_elbo'
-    metrics = []
-    for run in collect.row_runs(os.path.join(REPO, 'results', name)):
-      with open(os.path.join(run, 'eval_metrics.json')) as f:
-        metrics.append(json.load(f))
+    metrics = [collect.load_run(run)[1]
+               for run in collect.row_runs(os.path.join(REPO, 'results', name))]
     assert len(metrics) == int(seeds), name
     for text, key in ((value, metric), (neg_elbo, elbo_key)):
       mean = sum(m[key] for m in metrics) / len(metrics)
