@@ -83,3 +83,24 @@ def save_line_plots(path, series, titles=None, overlays=None):
     fig.savefig(f, dpi=80, format='png')
   plt.close(fig)
   return path
+
+
+def save_curves(path, curves, xlabel='step', ylabel='', title=''):
+  """curves: [(label, xs, ys)], one line each, with a marker at every logged point."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for label, xs, ys in curves:
+    ax.plot(xs, ys, marker='.', label=label)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  with fs.open(path, 'wb') as f:
+    fig.savefig(f, dpi=80, format='png')
+  plt.close(fig)
+  return path
