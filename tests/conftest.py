@@ -2,6 +2,7 @@
 
 - tests/test_<module>.py tests vaes/<module>.py: test_train (the train step, the loop,
   resume, steps per dispatch), test_checkpoint, test_selection, test_sweep, test_collect,
+  test_curves, test_registry (a family defined in the test, through the engine),
   test_provenance, test_fs, test_workdir_lock, test_xla_options, test_quantizers (with
   vaes/codebook.py and vaes/scalar_quantizers.py), test_layers (vaes/models/layers.py);
   tests/test_data_<source>.py tests vaes/data/<source>.py (local, mnist, tfds, music).
