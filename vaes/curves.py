@@ -6,8 +6,9 @@
 One line per run: `metric` at every step WORKDIR/metrics.jsonl logged it (vaes.metric_writers
 writes one JSON object a line, dropping the rows past a resumed step, so a preempted run's
 curve has no repeats). The x axis is the step, or the epoch with --epoch_images (the training
-images an epoch holds; the batch size is read from WORKDIR/config.json). A missing file, or a
-metric no row has, ends the command with one line naming the file and the fix.
+images an epoch holds; the batch size is read from WORKDIR/config.json). A missing file, a
+metric no row has, or a URL whose file system is missing or unknown, ends the command with
+one line naming the file and the fix.
 This module does not import JAX.
 """
 
@@ -76,6 +77,11 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     curves = []
+    for path, flag in [(args.out, '--out')] + [(r.partition('=')[2], None) for r in args.runs]:
+      try:
+        fs.check_url(path, flag, read_only=True)
+      except fs.PathError as e:
+        raise CurvesError(str(e)) from e
     for label, workdir in map(parse_run, args.runs):
       steps, values = read_curve(workdir, args.metric)
       if args.epoch_images > 0:
