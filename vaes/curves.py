@@ -76,16 +76,18 @@ def main(argv=None):
   parser.add_argument('--title', default='')
   args = parser.parse_args(argv)
   try:
-    curves = []
-    for path, flag in [(args.out, '--out')] + [(r.partition('=')[2], None) for r in args.runs]:
+    runs = [parse_run(r) for r in args.runs]
+    for path, flag in [(args.out, '--out')] + [(workdir, None) for _, workdir in runs]:
       try:
         fs.check_url(path, flag, read_only=True)
       except fs.PathError as e:
         raise CurvesError(str(e)) from e
-    for label, workdir in map(parse_run, args.runs):
+    curves = []
+    for label, workdir in runs:
       steps, values = read_curve(workdir, args.metric)
       if args.epoch_images > 0:
-        steps = [s * batch_size(workdir) / args.epoch_images for s in steps]
+        images_per_step = batch_size(workdir)   # read once per run, not once per point
+        steps = [s * images_per_step / args.epoch_images for s in steps]
       curves.append((label, steps, values))
   except CurvesError as e:
     print(f'vaes.curves: {e}', file=sys.stderr)

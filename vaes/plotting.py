@@ -40,9 +40,7 @@ def save_image_grid(path, images, ncols=None, upscale=None):
 
 def save_piano_rolls(path, rolls, titles=None, masks=None):
   """rolls: (N, T, P) in [0, 1]; one panel per sequence, time on x, pitch on y."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   rolls = np.asarray(rolls)
   n = len(rolls)
   fig, axes = plt.subplots(n, 1, figsize=(10, 1.8 * n), squeeze=False)
@@ -56,18 +54,12 @@ def save_piano_rolls(path, rolls, titles=None, masks=None):
     if titles is not None:
       ax.set_title(titles[i], fontsize=8)
   axes[-1, 0].set_xlabel('frame')
-  fig.tight_layout()
-  with fs.open(path, 'wb') as f:
-    fig.savefig(f, dpi=80, format='png')
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def save_line_plots(path, series, titles=None, overlays=None):
   """series: (N, T, D) real values; optional overlays (N, T, D) drawn dashed."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   series = np.asarray(series)
   n = len(series)
   fig, axes = plt.subplots(n, 1, figsize=(10, 1.8 * n), squeeze=False)
@@ -78,18 +70,12 @@ def save_line_plots(path, series, titles=None, overlays=None):
       ax.plot(np.asarray(overlays[i]), linestyle='--')
     if titles is not None:
       ax.set_title(titles[i], fontsize=8)
-  fig.tight_layout()
-  with fs.open(path, 'wb') as f:
-    fig.savefig(f, dpi=80, format='png')
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def save_curves(path, curves, xlabel='step', ylabel='', title=''):
   """curves: [(label, xs, ys)], one line each, with a marker at every logged point."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4))
   for label, xs, ys in curves:
     ax.plot(xs, ys, marker='.', label=label)
@@ -99,6 +85,20 @@ def save_curves(path, curves, xlabel='step', ylabel='', title=''):
     ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def _pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig, path):
+  """Writes `fig` as a PNG at `path` (vaes.fs), closes it and returns `path`."""
+  plt = _pyplot()
   fig.tight_layout()
   with fs.open(path, 'wb') as f:
     fig.savefig(f, dpi=80, format='png')
