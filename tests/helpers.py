@@ -35,13 +35,19 @@ def load_config(path, overrides=None):
   return config
 
 
-def two_train_steps(config):
-  """The config's data, its engine (vaes.train.build_trainer) and its state after two real
-  train steps on the first two training batches: (splits, trainer, state, [loss, loss])."""
+def data_and_trainer(config):
+  """The config's data (vaes.data.get_datasets) and its engine (vaes.train.build_trainer):
+  (splits, trainer)."""
   from vaes import data as data_lib
   from vaes.train import build_trainer
   splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  return splits, build_trainer(config, splits.info, splits.train.element_spec)
+
+
+def two_train_steps(config):
+  """The config's data, its engine and its state after two real train steps on the first
+  two training batches: (splits, trainer, state, [loss, loss])."""
+  splits, trainer = data_and_trainer(config)
   state, losses = trainer.init_fn(), []
   for step in range(2):
     state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))

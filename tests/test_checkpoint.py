@@ -16,7 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from tests.helpers import PYTHON, REPO, load_config, run_cli, subprocess_env
+from tests.helpers import (PYTHON, REPO, data_and_trainer, load_config, run_cli,
+                           subprocess_env)
 from tests.test_failures import (SHORT, TINY_VQ, _assert_same_state, _mounted, _state,
                                  _train_cmd, _wait_for_checkpoint)
 from vaes import checkpoint_integrity as integrity
@@ -25,7 +26,7 @@ from vaes import evaluate
 from vaes import run_config
 from vaes.checkpoint import Checkpointer, CheckpointError
 from vaes.errors import ConfigError
-from vaes.train import build_trainer, train_and_evaluate
+from vaes.train import train_and_evaluate
 
 
 # ----------------------------------------------------------------------------
@@ -208,8 +209,7 @@ def test_error_texts():
 
 def test_restore_variables_reads_only_what_the_model_needs(tmp_path):
   config = load_config('configs/vqvae.py', dict(TINY_VQ, weights_ema_decay=0.5))
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  _, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   state = state.replace(ema_params=jax.tree.map(lambda p: p + 1.0, state.params))
   checkpointer = Checkpointer(str(tmp_path), async_save=False)
@@ -238,8 +238,7 @@ def test_restore_variables_reads_only_what_the_model_needs(tmp_path):
 
 def test_move_aside_moves_whole_steps_and_lists_again(tmp_path):
   config = load_config('configs/vqvae.py', TINY_VQ)
-  splits = data_lib.get_datasets(config)
-  state = build_trainer(config, splits.info, splits.train.element_spec).init_fn()
+  state = data_and_trainer(config)[1].init_fn()
   checkpointer = Checkpointer(str(tmp_path / 'run'), async_save=False)
   for step in (1, 2):
     checkpointer.save(step, state, config, extra_meta={'note': step})
@@ -255,8 +254,7 @@ def test_a_step_deleted_while_it_is_listed_is_listed_again(tmp_path, monkeypatch
   step directory's time and fails). Making the read-only manager, and listing again, are
   retried and list the steps that are left."""
   config = load_config('configs/vqvae.py', TINY_VQ)
-  splits = data_lib.get_datasets(config)
-  state = build_trainer(config, splits.info, splits.train.element_spec).init_fn()
+  state = data_and_trainer(config)[1].init_fn()
   wd = str(tmp_path / 'run')
   writer = Checkpointer(wd, async_save=False)
   for step in (1, 2, 3):
@@ -524,8 +522,7 @@ def test_read_only_restore_leaves_a_damaged_step_in_place(tmp_path, capsys):
 
 def test_non_finite_parameters_are_never_saved(tmp_path):
   config = load_config('configs/vqvae.py', SHORT)
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  _, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   poisoned = state.replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
   checkpointer = Checkpointer(str(tmp_path / 'run'), async_save=False)
@@ -625,8 +622,7 @@ def test_disk_full_with_the_real_checkpoint_writer(tmp_path):
 
 def test_checkpoint_written_before_ema_params_existed_still_restores(tmp_path):
   config = load_config('configs/vqvae.py', TINY_VQ)
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  _, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   old = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
          if f.name != 'ema_params'}

@@ -67,7 +67,7 @@ def test_bad_runs_and_metrics_are_one_clear_line(run, tmp_path, capsys):
       ([f'a={tmp_path}/missing'], 'metrics.jsonl does not exist'),
       ([f'a={run}', '--metric', 'test/nll'], "has no 'test/nll'; give one of its metrics, "
                                              'e.g. valid/nll.'),
-      ([f'a=nosuch://bucket/run'], "unknown URL scheme 'nosuch://'"),
+      (['a=nosuch://bucket/run'], "unknown URL scheme 'nosuch://'"),
   ]:
     argv = argv + ([] if '--metric' in argv else ['--metric', 'valid/nll'])
     rc, out, err = run_main(capsys, argv + ['--out', str(tmp_path / 'x.png')])

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import PYTHON, REPO, load_config, read_eval_metrics, run_cli, subprocess_env
+from tests.helpers import (PYTHON, REPO, data_and_trainer, load_config, read_eval_metrics,
+                           run_cli, subprocess_env)
 from vaes import data as data_lib
 from vaes import evaluate
 from vaes import fs
@@ -32,8 +33,7 @@ TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.n
 
 
 def _state(config, workdir):
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  _, trainer = data_and_trainer(config)
   return Checkpointer(workdir, async_save=False).restore_latest(trainer.abstract_state,
                                                                 config)[:2]
 
@@ -108,8 +108,7 @@ def test_signal_saves_checkpoint_and_exits_nonzero(tmp_path, signum):
 
 def test_nan_batch_is_skipped_and_training_continues(tmp_path):
   config = load_config('configs/vqvae.py', TINY_VQ)
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   clean = trainer.init_fn()
   poisoned = trainer.init_fn()
   losses_clean, losses_poisoned = [], []
@@ -349,8 +348,7 @@ def test_bad_first_batch_stops_training_before_any_update(tmp_path, monkeypatch)
 
 def test_gradient_norm_threshold_skips_large_updates():
   config = load_config('configs/vqvae.py', dict(TINY_VQ, skip_grad_norm_above=1e-6))
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   before = jax.device_get(state.params)
   state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(0)))
@@ -483,8 +481,7 @@ def test_library_noise_filters_drop_only_that_noise(monkeypatch):
 def test_update_into_non_finite_parameters_is_skipped():
   # Finite loss and gradients, but a step size that overflows float32.
   config = load_config('configs/vqvae.py', dict(TINY_VQ, learning_rate=3e38))
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   for step in range(3):
     state, metrics = trainer.train_step(state, trainer.put(splits.train.batch(step)))

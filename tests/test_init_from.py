@@ -4,12 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
-from vaes import data as data_lib
+from tests.helpers import data_and_trainer, load_config
 from vaes import workdir_lock
 from vaes.checkpoint import BEST_DIR, Checkpointer
 from vaes.errors import ConfigError
-from vaes.train import _restore_or_init, build_trainer, train_and_evaluate
+from vaes.train import _restore_or_init, train_and_evaluate
 
 TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16,
            'eval.batch_size': 128, 'log_every_steps': 1, 'eval_every_steps': 0,
@@ -17,14 +16,12 @@ TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.n
 
 
 def _start(config, workdir):
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  _, trainer = data_and_trainer(config)
   return trainer, _restore_or_init(config, workdir, trainer, Checkpointer(workdir))
 
 
 def _saved(config, workdir):
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  _, trainer = data_and_trainer(config)
   state, _, _ = Checkpointer(workdir).restore_latest(trainer.abstract_state, config)
   return jax.device_get(state)
 

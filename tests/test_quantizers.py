@@ -300,7 +300,7 @@ def test_quantizer_with_dead_code_threshold_reseeds_after_the_ema_step():
   vq = VectorQuantizer(num_codes=4, code_dim=2, use_ema=True, ema_decay=decay,
                        dead_code_threshold=threshold)
   z = jnp.asarray(np.random.default_rng(2).normal(size=(16, 2)) * 0.1, jnp.float32)
-  variables = vq.init(jax.random.PRNGKey(0), z)
+  vq.init(jax.random.PRNGKey(0), z)
   state = {'codebook': jnp.array([[0.0, 0.0], [9.0, 9.0], [-9.0, 9.0], [9.0, -9.0]]),
            'cluster_size': jnp.array([5.0, 50.0, 0.1, 0.1]),
            'embed_sum': jnp.zeros((4, 2))}

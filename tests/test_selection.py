@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, load_config, read_eval_metrics
+from tests.helpers import REPO, data_and_trainer, load_config, read_eval_metrics
 from vaes import data as data_lib
 from vaes import evaluate
 from vaes.checkpoint import BEST_DIR, Checkpointer, CheckpointError
@@ -108,9 +108,7 @@ def test_unknown_select_metric_is_refused_before_training(tmp_path):
 def evaluation_names(config):
   from vaes.evaluation import evaluation_metric_names
   from vaes.selection import selection_config
-  from vaes.train import build_trainer
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   state = trainer.abstract_state
   return evaluation_metric_names(trainer.family, selection_config(config), trainer.model,
                                  selection_splits(config, splits).info,

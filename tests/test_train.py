@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import (PYTHON, REPO, load_config, read_eval_metrics, run_cli,
+from tests.helpers import (PYTHON, REPO, data_and_trainer, load_config, read_eval_metrics, run_cli,
                            subprocess_env)
 from vaes import data as data_lib
 from vaes.checkpoint import Checkpointer
@@ -28,8 +28,7 @@ TINY_VQ = {'batch_size': 32, 'model.hidden': 16, 'model.res_hidden': 8, 'model.n
 
 
 def _latest_state(config, workdir):
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  _, trainer = data_and_trainer(config)
   state, step, _ = Checkpointer(workdir).restore_latest(trainer.abstract_state, config)
   return state, step
 
@@ -130,8 +129,7 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
 
 def test_nonfinite_batch_update_is_skipped_and_counted():
   config = load_config('configs/vqvae.py', TINY_VQ)
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   batch = splits.train.batch(0)
   before = jax.device_get((state.params, state.model_state))
@@ -200,8 +198,7 @@ def _dot_precisions(lowered_text):
 @pytest.mark.parametrize('precision', ['default', 'highest'])
 def test_matmul_precision_reaches_every_matmul_of_the_train_step(precision):
   config = load_config('configs/lvae.py', {'batch_size': 16, 'matmul_precision': precision})
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   text = trainer.train_step.lower(state, trainer.put(splits.train.batch(0))).as_text()
   found = _dot_precisions(text)
@@ -271,8 +268,7 @@ def _nan_batch(batch):
 
 def test_ema_is_one_hand_computed_update_and_a_skipped_update_keeps_it():
   config = load_config('configs/vqvae.py', dict(TINY_VQ, weights_ema_decay=0.9))
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   p0 = jax.tree.leaves(jax.device_get(state.params))
   for x, y in zip(p0, jax.tree.leaves(jax.device_get(state.ema_params))):
@@ -296,8 +292,7 @@ def test_ema_is_one_hand_computed_update_and_a_skipped_update_keeps_it():
 
 def test_evaluation_uses_the_moving_average_when_kept():
   config = load_config('configs/vqvae.py', dict(TINY_VQ, weights_ema_decay=0.9))
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   seen = []
 
   def eval_stats(config, model, data_info):      # sums of the parameters it was given

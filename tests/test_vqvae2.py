@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
+from tests.helpers import data_and_trainer, load_config
 from vaes import codebook
 from vaes import data as data_lib
 from vaes.families import vqvae2 as family
 from vaes.models.vqvae2 import VQVAE2
 from vaes.quantizers import QuantizerSpec
 from vaes.registry import ConfigError
-from vaes.train import build_trainer
 
 TINY = {'model.hidden': 16, 'model.res_hidden': 8, 'model.num_codes': 16, 'batch_size': 32}
 
@@ -60,8 +59,7 @@ def test_train_step_gradient_has_no_gather_or_scatter_off_the_cpu_and_learns(gat
   gathers and segment sums."""
   monkeypatch.setattr(codebook, 'use_gathers', lambda: gathers)
   config = load_config('configs/vqvae2.py', TINY)
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   state = trainer.init_fn()
   batch = trainer.put(splits.train.batch(0))
   hlo = trainer.train_step.lower(state, batch).as_text()

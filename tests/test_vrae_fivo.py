@@ -18,7 +18,6 @@ from vaes import export_file
 from vaes import objectives
 from vaes.families import vrae as family
 from vaes.models import vrae as vrae_model
-from vaes.models.vrae import VRAE
 from vaes.registry import ConfigError
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
+from tests.helpers import data_and_trainer, load_config
 from vaes import data as data_lib
 from vaes import xla_options
 from vaes.registry import ConfigError
@@ -33,8 +33,7 @@ def _ynn_bodies(hlo):
 
 def _compiled_step(conv):
   config = load_config('configs/vqvae.py', dict(VQ, cpu_convolutions=conv))
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  splits, trainer = data_and_trainer(config)
   return trainer, splits, trainer.train_step.lower(
       trainer.init_fn(), trainer.put(splits.train.batch(0))).compile().as_text()
 
@@ -88,8 +87,7 @@ def test_the_initial_state_compiled_at_o1_is_the_default_levels():
   assert xla_options.init_compiler_options('gpu') is None
   config = load_config('configs/lvae.py', {'model.latent_sizes': (4,),
                                            'model.hidden_sizes': (16,)})
-  splits = data_lib.get_datasets(config)
-  trainer = build_trainer(config, splits.info, splits.train.element_spec)
+  _, trainer = data_and_trainer(config)
   engine = trainer.init_fn()
   init = trainer.init_fn.__wrapped__                 # the Python function the engine jits
   default = jax.jit(init, compiler_options={'xla_backend_optimization_level': 3})()
