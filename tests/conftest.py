@@ -28,14 +28,16 @@ temporary folder made by the first pytest process (xdist workers and subprocesse
 it through the environment) and removed when that process exits. Set
 JAX_COMPILATION_CACHE_DIR yourself to use another folder, or to '' to compile everything.
 
-LLVM's O1 for the programs the tests compile (`--xla_backend_optimization_level=1` in
+LLVM's O0 for the programs the tests compile (`--xla_backend_optimization_level=0` in
 XLA_FLAGS, inherited by the workers and, through `tests.helpers.subprocess_env`, by the
-subprocesses): XLA's HLO passes are the same, only the machine code is less optimised,
-and a test's time is mostly compiling (tests/test_vqvae2.py: 189 s at jaxlib's default
-level, 39 s at O1, most of it the threefry loops of the initialisers). Values can differ
-in the last bits from a default-level build (where LLVM fuses a multiply-add); every
-comparison in the tests is between two programs of the same session, or within a
-tolerance. Set VAES_TESTS_DEFAULT_OPT=1 to test at jaxlib's default level.
+subprocesses): XLA's HLO passes are the same, only the machine code is not optimised, and a
+test's time is mostly compiling (tests/test_vqvae2.py: 189 s at jaxlib's default level, 39 s
+at O1, most of it the threefry loops of the initialisers; the whole suite on a quiet 2-core
+AMD EPYC, back to back: 1458 s at O1, 1045 s at O0). The engine's initial state keeps its own
+O1 (vaes/xla_options.py). Values can differ in the last bits from a default-level build
+(where LLVM fuses a multiply-add); every comparison in the tests is between two programs of
+the same session, or within a tolerance. Set VAES_TESTS_DEFAULT_OPT=1 to test at jaxlib's
+default level.
 """
 
 import atexit
@@ -49,8 +51,8 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
-_O1 = '--xla_backend_optimization_level=1'
-if not os.environ.get('VAES_TESTS_DEFAULT_OPT') and _O1 not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''), _O1]).strip()
+_O0 = '--xla_backend_optimization_level=0'
+if not os.environ.get('VAES_TESTS_DEFAULT_OPT') and _O0 not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''), _O0]).strip()
 
 import vaes.families  # noqa: E402,F401  (after the cache settings: JAX reads them at import)
