@@ -376,3 +376,24 @@ def test_a_run_traces_its_evaluation_statistics_once(tmp_path, monkeypatch):
   metrics = train_and_evaluate(config, str(tmp_path))
   assert 'eval/loss' in metrics          # three evaluations ran (steps 1, 2, 3)
   assert built == [1] and traced == [1]
+
+
+def test_the_memory_check_and_the_first_step_share_one_trace_on_one_device(monkeypatch):
+  """build_trainer's memory check reads the step's largest intermediate from a trace that
+  JAX's trace cache then hands to the step's first call: one trace of the step, not two."""
+  from vaes import train as train_lib
+  make, traced = train_lib.make_train_step, []
+
+  def counting(*args):
+    step = make(*args)
+
+    def train_step(state, batch):
+      traced.append(1)   # runs while JAX traces, not when the compiled step runs
+      return step(state, batch)
+    return train_step
+
+  monkeypatch.setattr(train_lib, 'make_train_step', counting)
+  splits, trainer = data_and_trainer(load_config('configs/vqvae.py', TINY_VQ))
+  assert trainer.placement.mesh.devices.size == 1 and traced == [1]   # the memory check's
+  state, metrics = trainer.train_step(trainer.init_fn(), trainer.put(splits.train.batch(0)))
+  assert np.isfinite(float(metrics['loss'])) and traced == [1]

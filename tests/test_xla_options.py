@@ -79,12 +79,16 @@ def test_unknown_value_is_one_config_error():
     build_trainer(config, splits.info, splits.train.element_spec)
 
 
-def test_the_initial_state_compiled_at_o1_is_the_default_levels():
-  """The engine's initial state (LLVM O1 on the CPU: `init_compiler_options`) against the
-  same function compiled at XLA's default level 3: equal but for a few float32 ulps. (A
-  one-layer ladder: level 3 takes 6 s to compile it on a 2-core CPU, the full lvae 73 s.)"""
-  assert xla_options.init_compiler_options('cpu') == {'xla_backend_optimization_level': 1}
+def test_the_initial_state_compiled_at_o1_is_the_default_levels(monkeypatch):
+  """The engine's initial state (LLVM O1 on the CPU: `init_compiler_options`, unless
+  XLA_FLAGS names a level, as the tests' do) against the same function compiled at XLA's
+  default level 3: equal but for a few float32 ulps. (A one-layer ladder: level 3 takes 6 s
+  to compile it on a 2-core CPU, the full lvae 73 s.)"""
   assert xla_options.init_compiler_options('gpu') is None
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
+  assert xla_options.init_compiler_options('cpu') is None
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
+  assert xla_options.init_compiler_options('cpu') == {'xla_backend_optimization_level': 1}
   config = load_config('configs/lvae.py', {'model.latent_sizes': (4,),
                                            'model.hidden_sizes': (16,)})
   _, trainer = data_and_trainer(config)

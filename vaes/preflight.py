@@ -200,7 +200,7 @@ def _largest_intermediate(jaxpr):
   return best
 
 
-def check_memory(config, abstract_state, train_step, example, num_devices):
+def check_memory(config, abstract_state, train_step, example, batch_sharding):
   """Refuses, before anything is allocated or compiled, a config whose train state
   (parameters, gradients, optimiser moments: 4x the parameters, plus the rest of the
   state) and largest intermediate array cannot fit on one device. The message names
@@ -208,6 +208,7 @@ def check_memory(config, abstract_state, train_step, example, num_devices):
   available = _available_bytes(jax.local_devices()[0])
   if available is None:
     return
+  num_devices = batch_sharding.mesh.devices.size
   nbytes = lambda x: math.prod(x.shape) * np.dtype(x.dtype).itemsize
   params = sum(nbytes(x) for x in jax.tree.leaves(abstract_state.params))
   leaves = jax.tree_util.tree_flatten_with_path(
@@ -218,8 +219,11 @@ def check_memory(config, abstract_state, train_step, example, num_devices):
   shapes = [('/'.join(str(getattr(k, 'key', k)) for k in biggest_path), tuple(biggest.shape))
             ] if biggest else []
   if need <= available:
+    # One device's share of the batch. On one device that is the whole batch, given its
+    # sharding so that JAX's trace cache hands this trace to the step's first call.
     spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-        (a.shape[0] // num_devices,) + a.shape[1:], a.dtype), example)
+        (a.shape[0] // num_devices,) + a.shape[1:], a.dtype,
+        sharding=batch_sharding if num_devices == 1 else None), example)
     jaxpr = jax.make_jaxpr(train_step)(abstract_state, spec).jaxpr
     size, shape, dtype = _largest_intermediate(jaxpr)
     need += size

@@ -204,7 +204,7 @@ def build_trainer(config, data_info, element_spec, devices=None) -> Trainer:
   abstract_state = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, state_sharding)
   train_step = make_train_step(config, family.make_loss_fn(config, model, data_info), tx)
-  preflight.check_memory(config, abstract, train_step, example, placement.mesh.devices.size)
+  preflight.check_memory(config, abstract_state, train_step, example, placement.batch)
   options = xla_options.compiler_options(config.cpu_convolutions, placement.platform)
   jit = lambda f, batch_sharding: jax.jit(
       f, in_shardings=(state_sharding, batch_sharding),

@@ -18,6 +18,7 @@ falls back to jaxlib's defaults, with one line saying so, when it is refused.
 """
 
 import functools
+import os
 import sys
 
 import jax
@@ -58,7 +59,8 @@ def compiler_options(cpu_convolutions, backend=None):
 
 def init_compiler_options(backend=None):
   """`compiler_options` for `jax.jit` of the initial state (`vaes.train.make_init`): LLVM's
-  O1 on the CPU, None elsewhere.
+  O1 on the CPU, None elsewhere or where XLA_FLAGS names a level itself (the tests' O0:
+  conftest.py), which then holds for the initial state too.
 
   The initial state is compiled once per run and run once, so its compile time is all
   that counts. XLA:CPU compiles the threefry loop of every initialiser into a kernel of
@@ -68,7 +70,8 @@ def init_compiler_options(backend=None):
   are the same bits for the VQ-VAEs and sequence models; the Ladder VAE's differ by one
   or two float32 ulps in a few weights (where LLVM fuses a multiply-add in the truncated
   normal): tests/test_xla_options.py."""
-  if (backend or jax.default_backend()) != 'cpu':
+  if ((backend or jax.default_backend()) != 'cpu'
+      or '--xla_backend_optimization_level=' in os.environ.get('XLA_FLAGS', '')):
     return None
   return None if _refusal(tuple(_INIT_AT_O1.items())) else dict(_INIT_AT_O1)
 
