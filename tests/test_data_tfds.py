@@ -9,6 +9,7 @@ can be told apart and whose sub-splits are honoured, so those tests read a tiny
 
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -61,6 +62,16 @@ class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       image = rng.integers(0, 256, (28, 28, 1), dtype=np.uint8)
       image[0, 0, 0] = first_id + i
       yield i, {'image': image, 'label': i % 10}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _temporary_files_in_pytests_folder(tmp_path_factory):
+  """Offline, TFDS's DatasetInfo.initialize_from_bucket (tfds 4.9) makes a folder with
+  tempfile.mkdtemp and leaves it behind when GCS has no files for it: under pytest's
+  temporary folder, which pytest removes."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(tempfile, 'tempdir', str(tmp_path_factory.mktemp('tempfile')))
+    yield
 
 
 @pytest.fixture(scope='module')
