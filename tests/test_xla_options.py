@@ -89,6 +89,7 @@ def test_the_initial_state_compiled_at_o1_is_the_default_levels(monkeypatch):
   assert xla_options.init_compiler_options('cpu') is None
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
   assert xla_options.init_compiler_options('cpu') == {'xla_backend_optimization_level': 1}
+  # With no level named, the trainer built below compiles its initial state at O1.
   config = load_config('configs/lvae.py', {'model.latent_sizes': (4,),
                                            'model.hidden_sizes': (16,)})
   _, trainer = data_and_trainer(config)
