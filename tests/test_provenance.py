@@ -3,11 +3,13 @@ devices, command line and time, written by process 0 only."""
 
 import datetime
 import importlib.metadata
+import io
 import json
 import os
 import platform
 import subprocess
 import sys
+import tarfile
 
 import jax
 
@@ -73,6 +75,27 @@ def test_git_state_clean_dirty_and_no_git(tmp_path, monkeypatch):
   assert provenance.git_state(str(tmp_path / 'plain')) == none
   monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
   assert provenance.git_state(str(repo)) == none
+
+
+def test_git_state_of_a_git_archive_snapshot(tmp_path, monkeypatch):
+  # `git archive` of this repository's HEAD (how long runs are snapshotted) writes HEAD
+  # into vaes/REVISION (.gitattributes: export-subst), and git_state reads it from there.
+  tar = subprocess.run(['git', '-C', REPO, 'archive', '--format=tar', 'HEAD', 'vaes/REVISION'],
+                       capture_output=True, check=True).stdout
+  snapshot = tmp_path / 'snapshot'
+  with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+    archive.extractall(snapshot, filter='data')
+  head = git(REPO, 'rev-parse', 'HEAD').strip()
+  assert provenance.git_state(str(snapshot)) == {'commit': head, 'dirty': None,
+                                                 'changes': [], 'num_changes': None}
+  # The checkout's own copy holds the placeholder, which is no commit; with no git at all,
+  # the checkout's state is unknown rather than the placeholder.
+  assert (tmp_path / 'snapshot' / 'vaes' / 'REVISION').read_text() != (
+      open(os.path.join(REPO, 'vaes', 'REVISION'), encoding='utf-8').read())
+  monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
+  assert provenance.git_state(REPO)['commit'] is None
+  (snapshot / 'vaes' / 'REVISION').write_text('not a commit\n')
+  assert provenance.git_state(str(snapshot))['commit'] is None
 
 
 def test_only_process_zero_writes(tmp_path, monkeypatch):

@@ -2,8 +2,9 @@
 
     {"config":   the resolved config (config.to_dict()),
      "versions": {"python", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"},
-     "git":      {"commit", "dirty", "changes"} of the code's repository (None where the code
-                 is not in a git checkout or git is missing),
+     "git":      {"commit", "dirty", "changes"} of the code's repository; for a snapshot made
+                 by `git archive` (no .git), the commit it wrote into vaes/REVISION and
+                 dirty None (unknown); all None where neither tells,
      "devices":  {"platform", "kind", "count", "local_count", "process_count",
                   "host_cpus" (the CPU cores this process may use)},
      "command":  sys.argv,
@@ -18,6 +19,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -26,6 +28,7 @@ import jax
 from vaes import fs
 
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REVISION = os.path.join('vaes', 'REVISION')   # `git archive` fills it in: .gitattributes
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy')
 MAX_CHANGES = 50   # changed paths listed in git.changes (the count is always exact)
 
@@ -42,7 +45,9 @@ def versions():
 
 def git_state(repo_dir=CODE_DIR):
   """{'commit': HEAD, 'dirty': bool, 'changes': `git status --porcelain` lines, 'num_changes'}
-  of the checkout holding `repo_dir`; None values where git or the checkout is missing."""
+  of the checkout holding `repo_dir`. Where git or the checkout is missing, the commit that
+  `git archive` wrote into REPO_DIR/vaes/REVISION, with the rest unknown (None), since the
+  snapshot may have been edited; all None where that file holds no commit either."""
   def git(*args):
     try:
       proc = subprocess.run(['git', '-C', repo_dir, *args], capture_output=True, text=True,
@@ -52,10 +57,22 @@ def git_state(repo_dir=CODE_DIR):
     return proc.stdout if proc.returncode == 0 else None
   commit, status = git('rev-parse', 'HEAD'), git('status', '--porcelain')
   if commit is None or status is None:
-    return {'commit': None, 'dirty': None, 'changes': [], 'num_changes': None}
+    return {'commit': archived_commit(repo_dir), 'dirty': None, 'changes': [],
+            'num_changes': None}
   changes = status.splitlines()
   return {'commit': commit.strip(), 'dirty': bool(changes), 'changes': changes[:MAX_CHANGES],
           'num_changes': len(changes)}
+
+
+def archived_commit(repo_dir=CODE_DIR):
+  """The commit in REPO_DIR/vaes/REVISION, or None: a checkout's copy holds the unexpanded
+  placeholder, and the file may be missing."""
+  try:
+    with open(os.path.join(repo_dir, REVISION), encoding='utf-8') as f:
+      text = f.read().strip()
+  except OSError:
+    return None
+  return text if re.fullmatch(r'[0-9a-f]{40}([0-9a-f]{24})?', text) else None
 
 
 def devices():
