@@ -6,6 +6,7 @@ import importlib.metadata
 import io
 import json
 import os
+import pathlib
 import platform
 import subprocess
 import sys
@@ -90,8 +91,8 @@ def test_git_state_of_a_git_archive_snapshot(tmp_path, monkeypatch):
                                                  'changes': [], 'num_changes': None}
   # The checkout's own copy holds the placeholder, which is no commit; with no git at all,
   # the checkout's state is unknown rather than the placeholder.
-  assert (tmp_path / 'snapshot' / 'vaes' / 'REVISION').read_text() != (
-      open(os.path.join(REPO, 'vaes', 'REVISION'), encoding='utf-8').read())
+  assert (snapshot / 'vaes' / 'REVISION').read_text() != (
+      pathlib.Path(REPO, 'vaes', 'REVISION').read_text(encoding='utf-8'))
   monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
   assert provenance.git_state(REPO)['commit'] is None
   (snapshot / 'vaes' / 'REVISION').write_text('not a commit\n')
