@@ -125,7 +125,7 @@ def test_results_table_from_fake_rows(tmp_path, capsys):
   assert lines[0] == '| row | metric | paper | ours | schedule | hardware | wall time |'
   assert lines[2] == ('| row_a | nll | 79.24 (note) | 80.5 (80, 81) | 5,000 steps x 64 '
                       '(paper: 2000 epochs) | 1 x NVIDIA H200 | 1 h 02 min train + 1 min 01 s '
-                      'eval / 1 h 01 min train + 0 min 59 s eval |')
+                      'eval / 1 h 02 min train + 0 min 59 s eval |')  # 1 h 01 min 40 s
   assert lines[3] == ('| row_b | nll_per_frame | - | nan | 100 steps x 64 | 8 x TPU v4, '
                       '2 processes | not recorded |')
   assert lines[4] == '| row_c | nll | 1.5 | not run | paper: 10 epochs |  |  |'
@@ -182,6 +182,15 @@ def test_schedule_names_the_training_steps_and_the_best_checkpoint():
   assert collect.schedule(config, {'step': 20000.0}) == '20,000 steps x 16'
   best = {'step': 3000.0, 'train_steps': 20000.0, 'checkpoint': 'best'}
   assert collect.schedule(config, best) == '20,000 steps x 16, best valid at 3,000'
+
+
+def test_durations_show_seconds_under_an_hour_and_round_to_the_minute_above():
+  assert collect.duration(1282.84) == '21 min 23 s'
+  assert collect.duration(3569.6) == '59 min 30 s'
+  assert collect.duration(3599.6) == '1 h 00 min'
+  assert collect.duration(4313) == '1 h 12 min'      # 1 h 11 min 53 s
+  assert collect.duration(7374.7) == '2 h 03 min'    # 2 h 02 min 55 s
+  assert collect.duration(30846) == '8 h 34 min'     # 8 h 34 min 06 s
 
 
 def test_hardware_names_cpu_cores_and_processes():

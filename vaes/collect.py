@@ -174,10 +174,12 @@ def row_runs(row_dir):
 
 
 def duration(seconds):
+  """'M min SS s' under an hour, else 'H h MM min' to the nearest minute."""
   seconds = int(round(seconds))
-  h, rest = divmod(seconds, 3600)
-  m, s = divmod(rest, 60)
-  return f'{h} h {m:02d} min' if h else f'{m} min {s:02d} s'
+  if seconds < 3600:
+    return f'{seconds // 60} min {seconds % 60:02d} s'
+  h, m = divmod(int(round(seconds / 60)), 60)
+  return f'{h} h {m:02d} min'
 
 
 def schedule(config, metrics):
