@@ -65,6 +65,15 @@ def parse_run(text):
   return label, workdir
 
 
+def check_paths(out, folders):
+  """--out and each run's folder, as vaes.fs can reach them; else CurvesError."""
+  for path, flag in [(out, '--out')] + [(folder, None) for folder in folders]:
+    try:
+      fs.check_url(path, flag, read_only=True)
+    except fs.PathError as e:
+      raise CurvesError(str(e)) from e
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m vaes.curves', description=__doc__.split(
       '\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,11 +86,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     runs = [parse_run(r) for r in args.runs]
-    for path, flag in [(args.out, '--out')] + [(workdir, None) for _, workdir in runs]:
-      try:
-        fs.check_url(path, flag, read_only=True)
-      except fs.PathError as e:
-        raise CurvesError(str(e)) from e
+    check_paths(args.out, [workdir for _, workdir in runs])
     curves = []
     for label, workdir in runs:
       steps, values = read_curve(workdir, args.metric)

@@ -1,4 +1,5 @@
-"""Pictures people would rather look at than read: image grids, piano rolls, curves.
+"""Pictures people would rather look at than read: image grids, piano rolls, curves,
+per-layer bars.
 
 Each writes one PNG at `path`, a local path or URL (vaes.fs), creating its folder."""
 
@@ -85,6 +86,31 @@ def save_curves(path, curves, xlabel='step', ylabel='', title=''):
     ax.set_title(title, fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def save_layer_bars(path, runs, title=''):
+  """runs: [(label, kl, active, sizes)], per-layer lists (layer 1 first; sizes may be
+  None). Two panels of grouped bars: each layer's KL, and its active units, with the
+  layer's size as an outlined bar behind them."""
+  plt = _pyplot()
+  num_layers = max(len(kl) for _, kl, _, _ in runs)
+  width = 0.8 / len(runs)
+  fig, (ax_kl, ax_units) = plt.subplots(1, 2, figsize=(10, 3.6))
+  for i, (label, kl, active, sizes) in enumerate(runs):
+    x = np.arange(1, len(kl) + 1) - 0.4 + width * (i + 0.5)
+    ax_kl.bar(x, kl, width, label=label, color=f'C{i}')
+    ax_units.bar(x, active, width, color=f'C{i}')
+    if sizes is not None:
+      ax_units.bar(x, sizes, width, fill=False, edgecolor=f'C{i}', linestyle=':')
+  for ax, ylabel in ((ax_kl, 'KL (nats per image)'), (ax_units, 'active units (of the layer)')):
+    ax.set_xticks(np.arange(1, num_layers + 1))
+    ax.set_xlabel('stochastic layer (1 = next to x)')
+    ax.set_ylabel(ylabel)
+    ax.grid(axis='y', alpha=0.3)
+  ax_kl.legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
   return _save(fig, path)
 
 
