@@ -16,12 +16,12 @@ or to stop by. It starts from the trained run's last checkpoint (the one its row
 and eval.py reports its own last one.
 
 Length: 10 epochs (2,340 steps of 256), chosen on valid by the 50,000-image fine-tuning
-(lvae_mnist_dynamic_finetune, README): its valid nll went 83.72 -> 83.44 in the first 10
+(lvae_mnist_dynamic_finetune, README): its valid nll went 83.72 -> 83.43 in the first 10
 epochs and then stayed level (83.46, 83.49, 83.46 at 20, 30 and 40; evaluated every 10).
 At k = 10 a step costs about ten ELBO steps.
 
 Measured (seed 0, code 841d278, from lvae_mnist_dynamic_60k seed 0): test nll **82.05** nats
-(k = 5000; -ELBO 86.76), 0.26 below the run it starts from (82.31). 2,340 steps at 3.6
+(k = 5000; -ELBO 86.76), 0.26 below the run it starts from (82.31). 2,340 steps at 3.4
 steps/s on the 2-core CPU (11 min 29 s), then 22 min 18 s for the test evaluation.
 """
 

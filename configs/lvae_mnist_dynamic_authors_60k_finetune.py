@@ -17,7 +17,7 @@ the paper's model (50,000 images, lvae_mnist_dynamic_finetune: 10 epochs, then l
 was not chosen again for this model, which has no held-out split.
 
 Runtime (an estimate, not yet measured): the paper's model's fine-tuning took 11 min 29 s
-(3.6 steps/s); this model's step is slower (its own top-down path in the merge and batch
+(3.4 steps/s); this model's step is slower (its own top-down path in the merge and batch
 norm in every head: 2,485,824 parameters against 2,176,376), so expect 15-25 minutes on the
 2-core CPU, then the 5000-sample test evaluation (about 25 minutes).
 """

@@ -20,6 +20,12 @@ re-read (the stored copies of the paper hold only its abstract and introduction)
 this length is chosen for the compute here, not taken from the paper: at k = 10 a step
 is about ten ELBO steps, 0.3-0.5 s on the 2-core CPU, so 1.6-2.7 hours. Selection on
 valid every 10 epochs with 200 importance samples, as in the trained run.
+
+Measured (seed 0, from lvae_mnist_dynamic seed 0's best weights): valid nll 83.72 -> 83.43
+at 10 epochs, then level (83.46, 83.49, 83.46 at 20, 30, 40), so the run was ended by hand
+at 40 epochs (--config.num_train_steps=7800) and its best step evaluated: test nll 82.79
+(-ELBO 87.99). 2 h 03 min of training beside other runs (0.95 s a step on average, the
+valid evaluations included), 40 min 25 s for the test evaluation.
 """
 
 from ml_collections import config_dict

@@ -12,8 +12,8 @@ of the weights and checkpoint selection are srnn_jsb's). The bound and its k = 5
 importance-weighted estimate stay exact: the MADE gives log p(x_t | .) in one pass.
 
 Measured (seed 0, 2-core CPU shared with two to four other jobs): 3,000 steps in 26 min,
-best valid nll_per_frame 6.413 at step 1,250 (srnn_jsb: 6.820 at 1,250), test 6.303
-(srnn_jsb 6.776 / 6.782): the emission is worth 0.47 nats/frame. It overfits as early
+best valid nll_per_frame 6.413 at step 1,250 (srnn_jsb: 6.819 at 1,250), test 6.303
+(srnn_jsb 6.776 / 6.782): the emission is worth 0.48 nats/frame. It overfits as early
 as srnn_jsb: valid 12.8 at step 3,000 while the train -ELBO falls to 1.93. On 1,500 steps
 (--config.num_train_steps=1500, warm-ups and cosine in proportion) best valid 6.390 at
 1,250, test 6.335: valid favours 1,500 steps by 0.02 and test favours 3,000 by 0.03, one

@@ -19,7 +19,11 @@ and the OMNIGLOT rows only): one-layer VAE on MNIST about -85 to -87 nats
 (Burda et al. 2016: -86.76 for 50 latent units; the LVAE paper's table lists a
 one-layer VAE + normalising flow at -85.10).
 
-Hardware and runtime: one GPU (H100 class); not measured here.
+Hardware and runtime: as configs/lvae_mnist.py. Measured (results/vae_mnist): 50 of the 2000
+epochs (--config.num_train_steps=9750 --config.eval_every_steps=4875
+--config.checkpoint_every_steps=1950) on the 2-core CPU beside other runs: test nll 92.37 /
+92.37 (seeds 0 / 1), 18 min 40 s / 16 min 24 s of training and 43 min 58 s / 25 min 00 s of
+test evaluation.
 """
 
 from configs import lvae_mnist

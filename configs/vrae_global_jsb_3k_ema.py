@@ -10,7 +10,8 @@ the table).
 
 Measured (seed 0, code e448efa; results/): test nll_per_frame 8.281 (k = 500), best valid
 8.249 at step 1,500; 56 min of training beside another run.
-Runtime: 70-120 minutes on the 2-core CPU shared by two to four runs (as vrnn_smooth_jsb).
+Runtime: estimated at 70-120 minutes on the 2-core CPU shared by two to four runs (as
+vrnn_smooth_jsb); the measured 56 min above was beside one.
 Paper: DMM 6.39 nats/frame on JSB (Krishnan et al. 2017; REFERENCE.md).
 """
 
