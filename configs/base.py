@@ -71,20 +71,26 @@ def get_base_config():
 
   c.data = data_config()          # every data field, with its default and meaning
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 256
-  c.eval.num_images = 64          # images in each PNG grid
+  c.eval = _eval_config()
+  return c
+
+
+def _eval_config():
+  """config.eval: the engine's evaluation fields (a family adds its own)."""
+  e = ml_collections.ConfigDict()
+  e.batch_size = 256
+  e.num_images = 64               # images in each PNG grid
   # Evaluation runs its float32 matmuls at full precision: reported likelihoods do
   # not depend on the backend's fast modes. 'default' is faster on GPUs and TPUs.
-  c.eval.matmul_precision = 'highest'
+  e.matmul_precision = 'highest'
   # Checkpoint selection (tune on 'valid', report 'test'): with a metric name, the
   # evaluations during training run on the split select_split (given to the data
   # builder as data.eval_split) and the checkpoint of the best value is kept in
   # WORKDIR/best; eval.py evaluates that one on data.eval_split.
-  c.eval.select_metric = ''       # '' = off; e.g. 'nll', 'nll_per_frame' (a metric of the eval)
-  c.eval.select_mode = 'min'      # 'min' | 'max': which value is best
-  c.eval.select_split = 'valid'   # TFDS datasets: their split name, e.g. 'validation'
+  e.select_metric = ''            # '' = off; e.g. 'nll', 'nll_per_frame' (a metric of the eval)
+  e.select_mode = 'min'           # 'min' | 'max': which value is best
+  e.select_split = 'valid'        # TFDS datasets: their split name, e.g. 'validation'
   # Importance samples of the selection evaluations; 0 = eval.num_importance_samples.
-  c.eval.select_num_importance_samples = 0
-  c.eval.checkpoint = 'auto'      # eval.py: 'best' | 'latest' | 'auto' (best iff select_metric)
-  return c
+  e.select_num_importance_samples = 0
+  e.checkpoint = 'auto'           # eval.py: 'best' | 'latest' | 'auto' (best iff select_metric)
+  return e

@@ -108,7 +108,8 @@ def test_vs_vector_quantize_tables_finished_runs_and_checks_names(tmp_path, caps
   vs.main([f'--out={tmp_path}', '--steps=400', '--library=vq_rot', '--rec_losses=l1',
            '--ours=vq', f'--markdown={tmp_path / "t.md"}'])
   table = (tmp_path / 't.md').read_text()
-  assert '| vector-quantize-pytorch | vq_rot (l1) | 0.01230 | 0.0987 | 20.50 | 0.250 | 40.0 | 55 |' in table
+  assert ('| vector-quantize-pytorch | vq_rot (l1) | 0.01230 | 0.0987 | 20.50 | 0.250 | 40.0 | 55 |'
+          in table)
   assert '| this project | vq | 0.01000 | 0.0800 | 21.00 | 0.500 | 90.0 | 50 |' in table   # 1000/20
   with pytest.raises(SystemExit):
     vs.main([f'--out={tmp_path}', '--ours=vq,no_such_variant', '--library='])

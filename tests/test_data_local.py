@@ -145,7 +145,8 @@ def test_bad_input_is_one_clear_error(tmp_path, monkeypatch):
     data_lib.get_datasets(jsb_config(path='/data/Nottingham.pickle'), 0, 1)
   # A missing or altered copy names the file and the command that restores it.
   monkeypatch.setattr(local, 'FILES_DIR', str(tmp_path))
-  with pytest.raises(DataError, match='missing.*git checkout -- vaes/data/files/binarized_mnist.npz'):
+  with pytest.raises(DataError,
+                     match='missing.*git checkout -- vaes/data/files/binarized_mnist.npz'):
     data_lib.get_datasets(mnist_config(), 0, 1)
   shutil.copy(os.path.join(REPO, 'vaes', 'data', 'files', 'jsb_chorales_quarter.pkl'), tmp_path)
   with open(tmp_path / 'jsb_chorales_quarter.pkl', 'ab') as f:

@@ -248,5 +248,6 @@ def test_train_plus_valid_trains_on_all_60000_sources_and_refuses_valid(grey, gr
   with pytest.raises(DataError) as err:
     data_lib.get_datasets(mnist_config(train_split='train+valid', eval_split='valid'), 0, 1)
   assert "trains on the 'valid' images" in str(err.value) and "select_metric=''" in str(err.value)
-  with pytest.raises(DataError, match=r"train_split='test' is not one of \('train', 'train\+valid'\)"):
+  with pytest.raises(DataError,
+                     match=r"train_split='test' is not one of \('train', 'train\+valid'\)"):
     data_lib.get_datasets(mnist_config(train_split='test'), 0, 1)

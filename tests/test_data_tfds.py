@@ -42,7 +42,8 @@ def ids(images):
 
 
 class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Writes files that the registered 'mnist' builder (3.0.1) reads: ids 1..50 train, 101..123 test."""
+  """Writes files that the registered 'mnist' builder (3.0.1) reads: ids 1..50 train,
+  101..123 test."""
 
   VERSION = tfds.core.Version('3.0.1')
   url_infos = None  # nothing to download; skips a checksum-file lookup by module path

@@ -373,7 +373,8 @@ def test_eval_weights_follow_the_checkpoint_not_the_command(tmp_path, capsys):
   from vaes import collect
   ema = str(tmp_path / 'ema')
   train_and_evaluate(load_config('configs/vqvae.py', dict(SHORT, weights_ema_decay=0.9)), ema)
-  with_flag = evaluate.evaluate(load_config('configs/vqvae.py', dict(SHORT, weights_ema_decay=0.9)), ema)
+  with_flag = evaluate.evaluate(
+      load_config('configs/vqvae.py', dict(SHORT, weights_ema_decay=0.9)), ema)
   capsys.readouterr()
   without = evaluate.evaluate(load_config('configs/vqvae.py', SHORT), ema)
   out = capsys.readouterr().out

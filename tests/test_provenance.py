@@ -31,7 +31,8 @@ def test_config_json_contents(tmp_path):
     record = json.load(f)
   assert set(record) == {'config', 'versions', 'git', 'devices', 'command', 'time'}
   assert record['config'] == json.loads(json.dumps(config.to_dict()))
-  assert record['config']['batch_size'] == 32 and record['config']['model']['latent_sizes'] == [4, 2]
+  assert record['config']['batch_size'] == 32
+  assert record['config']['model']['latent_sizes'] == [4, 2]
   assert record['versions']['python'] == platform.python_version()
   for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy'):
     assert record['versions'][name] == importlib.metadata.version(name), name

@@ -63,7 +63,8 @@ def test_every_config_holds_the_whole_data_schema(path):
 def test_data_layer_reads_no_field_with_a_default():
   sources = glob.glob(os.path.join(REPO, 'vaes', 'data', '*.py'))
   found = [(os.path.basename(f), line.strip()) for f in sources
-           for line in open(f, encoding='utf-8') if re.search(r'\b(config\.)?data\.get\(|\bd\.get\(', line)]
+           for line in open(f, encoding='utf-8')
+           if re.search(r'\b(config\.)?data\.get\(|\bd\.get\(', line)]
   assert not found, found
 
 

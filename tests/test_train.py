@@ -73,7 +73,8 @@ def test_cli_train_then_eval_smoke(tmp_path):
   assert os.path.exists(os.path.join(wd, 'images', 'step_0000020_reconstructions.png'))
   records = [json.loads(l) for l in open(os.path.join(wd, 'metrics.jsonl'))]
   assert {r['step'] for r in records} >= {10, 20}
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(wd, 'tensorboard')))
+  assert any(f.startswith('events.out.tfevents')
+             for f in os.listdir(os.path.join(wd, 'tensorboard')))
   run_cli('eval.py', 'configs/vqvae.py', wd, overrides)
   metrics = read_eval_metrics(wd)
   for key in ('loss', 'recon_mse', 'normalized_mse', 'perplexity', 'codebook_usage',

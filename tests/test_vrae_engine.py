@@ -59,8 +59,8 @@ def test_cli_train_then_eval_writes_metrics_and_piano_rolls(tmp_path):
 
 
 def test_pickle_vrnn_and_gaussian_series_configs_run(tmp_path):
-  """configs/vrnn_jsb.py trains from a pickle at data.path (polyphonic_pickle); configs/vrae_series.py trains
-  and evaluates in the loop (Gaussian likelihood, line plots)."""
+  """configs/vrnn_jsb.py trains from a pickle at data.path (polyphonic_pickle);
+  configs/vrae_series.py trains and evaluates in the loop (Gaussian likelihood, line plots)."""
   from vaes.train import train_and_evaluate
   rng = np.random.default_rng(0)
   def seq(n):
