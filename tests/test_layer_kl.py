@@ -73,7 +73,7 @@ def test_bad_folders_are_one_clear_line(tmp_path, capsys):
       ([str(flat)], 'is not LABEL=WORKDIR'),
       ([f'a={tmp_path}/missing'], 'eval_metrics.json does not exist'),
       ([f'a={flat}'], 'has no kl_layer_1; give the evaluation of a ladder'),
-      ([f'a={broken}'], 'is not JSON'),
+      ([f'a={broken}'], 'is not readable JSON'),
       (['a=nosuch://bucket/run'], "unknown URL scheme 'nosuch://'"),
   ]:
     rc, out, err = run_main(capsys, argv + ['--out', str(tmp_path / 'x.png')])

@@ -15,29 +15,19 @@ This module does not import JAX.
 """
 
 import argparse
-import json
 import sys
 
 from vaes import fs
+from vaes.collect import CONFIG_JSON, METRICS_JSON, CollectError, read_json
 from vaes.curves import CurvesError, check_paths, parse_run
 from vaes.plotting import save_layer_bars
-
-
-def _read_json(path, writer):
-  if not fs.exists(path):
-    raise CurvesError(f'{path} does not exist; give a folder that {writer} has written.')
-  with fs.open(path) as f:
-    try:
-      return json.load(f)
-    except ValueError as e:
-      raise CurvesError(f'{path} is not JSON ({e}); rerun {writer} for it.') from e
 
 
 def read_layers(directory):
   """(kl, active, sizes) of DIR's evaluation, layer 1 first; sizes is None where
   DIR/config.json does not give one per layer."""
-  path = fs.join(directory, 'eval_metrics.json')
-  metrics = _read_json(path, 'eval.py')
+  path = fs.join(directory, METRICS_JSON)
+  metrics = read_json(path, f'give a folder that eval.py has written (--workdir={directory})')
   num_layers = 0
   while f'kl_layer_{num_layers + 1}' in metrics:
     num_layers += 1
@@ -47,10 +37,10 @@ def read_layers(directory):
   layers = range(1, num_layers + 1)
   kl = [float(metrics[f'kl_layer_{l}']) for l in layers]
   active = [float(metrics.get(f'active_units_layer_{l}', float('nan'))) for l in layers]
-  config_path = fs.join(directory, 'config.json')
+  config_path = fs.join(directory, CONFIG_JSON)
   sizes = None
   if fs.exists(config_path):
-    model = _read_json(config_path, 'train.py').get('config', {}).get('model', {})
+    model = read_json(config_path, 'rerun train.py there').get('config', {}).get('model', {})
     if len(model.get('latent_sizes') or []) == num_layers:
       sizes = [int(n) for n in model['latent_sizes']]
   return kl, active, sizes
@@ -67,7 +57,7 @@ def main(argv=None):
     runs = [parse_run(r) for r in args.runs]
     check_paths(args.out, [directory for _, directory in runs])
     bars = [(label, *read_layers(directory)) for label, directory in runs]
-  except CurvesError as e:
+  except (CurvesError, CollectError) as e:
     print(f'vaes.layer_kl: {e}', file=sys.stderr)
     return 1
   save_layer_bars(args.out, bars, title=args.title)
