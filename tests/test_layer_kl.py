@@ -80,3 +80,41 @@ def test_bad_folders_are_one_clear_line(tmp_path, capsys):
     assert rc == 1 and not out
     assert err.count('\n') == 1 and words in err, err
   assert not (tmp_path / 'x.png').exists()
+
+
+def make_units(root, name, layers, threshold=0.01):
+  folder = root / name
+  folder.mkdir()
+  record = {'active_threshold': threshold, 'layers': [
+      {'layer': l, 'kl': kl, 'activity': activity}
+      for l, (kl, activity) in enumerate(layers, start=1)]}
+  (folder / 'units.json').write_text(json.dumps(record))
+  return str(folder)
+
+
+def test_units_are_one_panel_per_run_from_units_json(tmp_path, capsys):
+  # A collapsed layer whose units follow the one above: active, with no KL of their own.
+  ladder = make_units(tmp_path, 'ladder', [([2.0, 0.5, 1e-5], [0.9, 0.2, 0.001]),
+                                           ([3e-6, 2e-6], [0.05, 0.3])])
+  assert layer_kl.read_units(ladder) == ([([2.0, 0.5, 1e-5], [0.9, 0.2, 0.001]),
+                                          ([3e-6, 2e-6], [0.05, 0.3])], 0.01)
+  one = make_units(tmp_path, 'one', [([1.5, -2e-4], [0.7, 1e-4])])   # a negative MC term
+  out_png = tmp_path / 'units.png'
+  rc, out, err = run_main(capsys, [f'ladder={ladder}', f'one layer={one}', '--units',
+                                   '--out', str(out_png)])
+  assert rc == 0, err
+  assert 'the units of 2 runs' in out
+  image = np.asarray(Image.open(out_png).convert('L'))
+  assert image.shape == (304, 720)   # (2 x 4.2 + 0.6) x 3.8 inches at 80 dpi
+  assert image.min() < 128 < image.max()
+  # Without units.json, or with another file there: one line naming the command.
+  bare = make_eval(tmp_path, 'bare', [5.0], [3])
+  odd = tmp_path / 'odd'
+  odd.mkdir()
+  (odd / 'units.json').write_text(json.dumps({'layers': [{'kl': [1.0]}]}))
+  for folder, words in ((bare, 'write it with python -m vaes.units'),
+                        (str(odd), 'is not a units.json of python -m vaes.units')):
+    rc, out, err = run_main(capsys, [f'a={folder}', '--units', '--out', str(tmp_path / 'x.png')])
+    assert rc == 1 and not out
+    assert err.count('\n') == 1 and words in err, err
+  assert not (tmp_path / 'x.png').exists()

@@ -41,6 +41,7 @@ from vaes.renames import upgrade_config
 
 CONFIG_JSON = 'config.json'
 METRICS_JSON = 'eval_metrics.json'
+UNITS_JSON = 'units.json'      # python -m vaes.units
 PAPER_JSON = 'paper_numbers.json'
 # Wall times, in seconds, that eval_metrics.json may carry (the engine's to record).
 WALL_TIME_KEYS = ('train_wall_time_s', 'eval_wall_time_s')

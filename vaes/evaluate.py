@@ -215,6 +215,12 @@ def load_trained(config, workdir, export_path=None, output_dir=None):
                  export_path or '')
 
 
+def eval_rng(config):
+  """The key of eval.py's evaluation (and of python -m vaes.units: with the same samples
+  per image, the same draws)."""
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
+
+
 def evaluate(config, workdir, export_path=None):
   """Evaluates the checkpoint config.eval.checkpoint asks for (or, with `export_path`, the
   variables of that export file); writes and returns eval_metrics.json's content."""
@@ -228,7 +234,7 @@ def evaluate(config, workdir, export_path=None):
   note = weights_note(info, config)
   if note and is_main:
     print(note, flush=True)
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0xE7A1)
+  rng = eval_rng(config)
   unwritten = None   # the OSError of a result that could not be written
   try:
     metrics = evaluator(trained.variables, splits.eval, rng, step=step,

@@ -70,14 +70,16 @@ class Evaluator:
     `config.eval.matmul_precision` (default 'highest': reported likelihoods do not
     depend on the backend's fast float32 matmul modes)."""
     with matmul_precision(self.config.eval.matmul_precision):
-      totals, first = self._sums(variables, source, rng, progress)
+      totals, first = self.sums(variables, source, rng, progress)
       metrics = self.family.eval_metrics(self.config, self.data_info, totals)
       if image_dir and self.family.eval_images is not None and jax.process_index() == 0:
         self._images(variables, rng, step, image_dir, image_prefix, first, metrics)
     return metrics
 
-  def _sums(self, variables, source, rng, progress):
-    """The split's summed statistics (float64 numpy) and its first host batch."""
+  def sums(self, variables, source, rng, progress=True):
+    """The split's summed statistics (the family's eval_stats over every batch, float64
+    numpy) and its first host batch: what eval_metrics reads, for tools that read more
+    (python -m vaes.units). Runs at config.eval.matmul_precision, as `__call__`."""
     meter = EvalProgress(self.data_info.num_eval,
                          enabled=progress and jax.process_index() == 0)
     totals, first, in_flight = None, None, None
@@ -86,14 +88,15 @@ class Evaluator:
       sums = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(sums))
       return sums if totals is None else jax.tree.map(np.add, totals, sums)
 
-    for i, host_batch in enumerate(source):
-      if first is None:
-        first = host_batch
-      sums = self.stats_fn(variables, self.put(host_batch), jax.random.fold_in(rng, i))
-      if in_flight is not None:
-        totals = add(totals, in_flight)
-      in_flight = sums
-      meter.update(int(np.sum(host_batch['valid'])) * jax.process_count())
+    with matmul_precision(self.config.eval.matmul_precision):
+      for i, host_batch in enumerate(source):
+        if first is None:
+          first = host_batch
+        sums = self.stats_fn(variables, self.put(host_batch), jax.random.fold_in(rng, i))
+        if in_flight is not None:
+          totals = add(totals, in_flight)
+        in_flight = sums
+        meter.update(int(np.sum(host_batch['valid'])) * jax.process_count())
     if in_flight is None:
       raise data_lib.DataError('The evaluation split yielded no batches.')
     totals = add(totals, in_flight)

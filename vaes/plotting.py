@@ -114,6 +114,33 @@ def save_layer_bars(path, runs, title=''):
   return _save(fig, path)
 
 
+def save_unit_scatter(path, runs, threshold, floor=1e-6, title=''):
+  """runs: [(label, layers)], layers [(kl, activity)] per layer (layer 1 first), arrays
+  over the layer's units. One panel per run: each unit a point at (its activity, its KL),
+  coloured by layer, both axes logarithmic with values below `floor` drawn at it, and the
+  active-unit threshold as a dashed line."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 0.6, 3.8), sharey=True,
+                           squeeze=False)
+  for ax, (label, layers) in zip(axes[0], runs):
+    for l, (kl, activity) in enumerate(layers):
+      kl, activity = np.asarray(kl, np.float64), np.asarray(activity, np.float64)
+      ax.scatter(np.maximum(activity, floor), np.maximum(kl, floor), s=12, alpha=0.7,
+                 color=f'C{l}', label=f'layer {l + 1}: KL {kl.sum():.2f}, '
+                                      f'{int(np.sum(activity > threshold))}/{kl.size} active')
+    ax.axvline(threshold, color='0.4', linestyle='--', linewidth=1)
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_title(label, fontsize=10)
+    ax.set_xlabel('activity: Cov_x(E_q[u | x])')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='upper left')
+  axes[0][0].set_ylabel('KL of the unit (nats per image)')
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return _save(fig, path)
+
+
 def _pyplot():
   """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
   import matplotlib

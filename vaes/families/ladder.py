@@ -232,8 +232,11 @@ def x_mean(likelihood, x_params):
   return x_params['mean']
 
 
-def layer_kls(inference, layers):
-  """Per-layer KL terms, (L, B): closed form where available, else one-sample Monte Carlo."""
+def unit_kls(inference, layers):
+  """Each layer's KL term per latent unit, [(B, units_l)] for l = 1..L: closed form where
+  available (the ladder's layers, the top layer), else the one-sample Monte Carlo term
+  log q(z_u | .) - log p(z_u | z_l+1), which can be negative for one unit. Both
+  factorise over units, so a layer's KL is the sum of its units'."""
   kls = []
   top = len(layers) - 1
   for l, layer in enumerate(layers):
@@ -242,8 +245,13 @@ def layer_kls(inference, layers):
     else:
       kl = (dist.gaussian_log_prob(layer['z'], layer['q_mean'], layer['q_logvar'])
             - dist.gaussian_log_prob(layer['z'], layer['p_mean'], layer['p_logvar']))
-    kls.append(_sum_except_first(kl))
-  return jnp.stack(kls)
+    kls.append(kl.reshape(kl.shape[0], -1))
+  return kls
+
+
+def layer_kls(inference, layers):
+  """Per-layer KL terms, (L, B): the sums of `unit_kls`."""
+  return jnp.stack([kl.sum(axis=1) for kl in unit_kls(inference, layers)])
 
 
 def log_weight(layers, log_px):
@@ -350,7 +358,8 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
   fn(variables, batch, rng) -> dict of sums over the valid examples:
     'count', 'neg_elbo', 'nll' (= -IW bound), 'recon_nll', 'kl_layers' (L,),
     and per layer 'mean_sum_<l>', 'mean_sq_sum_<l>' (units,) of E_q[z_l | x],
-    for the covariance over x of the active-unit criterion.
+    for the covariance over x of the active-unit criterion, and 'kl_unit_sum_<l>'
+    (units,), each unit's KL term (`unit_kls`; python -m vaes.units reads them).
   The ELBO terms are averaged over the same k samples (closed-form KLs where
   available), so neg_elbo and nll are computed from one set of samples.
   """
@@ -366,12 +375,15 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
                                       x_shape)
       out = jax.vmap(lambda eps: model.apply(variables, x, eps, train=False))(noise)
       log_px = jax.vmap(lambda p: log_likelihood(likelihood, x, p, num_levels))(out['x'])
-      kls = jax.vmap(lambda ls: layer_kls(inference, ls))(out['layers'])   # (chunk, L, B)
+      units = jax.vmap(lambda ls: unit_kls(inference, ls))(out['layers'])  # [(chunk, B, U)]
+      kls = jnp.stack([u.sum(axis=2) for u in units], axis=1)              # (chunk, L, B)
       lw = jax.vmap(log_weight)(out['layers'], log_px)                      # (chunk, B)
       means = [jnp.einsum('s,sb...->b...', w, layer['q_mean']) for layer in out['layers']]
-      return lw, (jnp.einsum('s,sb->b', w, log_px), jnp.einsum('s,slb->lb', w, kls), means)
+      unit_sums = [jnp.einsum('s,sbu->bu', w, u) for u in units]
+      return lw, (jnp.einsum('s,sb->b', w, log_px), jnp.einsum('s,slb->lb', w, kls), means,
+                  unit_sums)
 
-    iw, (log_px_sum, kl_sum, mean_sums) = objectives.chunked_iw_bound(
+    iw, (log_px_sum, kl_sum, mean_sums, unit_sums) = objectives.chunked_iw_bound(
         one_chunk, num_samples, chunk)                                     # (B,)
     rec = -log_px_sum.sum(0) / num_samples                                 # (B,)
     kls = kl_sum.sum(0) / num_samples                                      # (L, B)
@@ -386,16 +398,22 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
       m = m.sum(0).reshape(x.shape[0], -1) / num_samples                  # E_q[z_l | x]
       out[f'mean_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid, m)
       out[f'mean_sq_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid, m * m)
+      out[f'kl_unit_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid,
+                                               unit_sums[l].sum(0) / num_samples)
     return out
 
   return fn
 
 
-def active_units_from_moments(mean_sum, mean_sq_sum, count, threshold=ACTIVE_UNIT_THRESHOLD):
-  """Units whose Cov_x(E_q[u | x]) = E[m^2] - E[m]^2 exceeds `threshold` (Burda 2016)."""
+def unit_activity(mean_sum, mean_sq_sum, count):
+  """Each unit's Cov_x(E_q[u | x]) = E[m^2] - E[m]^2 over the examples (float64)."""
   mean = np.asarray(mean_sum, np.float64) / count
-  var = np.asarray(mean_sq_sum, np.float64) / count - mean * mean
-  return int(np.sum(var > threshold))
+  return np.asarray(mean_sq_sum, np.float64) / count - mean * mean
+
+
+def active_units_from_moments(mean_sum, mean_sq_sum, count, threshold=ACTIVE_UNIT_THRESHOLD):
+  """Units whose Cov_x(E_q[u | x]) exceeds `threshold` (Burda 2016)."""
+  return int(np.sum(unit_activity(mean_sum, mean_sq_sum, count) > threshold))
 
 
 def eval_stats(config, model, data_info):
