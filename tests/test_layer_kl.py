@@ -82,10 +82,10 @@ def test_bad_folders_are_one_clear_line(tmp_path, capsys):
   assert not (tmp_path / 'x.png').exists()
 
 
-def make_units(root, name, layers, threshold=0.01):
+def make_units(root, name, layers):
   folder = root / name
   folder.mkdir()
-  record = {'active_threshold': threshold, 'layers': [
+  record = {'active_threshold': 0.01, 'kl_threshold': 0.01, 'layers': [
       {'layer': l, 'kl': kl, 'activity': activity}
       for l, (kl, activity) in enumerate(layers, start=1)]}
   (folder / 'units.json').write_text(json.dumps(record))
@@ -97,7 +97,7 @@ def test_units_are_one_panel_per_run_from_units_json(tmp_path, capsys):
   ladder = make_units(tmp_path, 'ladder', [([2.0, 0.5, 1e-5], [0.9, 0.2, 0.001]),
                                            ([3e-6, 2e-6], [0.05, 0.3])])
   assert layer_kl.read_units(ladder) == ([([2.0, 0.5, 1e-5], [0.9, 0.2, 0.001]),
-                                          ([3e-6, 2e-6], [0.05, 0.3])], 0.01)
+                                          ([3e-6, 2e-6], [0.05, 0.3])], (0.01, 0.01))
   one = make_units(tmp_path, 'one', [([1.5, -2e-4], [0.7, 1e-4])])   # a negative MC term
   out_png = tmp_path / 'units.png'
   rc, out, err = run_main(capsys, [f'ladder={ladder}', f'one layer={one}', '--units',

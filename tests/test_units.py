@@ -90,6 +90,7 @@ def test_units_add_up_to_the_evaluations_layers_with_the_same_draws(trained, inf
   assert record['examples'] == data_lib.get_datasets(config).info.num_eval
   assert record['step'] == 4
   assert record['checkpoint'] == 'latest' and record['num_samples'] == 3
+  assert record['active_threshold'] == record['kl_threshold'] == 0.01
   with open(os.path.join(workdir, 'units.json')) as f:
     assert json.load(f) == record
   assert os.path.getsize(os.path.join(workdir, 'units.png')) > 5000
@@ -112,6 +113,7 @@ def test_cli_writes_the_same_units_and_refuses_in_one_line(trained):
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'layer 3: KL' in proc.stdout and 'units.json' in proc.stdout
+  assert 'with KL > 0.01 nats' in proc.stdout
   with open(os.path.join(workdir, 'units.json')) as f:
     assert json.load(f) == want                                 # same draws, same numbers
   proc = subprocess.run(base + ['--num_samples=0'], cwd=REPO, env=env, capture_output=True,

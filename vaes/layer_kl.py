@@ -49,20 +49,20 @@ def read_layers(directory):
 
 
 def read_units(directory):
-  """[(kl, activity)] per layer (layer 1 first) and the active-unit threshold, from
-  DIR/units.json."""
+  """[(kl, activity)] per layer (layer 1 first) and (the active-unit threshold, the KL
+  threshold), from DIR/units.json."""
   path = fs.join(directory, UNITS_JSON)
   record = read_json(path, 'write it with python -m vaes.units --config=<the run\'s config> '
                            f'--workdir={directory}')
   try:
     layers = [(layer['kl'], layer['activity']) for layer in record['layers']]
-    threshold = float(record['active_threshold'])
+    thresholds = float(record['active_threshold']), float(record['kl_threshold'])
   except (KeyError, TypeError, ValueError) as e:
     raise CurvesError(f'{path} is not a units.json of python -m vaes.units ({e!r}); write it '
                       'again with that command.') from e
   if not layers:
     raise CurvesError(f'{path} has no layers; write it again with python -m vaes.units.')
-  return layers, threshold
+  return layers, thresholds
 
 
 def main(argv=None):
@@ -85,9 +85,9 @@ def main(argv=None):
     print(f'vaes.layer_kl: {e}', file=sys.stderr)
     return 1
   if args.units:
-    thresholds = {threshold for _, (_, threshold) in units}
+    thresholds = units[0][1][1]   # the same in every units.json of python -m vaes.units
     save_unit_scatter(args.out, [(label, layers) for label, (layers, _) in units],
-                      min(thresholds), title=args.title)
+                      *thresholds, title=args.title)
   else:
     save_layer_bars(args.out, bars, title=args.title)
   print(f'vaes.layer_kl: the {"units" if args.units else "layers"} of {len(runs)} runs '

@@ -114,11 +114,11 @@ def save_layer_bars(path, runs, title=''):
   return _save(fig, path)
 
 
-def save_unit_scatter(path, runs, threshold, floor=1e-6, title=''):
+def save_unit_scatter(path, runs, active_threshold, kl_threshold, floor=1e-6, title=''):
   """runs: [(label, layers)], layers [(kl, activity)] per layer (layer 1 first), arrays
   over the layer's units. One panel per run: each unit a point at (its activity, its KL),
   coloured by layer, both axes logarithmic with values below `floor` drawn at it, and the
-  active-unit threshold as a dashed line."""
+  two thresholds as dashed lines (each layer's counts above them in the legend)."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 0.6, 3.8), sharey=True,
                            squeeze=False)
@@ -126,9 +126,11 @@ def save_unit_scatter(path, runs, threshold, floor=1e-6, title=''):
     for l, (kl, activity) in enumerate(layers):
       kl, activity = np.asarray(kl, np.float64), np.asarray(activity, np.float64)
       ax.scatter(np.maximum(activity, floor), np.maximum(kl, floor), s=12, alpha=0.7,
-                 color=f'C{l}', label=f'layer {l + 1}: KL {kl.sum():.2f}, '
-                                      f'{int(np.sum(activity > threshold))}/{kl.size} active')
-    ax.axvline(threshold, color='0.4', linestyle='--', linewidth=1)
+                 color=f'C{l}', label=f'layer {l + 1} ({kl.size}): KL {kl.sum():.3g}; '
+                                      f'{int(np.sum(activity > active_threshold))} active, '
+                                      f'{int(np.sum(kl > kl_threshold))} KL > {kl_threshold:g}')
+    ax.axvline(active_threshold, color='0.4', linestyle='--', linewidth=1)
+    ax.axhline(kl_threshold, color='0.4', linestyle=':', linewidth=1)
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_title(label, fontsize=10)
