@@ -474,7 +474,10 @@ def test_active_units_from_moments_on_constructed_means():
 @pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])
 def test_active_units_of_a_model_with_known_answer(inference):
   """Zeroing the mean map of q at the top layer makes E_q[z_L | x] constant in x: those
-  units are inactive, and scaling up the others makes them active."""
+  units are inactive, and scaling up the others makes them active. Informative units
+  (KL > 0.01 nats) are another count: with a unit variance, a constant mean of 0 makes
+  q(z_L | .) the prior N(0, 1) (no KL), and a constant mean of 3 costs 4.5 nats whatever x
+  (inactive, informative)."""
   config, fam, splits, model, _, variables = tiny_setup(inference)
   config.eval.num_importance_samples, config.eval.iw_chunk_size = 100, 30   # as above: compiled
   head = variables['params']['head_1']['mean']
@@ -482,6 +485,13 @@ def test_active_units_of_a_model_with_known_answer(inference):
   metrics = evaluate(config, fam, model, variables, splits)
   assert metrics['active_units_layer_2'] == 1
   assert metrics['active_units'] == metrics['active_units_layer_1'] + 1
+  var = variables['params']['head_1']['var']            # var = softplus(.) + MIN_VAR = 1
+  var['kernel'] = var['kernel'].at[:, :2].set(0.0)
+  var['bias'] = var['bias'].at[:2].set(math.log(math.expm1(1.0 - ladder_model.MIN_VAR)))
+  head['bias'] = head['bias'].at[:2].set(jnp.array([3.0, 0.0]))
+  metrics = evaluate(config, fam, model, variables, splits)
+  assert metrics['active_units_layer_2'] == 1 and metrics['informative_units_layer_2'] == 2
+  assert metrics['informative_units'] == metrics['informative_units_layer_1'] + 2
 
 
 # -----------------------------------------------------------------------------

@@ -99,6 +99,7 @@ def test_units_add_up_to_the_evaluations_layers_with_the_same_draws(trained, inf
     assert len(kl) == len(activity) == config.model.latent_sizes[l - 1]
     np.testing.assert_allclose(kl.sum(), metrics[f'kl_layer_{l}'], rtol=1e-5, atol=1e-6)
     assert int(np.sum(activity > 0.01)) == metrics[f'active_units_layer_{l}']
+    assert int(np.sum(kl > 0.01)) == metrics[f'informative_units_layer_{l}']
     assert np.all(activity >= -1e-9)                                   # variances
 
 

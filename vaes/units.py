@@ -12,7 +12,8 @@ layer l, averaged over the images:
             term log q(u | .) - log p(u | z_l+1) (a hierarchical VAE's lower layers),
             which may be slightly negative for a unit that carries nothing;
   activity  Cov_x(E_q[u | x]), Burda et al.'s criterion: active above 0.01.
-Each layer's summary counts both the active units and those with a KL above 0.01 nats.
+Each layer's summary counts both the active units and the informative ones, with a KL
+above 0.01 nats (eval.py's informative_units_layer_<l>).
 The draws are eval.py's (`vaes.evaluate.eval_rng`): with --num_samples equal to
 config.eval.num_importance_samples, a layer's units sum to eval.py's kl_layer_<l> and
 counting the active ones gives its active_units_layer_<l>. Both are read together: a unit
@@ -37,7 +38,6 @@ from absl import logging  # noqa: E402  pylint: disable=wrong-import-position
 from vaes import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 UNITS_PNG = 'units.png'
-KL_THRESHOLD = 0.01   # nats per image: a unit below it carries next to nothing of its own
 
 
 def unit_layers(totals):
@@ -86,7 +86,7 @@ def analyse(config, workdir, num_samples=10, export_path=None):
   record = {'checkpoint': trained.kind, 'step': int(trained.step), 'weights': info['weights'],
             'eval_split': config.data.eval_split, 'examples': int(totals['count']),
             'num_samples': num_samples, 'active_threshold': ladder.ACTIVE_UNIT_THRESHOLD,
-            'kl_threshold': KL_THRESHOLD,
+            'kl_threshold': ladder.INFORMATIVE_KL_THRESHOLD,
             'layers': [{'layer': l + 1, 'kl': [float(v) for v in kl],
                         'activity': [float(v) for v in activity]}
                        for l, (kl, activity) in enumerate(layers)]}
@@ -97,7 +97,7 @@ def analyse(config, workdir, num_samples=10, export_path=None):
     try:
       fs.write_atomic(path, json.dumps(record, indent=1) + '\n')
       plotting.save_unit_scatter(fs.join(workdir, UNITS_PNG), [(workdir, layers)],
-                                 ladder.ACTIVE_UNIT_THRESHOLD, KL_THRESHOLD)
+                                 ladder.ACTIVE_UNIT_THRESHOLD, ladder.INFORMATIVE_KL_THRESHOLD)
     except OSError as e:
       raise fs.PathError(f'--workdir={workdir}: writing {path} failed ({e}). Make it '
                          'writable (or free disk space) and rerun the same command.') from e
@@ -113,8 +113,9 @@ def _report(path, record, layers):
   for l, (kl, activity) in enumerate(layers):
     print(f'  layer {l + 1}: KL {kl.sum():.4g} nats over {kl.size} units (largest '
           f'{kl.max():.3g}); {int((activity > record["active_threshold"]).sum())} active '
-          f'(Cov_x > {record["active_threshold"]:g}), {int((kl > KL_THRESHOLD).sum())} with '
-          f'KL > {KL_THRESHOLD:g} nats', flush=True)
+          f'(Cov_x > {record["active_threshold"]:g}), '
+          f'{int((kl > record["kl_threshold"]).sum())} with KL > {record["kl_threshold"]:g} '
+          'nats (informative)', flush=True)
 
 
 def main(argv):

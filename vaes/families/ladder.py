@@ -56,7 +56,8 @@ from vaes.models import ladder as ladder_model
 from vaes.plotting import save_image_grid
 from vaes.registry import ConfigError, ModelFamily, register_family
 
-ACTIVE_UNIT_THRESHOLD = 0.01
+ACTIVE_UNIT_THRESHOLD = 0.01     # Cov_x(E_q[u | x]) of an active unit (Burda 2016)
+INFORMATIVE_KL_THRESHOLD = 0.01  # nats per example: a unit above it carries information
 _NAME_TO_INFERENCE = {'hvae': 'hierarchical', 'lvae': 'ladder'}
 
 
@@ -426,8 +427,11 @@ def eval_stats(config, model, data_info):
 
 def eval_metrics(config, data_info, totals):
   """Keys: neg_elbo, nll (importance-weighted, k = config.eval.num_importance_samples),
-  bits_per_dim (of nll), recon_nll, kl, active_units, and kl_layer_<l>,
-  active_units_layer_<l> for l = 1..L. All per example, in nats."""
+  bits_per_dim (of nll), recon_nll, kl, active_units, informative_units, and
+  kl_layer_<l>, active_units_layer_<l>, informative_units_layer_<l> for l = 1..L. All per
+  example, in nats. Active units vary with x (Burda's Cov_x(E_q[u | x]) > 0.01);
+  informative ones have a KL term above 0.01 nats of their own: in a ladder a unit that
+  follows the layer above is active and not informative (README, MNIST rows)."""
   count = totals['count']
   metrics = {
       'neg_elbo': totals['neg_elbo'] / count,
@@ -438,13 +442,15 @@ def eval_metrics(config, data_info, totals):
   }
   dims = int(np.prod(tuple(data_info.shape)))
   metrics['bits_per_dim'] = float(objectives.bits_per_dim(metrics['nll'], dims))
-  total_active = 0
+  metrics['active_units'] = metrics['informative_units'] = 0
   for l in range(1, len(config.model.latent_sizes) + 1):
     metrics[f'kl_layer_{l}'] = totals['kl_layers'][l - 1] / count
     active = active_units_from_moments(totals[f'mean_sum_{l}'], totals[f'mean_sq_sum_{l}'], count)
+    informative = int(np.sum(totals[f'kl_unit_sum_{l}'] / count > INFORMATIVE_KL_THRESHOLD))
     metrics[f'active_units_layer_{l}'] = active
-    total_active += active
-  metrics['active_units'] = total_active
+    metrics[f'informative_units_layer_{l}'] = informative
+    metrics['active_units'] += active
+    metrics['informative_units'] += informative
   return {k: float(v) if not isinstance(v, int) else v for k, v in metrics.items()}
 
 
