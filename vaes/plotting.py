@@ -118,7 +118,8 @@ def save_unit_scatter(path, runs, active_threshold, kl_threshold, floor=1e-6, ti
   """runs: [(label, layers)], layers [(kl, activity)] per layer (layer 1 first), arrays
   over the layer's units. One panel per run: each unit a point at (its activity, its KL),
   coloured by layer, both axes logarithmic with values below `floor` drawn at it, and the
-  two thresholds as dashed lines (each layer's counts above them in the legend)."""
+  thresholds as lines: activity dashed, KL dotted (each layer's counts above them in the
+  legend)."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 0.6, 3.8), sharey=True,
                            squeeze=False)
