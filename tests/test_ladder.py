@@ -459,16 +459,17 @@ def test_skip_connections_make_the_prior_depend_on_every_layer_above():
 # -----------------------------------------------------------------------------
 
 
-def test_active_units_from_moments_on_constructed_means():
+def test_unit_activity_on_constructed_means():
   """Units with Cov_x(E_q[u | x]) = 0, 0.005, 0.02, 1 -> exactly the last two are active."""
   n = 1000
   base = np.random.default_rng(0).normal(size=(n, 1))
   base = (base - base.mean()) / base.std()
   variances = np.array([0.0, 0.005, 0.02, 1.0])
   means = 3.0 + base * np.sqrt(variances)
-  assert family.active_units_from_moments(means.sum(0), (means ** 2).sum(0), n) == 2
-  assert family.active_units_from_moments(means.sum(0), (means ** 2).sum(0), n,
-                                          threshold=0.001) == 3
+  activity = family.unit_activity(means.sum(0), (means ** 2).sum(0), n)
+  np.testing.assert_allclose(activity, variances, atol=1e-9)
+  assert np.sum(activity > family.ACTIVE_UNIT_THRESHOLD) == 2
+  assert np.sum(activity > 0.001) == 3
 
 
 @pytest.mark.parametrize('inference', ['ladder', 'hierarchical'])

@@ -85,7 +85,7 @@ def main(argv=None):
     print(f'vaes.layer_kl: {e}', file=sys.stderr)
     return 1
   if args.units:
-    thresholds = units[0][1][1]   # the same in every units.json of python -m vaes.units
+    _, (_, thresholds) = units[0]   # the same in every units.json of python -m vaes.units
     save_unit_scatter(args.out, [(label, layers) for label, (layers, _) in units],
                       *thresholds, title=args.title)
   else:

@@ -40,20 +40,6 @@ from vaes import cli  # noqa: E402  pylint: disable=wrong-import-position
 UNITS_PNG = 'units.png'
 
 
-def unit_layers(totals):
-  """[(kl, activity)] per layer (numpy float64, over its units), from the summed
-  statistics of the ladder family's evaluation (`ladder.make_eval_batch_fn`)."""
-  from vaes.families import ladder   # pylint: disable=import-outside-toplevel
-  count = float(totals['count'])
-  layers, l = [], 1
-  while f'kl_unit_sum_{l}' in totals:
-    layers.append((totals[f'kl_unit_sum_{l}'] / count,
-                   ladder.unit_activity(totals[f'mean_sum_{l}'], totals[f'mean_sq_sum_{l}'],
-                                        count)))
-    l += 1
-  return layers
-
-
 def analyse(config, workdir, num_samples=10, export_path=None):
   """Per-unit KL and activity of the model eval.py evaluates in `workdir` (or of the
   export file `export_path`) over config.data.eval_split; writes WORKDIR/units.json and
@@ -81,7 +67,7 @@ def analyse(config, workdir, num_samples=10, export_path=None):
   evaluator = Evaluator(trained.family, config, trained.model, trained.splits.info,
                         trained.placement.put)
   totals, _ = evaluator.sums(trained.variables, trained.splits.eval, evaluate.eval_rng(config))
-  layers = unit_layers(totals)
+  layers = ladder.unit_layers(totals)
   info = trained.info
   record = {'checkpoint': trained.kind, 'step': int(trained.step), 'weights': info['weights'],
             'eval_split': config.data.eval_split, 'examples': int(totals['count']),

@@ -377,17 +377,16 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
       out = jax.vmap(lambda eps: model.apply(variables, x, eps, train=False))(noise)
       log_px = jax.vmap(lambda p: log_likelihood(likelihood, x, p, num_levels))(out['x'])
       units = jax.vmap(lambda ls: unit_kls(inference, ls))(out['layers'])  # [(chunk, B, U)]
-      kls = jnp.stack([u.sum(axis=2) for u in units], axis=1)              # (chunk, L, B)
       lw = jax.vmap(log_weight)(out['layers'], log_px)                      # (chunk, B)
       means = [jnp.einsum('s,sb...->b...', w, layer['q_mean']) for layer in out['layers']]
       unit_sums = [jnp.einsum('s,sbu->bu', w, u) for u in units]
-      return lw, (jnp.einsum('s,sb->b', w, log_px), jnp.einsum('s,slb->lb', w, kls), means,
-                  unit_sums)
+      return lw, (jnp.einsum('s,sb->b', w, log_px), means, unit_sums)
 
-    iw, (log_px_sum, kl_sum, mean_sums, unit_sums) = objectives.chunked_iw_bound(
+    iw, (log_px_sum, mean_sums, unit_sums) = objectives.chunked_iw_bound(
         one_chunk, num_samples, chunk)                                     # (B,)
     rec = -log_px_sum.sum(0) / num_samples                                 # (B,)
-    kls = kl_sum.sum(0) / num_samples                                      # (L, B)
+    unit_kl = [u.sum(0) / num_samples for u in unit_sums]                 # [(B, U)]
+    kls = jnp.stack([u.sum(axis=1) for u in unit_kl])                      # (L, B)
     out = {
         'count': valid.sum(),
         'nll': jnp.sum(-iw * valid),
@@ -399,8 +398,7 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
       m = m.sum(0).reshape(x.shape[0], -1) / num_samples                  # E_q[z_l | x]
       out[f'mean_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid, m)
       out[f'mean_sq_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid, m * m)
-      out[f'kl_unit_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid,
-                                               unit_sums[l].sum(0) / num_samples)
+      out[f'kl_unit_sum_{l + 1}'] = jnp.einsum('b,bu->u', valid, unit_kl[l])
     return out
 
   return fn
@@ -412,9 +410,17 @@ def unit_activity(mean_sum, mean_sq_sum, count):
   return np.asarray(mean_sq_sum, np.float64) / count - mean * mean
 
 
-def active_units_from_moments(mean_sum, mean_sq_sum, count, threshold=ACTIVE_UNIT_THRESHOLD):
-  """Units whose Cov_x(E_q[u | x]) exceeds `threshold` (Burda 2016)."""
-  return int(np.sum(unit_activity(mean_sum, mean_sq_sum, count) > threshold))
+def unit_layers(totals):
+  """[(kl, activity)] per layer, layer 1 first (float64 over its units: each unit's KL
+  term per example and its Cov_x(E_q[u | x])), from the summed statistics of
+  `make_eval_batch_fn` over a split."""
+  count = float(totals['count'])
+  layers, l = [], 1
+  while f'kl_unit_sum_{l}' in totals:
+    layers.append((np.asarray(totals[f'kl_unit_sum_{l}'], np.float64) / count,
+                   unit_activity(totals[f'mean_sum_{l}'], totals[f'mean_sq_sum_{l}'], count)))
+    l += 1
+  return layers
 
 
 def eval_stats(config, model, data_info):
@@ -443,10 +449,10 @@ def eval_metrics(config, data_info, totals):
   dims = int(np.prod(tuple(data_info.shape)))
   metrics['bits_per_dim'] = float(objectives.bits_per_dim(metrics['nll'], dims))
   metrics['active_units'] = metrics['informative_units'] = 0
-  for l in range(1, len(config.model.latent_sizes) + 1):
+  for l, (kl, activity) in enumerate(unit_layers(totals), start=1):
     metrics[f'kl_layer_{l}'] = totals['kl_layers'][l - 1] / count
-    active = active_units_from_moments(totals[f'mean_sum_{l}'], totals[f'mean_sq_sum_{l}'], count)
-    informative = int(np.sum(totals[f'kl_unit_sum_{l}'] / count > INFORMATIVE_KL_THRESHOLD))
+    active = int(np.sum(activity > ACTIVE_UNIT_THRESHOLD))
+    informative = int(np.sum(kl > INFORMATIVE_KL_THRESHOLD))
     metrics[f'active_units_layer_{l}'] = active
     metrics[f'informative_units_layer_{l}'] = informative
     metrics['active_units'] += active
