@@ -69,17 +69,17 @@ class Evaluator:
     after batch i + 1 is dispatched, so the device never waits for the host. Runs at
     `config.eval.matmul_precision` (default 'highest': reported likelihoods do not
     depend on the backend's fast float32 matmul modes)."""
-    totals, first = self.sums(variables, source, rng, progress)
-    metrics = self.family.eval_metrics(self.config, self.data_info, totals)
-    if image_dir and self.family.eval_images is not None and jax.process_index() == 0:
-      with matmul_precision(self.config.eval.matmul_precision):
+    with matmul_precision(self.config.eval.matmul_precision):
+      totals, first = self.sums(variables, source, rng, progress)
+      metrics = self.family.eval_metrics(self.config, self.data_info, totals)
+      if image_dir and self.family.eval_images is not None and jax.process_index() == 0:
         self._images(variables, rng, step, image_dir, image_prefix, first, metrics)
     return metrics
 
   def sums(self, variables, source, rng, progress=True):
     """The split's summed statistics (the family's eval_stats over every batch, float64
     numpy) and its first host batch: what eval_metrics reads, for tools that read more
-    (python -m vaes.units). Runs at config.eval.matmul_precision."""
+    (python -m vaes.units). Runs at config.eval.matmul_precision, as `__call__`."""
     meter = EvalProgress(self.data_info.num_eval,
                          enabled=progress and jax.process_index() == 0)
     totals, first, in_flight = None, None, None
