@@ -57,3 +57,10 @@ if not os.environ.get('VAES_TESTS_DEFAULT_OPT') and _O0 not in os.environ.get('X
   os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''), _O0]).strip()
 
 import vaes.families  # noqa: E402,F401  (after the cache settings: JAX reads them at import)
+
+
+def pytest_configure(config):
+  """Every run ends with its 15 slowest tests (unless --durations says otherwise): CI has 30
+  minutes on a 2-core machine, and its log then says where they go."""
+  if config.option.durations is None:
+    config.option.durations = 15
