@@ -357,10 +357,11 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
   """Per-batch statistics with k = num_samples posterior samples in chunks (lax.map).
 
   fn(variables, batch, rng) -> dict of sums over the valid examples:
-    'count', 'neg_elbo', 'nll' (= -IW bound), 'recon_nll', 'kl_layers' (L,),
+    'count', 'neg_elbo', 'nll' (= -IW bound), 'recon_nll',
     and per layer 'mean_sum_<l>', 'mean_sq_sum_<l>' (units,) of E_q[z_l | x],
     for the covariance over x of the active-unit criterion, and 'kl_unit_sum_<l>'
-    (units,), each unit's KL term (`unit_kls`; python -m vaes.units reads them).
+    (units,), each unit's KL term (`unit_kls`; a layer's KL is their sum, and
+    python -m vaes.units reads them).
   The ELBO terms are averaged over the same k samples (closed-form KLs where
   available), so neg_elbo and nll are computed from one set of samples.
   """
@@ -386,13 +387,12 @@ def make_eval_batch_fn(model, likelihood, inference, num_levels, num_samples, ch
         one_chunk, num_samples, chunk)                                     # (B,)
     rec = -log_px_sum.sum(0) / num_samples                                 # (B,)
     unit_kl = [u.sum(0) / num_samples for u in unit_sums]                 # [(B, U)]
-    kls = jnp.stack([u.sum(axis=1) for u in unit_kl])                      # (L, B)
+    kl = sum(u.sum(axis=1) for u in unit_kl)                               # (B,)
     out = {
         'count': valid.sum(),
         'nll': jnp.sum(-iw * valid),
-        'neg_elbo': jnp.sum((rec + kls.sum(0)) * valid),
+        'neg_elbo': jnp.sum((rec + kl) * valid),
         'recon_nll': jnp.sum(rec * valid),
-        'kl_layers': jnp.sum(kls * valid, axis=1),
     }
     for l, m in enumerate(mean_sums):
       m = m.sum(0).reshape(x.shape[0], -1) / num_samples                  # E_q[z_l | x]
@@ -439,18 +439,19 @@ def eval_metrics(config, data_info, totals):
   informative ones have a KL term above 0.01 nats of their own: in a ladder a unit that
   follows the layer above is active and not informative (README, MNIST rows)."""
   count = totals['count']
+  layers = unit_layers(totals)
   metrics = {
       'neg_elbo': totals['neg_elbo'] / count,
       'nll': totals['nll'] / count,
       'recon_nll': totals['recon_nll'] / count,
-      'kl': totals['kl_layers'].sum() / count,
+      'kl': sum(kl.sum() for kl, _ in layers),
       'num_importance_samples': int(config.eval.num_importance_samples),
   }
   dims = int(np.prod(tuple(data_info.shape)))
   metrics['bits_per_dim'] = float(objectives.bits_per_dim(metrics['nll'], dims))
   metrics['active_units'] = metrics['informative_units'] = 0
-  for l, (kl, activity) in enumerate(unit_layers(totals), start=1):
-    metrics[f'kl_layer_{l}'] = totals['kl_layers'][l - 1] / count
+  for l, (kl, activity) in enumerate(layers, start=1):
+    metrics[f'kl_layer_{l}'] = kl.sum()
     active = int(np.sum(activity > ACTIVE_UNIT_THRESHOLD))
     informative = int(np.sum(kl > INFORMATIVE_KL_THRESHOLD))
     metrics[f'active_units_layer_{l}'] = active
