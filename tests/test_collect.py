@@ -1,6 +1,7 @@
 """`python -m vaes.collect` on workdirs and a results/ folder made here by hand (fake runs:
 the numbers below are inputs, not results)."""
 
+import ast
 import csv
 import io
 import json
@@ -281,3 +282,39 @@ def test_the_readmes_summary_tables_quote_the_results_folder():
       mean = sum(m[key] for m in metrics) / len(metrics)
       decimals = len(text.split('.')[1])
       assert abs(float(text) - mean) <= 0.5 * 10 ** -decimals + 1e-9, (name, key, text, mean)
+
+
+def _docstring_measurements(path):
+  """[(seed, metric or None, quoted text)] of a config's docstring: each 'Measured (seed S'
+  and the first 'test [metric] V' after it in the same paragraph."""
+  with open(os.path.join(REPO, path)) as f:
+    doc = ast.get_docstring(ast.parse(f.read()), clean=False) or ''
+  found = []
+  for paragraph in re.split(r'\n\s*\n', doc):
+    for measured in re.finditer(r'Measured \(seed (\d+)', paragraph):
+      quoted = re.search(r'\btest\s+(?:([a-z_]+)\s+)?\**(\d+\.\d+)',
+                         paragraph[measured.end():])
+      if quoted:
+        found.append((int(measured.group(1)), quoted.group(1), quoted.group(2)))
+  return found
+
+
+def test_config_docstrings_quote_their_rows_results():
+  """A row's config states its measured number in its docstring ('Measured (seed 0, ...):
+  test nll **82.31**'): that number must be the one in results/<row>/ for that seed, to the
+  decimals quoted, so a rerun row cannot leave its config's docstring behind."""
+  with open(os.path.join(REPO, 'results', 'paper_numbers.json')) as f:
+    rows = json.load(f)
+  checked = 0
+  for name, row in rows.items():
+    by_seed = {}
+    for run in collect.row_runs(os.path.join(REPO, 'results', name)):
+      config, metrics, _ = collect.load_run(run)
+      by_seed[config['seed']] = metrics
+    for seed, metric, text in _docstring_measurements(row['config']):
+      assert seed in by_seed, f'{row["config"]} quotes seed {seed}; results/{name} lacks it'
+      value = by_seed[seed][metric or row['metric']]
+      decimals = len(text.split('.')[1])
+      assert abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-9, (name, seed, text, value)
+      checked += 1
+  assert checked >= 9

@@ -74,7 +74,7 @@ def flatten(tree, prefix=''):
 
 
 def load_run(workdir):
-  """(flat config, metrics) of one workdir."""
+  """(flat config, metrics, provenance record) of one workdir."""
   metrics = read_json(fs.join(workdir, METRICS_JSON),
                       f'evaluate the run first (python eval.py --config=... --workdir={workdir})')
   record = read_json(fs.join(workdir, CONFIG_JSON),
