@@ -257,6 +257,12 @@ def test_every_results_row_was_made_by_its_config_as_it_stands():
   assert checked >= 6
 
 
+def _rounds_to(value, text):
+  """Whether `value` rounds to the quoted number `text` ('82.31') at the decimals it shows."""
+  decimals = len(text.split('.')[1])
+  return abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-9
+
+
 def test_the_readmes_summary_tables_quote_the_results_folder():
   """The README's MNIST and JSB summaries (| `row` | ... | ... | seeds | test nll | -ELBO |
   paper |) are written by hand beside the generated table: each of their rows must give the
@@ -280,8 +286,7 @@ def test_the_readmes_summary_tables_quote_the_results_folder():
     assert len(metrics) == int(seeds), name
     for text, key in ((value, metric), (neg_elbo, elbo_key)):
       mean = sum(m[key] for m in metrics) / len(metrics)
-      decimals = len(text.split('.')[1])
-      assert abs(float(text) - mean) <= 0.5 * 10 ** -decimals + 1e-9, (name, key, text, mean)
+      assert _rounds_to(mean, text), (name, key, text, mean)
 
 
 def _docstring_measurements(path):
@@ -314,7 +319,6 @@ def test_config_docstrings_quote_their_rows_results():
     for seed, metric, text in _docstring_measurements(row['config']):
       assert seed in by_seed, f'{row["config"]} quotes seed {seed}; results/{name} lacks it'
       value = by_seed[seed][metric or row['metric']]
-      decimals = len(text.split('.')[1])
-      assert abs(float(text) - value) <= 0.5 * 10 ** -decimals + 1e-9, (name, seed, text, value)
+      assert _rounds_to(value, text), (name, seed, text, value)
       checked += 1
   assert checked >= 9
